@@ -1,0 +1,79 @@
+"""``lmforge`` entry point: a table of commands, each a module with ``configure(parser)`` and ``run(args)``.
+
+A command's module is imported only when that command runs, so ``lmforge --help`` stays fast and nothing
+heavy (torch) is imported to print help. Errors a user can fix (:class:`~lmforge.errors.LMForgeError`) are
+printed as one line on stderr with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from lmforge.errors import LMForgeError
+
+__all__ = ["COMMANDS", "main", "build_parser"]
+
+# name -> (module, one-line help). Keep in step with the modules in lmforge/cli/ (tests check both ways).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("lmforge.cli.list", "list presets, model families and components"),
+    "tokenizer": ("lmforge.cli.tokenizer", "train a tokenizer or encode text with one"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    from lmforge import __version__
+
+    width = max(len(n) for n in COMMANDS)
+    lines = "\n".join(f"  {name.ljust(width)}  {helptext}" for name, (_, helptext) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Train, compare and use small LSTM and Transformer language models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{lines}\n\nRun `lmforge COMMAND --help` for a command's options.",
+        usage="lmforge [-h] [--version] COMMAND ...",
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
+    return parser
+
+
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """The argument parser of command ``name`` and its module."""
+    module_name, helptext = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"lmforge {name}", description=getattr(module, "DESCRIPTION", helptext))
+    module.configure(parser)
+    return parser, module
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``lmforge`` command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        if argv and not argv[0].startswith("-"):
+            parser.print_usage(sys.stderr)
+            print(f"lmforge: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.parse_args(argv)  # handles -h / --version
+        parser.print_help()
+        return 0
+    parser, module = build_parser(argv[0])
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except LMForgeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

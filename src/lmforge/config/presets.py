@@ -1,0 +1,103 @@
+"""Named presets: plain data, no torch.
+
+A preset is a partial :class:`~lmforge.config.run.RunConfig` dict. Model-size presets are named
+``<family>-<size>`` (``transformer-small``, ``lstm-medium``, ``seq2seq_transformer-small``); the names
+``lstm-classic`` and ``transformer-classic`` are the matched pair used by ``lmforge compare``; ``shakespeare-char``
+is what ``lmforge train`` runs with no arguments. Parameter counts quoted in comments are at a 5,000-token
+vocabulary for language models and 10,000 for translation models; ``lmforge list presets`` computes them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from lmforge.errors import ConfigError
+
+__all__ = ["PRESETS", "preset_names", "get_preset", "DEFAULT_PRESET"]
+
+DEFAULT_PRESET = "shakespeare-char"
+
+
+def _tfm(d_model: int, layers: int, heads: int, block: int, **extra: Any) -> dict[str, Any]:
+    return {"family": "transformer", "d_model": d_model, "num_layers": layers, "block_size": block,
+            "attention": {"num_heads": heads}, **extra}
+
+
+def _lstm(emb: int, hidden: int, layers: int, dropout: float = 0.2, **extra: Any) -> dict[str, Any]:
+    return {"family": "lstm", "embedding_dim": emb, "hidden_dim": hidden, "num_layers": layers, "dropout": dropout, **extra}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # --- decoder-only Transformer sizes (RMSNorm + RoPE + SwiGLU + GQA, tied embeddings) ---
+    "transformer-tiny": {"description": "about 0.5M parameters; for tests and demos",
+                         "model": _tfm(64, 2, 4, 128)},
+    "transformer-small": {"description": "about 2M parameters",
+                          "model": _tfm(128, 6, 4, 256)},
+    "transformer-medium": {"description": "about 8M parameters",
+                           "model": _tfm(256, 8, 8, 256)},
+    "transformer-large": {"description": "about 30M parameters",
+                          "model": _tfm(512, 8, 8, 512)},
+    # --- LSTM language-model sizes ---
+    "lstm-tiny": {"description": "about 0.5M parameters; for tests and demos",
+                  "model": _lstm(64, 64, 1, 0.0)},
+    "lstm-small": {"description": "about 2M parameters", "model": _lstm(128, 256, 2)},
+    "lstm-medium": {"description": "about 8M parameters", "model": _lstm(256, 512, 2)},
+    "lstm-large": {"description": "about 30M parameters", "model": _lstm(512, 1024, 2)},
+    # --- the matched pair for `lmforge compare` (classic recipes, 2-3M parameters each) ---
+    "lstm-classic": {"description": "the classic word/BPE LSTM LM: embedding 256, hidden 256, 2 layers, dropout 0.2",
+                     "model": _lstm(256, 256, 2, 0.2, init_range=0.1)},
+    "transformer-classic": {
+        "description": "the classic Transformer LM: 3 layers, 4 heads, d_model 256, FFN 512, sinusoidal, post-norm LayerNorm",
+        "model": _tfm(256, 3, 4, 256, attention={"variant": "mha", "num_heads": 4, "bias": True, "dropout": 0.2},
+                      positional={"encoding": "sinusoidal"},
+                      ffn={"variant": "mlp", "activation": "relu", "hidden_dim": 512, "bias": True, "dropout": 0.2},
+                      norm={"type": "layernorm", "placement": "post"}, dropout=0.2, scale_embeddings=True,
+                      tie_embeddings=True, residual_scaled_init=False),
+    },
+    # --- translation sizes ---
+    "seq2seq_transformer-tiny": {"task": "translate", "description": "for tests",
+                                 "model": {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
+                                           "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}},
+    "seq2seq_transformer-small": {"task": "translate", "description": "about 15M parameters at a 10,000-token vocabulary",
+                                  "model": {"family": "seq2seq_transformer", "d_model": 256, "num_heads": 4, "num_encoder_layers": 3,
+                                            "num_decoder_layers": 3, "d_ff": 1024}},
+    "seq2seq_transformer-medium": {"task": "translate", "description": "about 65M parameters (Transformer-base)",
+                                   "model": {"family": "seq2seq_transformer", "d_model": 512, "num_heads": 8, "num_encoder_layers": 6,
+                                             "num_decoder_layers": 6, "d_ff": 2048}},
+    "seq2seq_transformer-large": {"task": "translate", "description": "about 200M parameters (Transformer-big)",
+                                  "model": {"family": "seq2seq_transformer", "d_model": 1024, "num_heads": 16, "num_encoder_layers": 6,
+                                            "num_decoder_layers": 6, "d_ff": 4096, "dropout": 0.3}},
+    "seq2seq_lstm-tiny": {"task": "translate", "description": "for tests",
+                          "model": {"family": "seq2seq_lstm", "emb_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
+                                    "attention": "dot"}},
+    "seq2seq_lstm-small": {"task": "translate", "description": "with Luong general attention",
+                           "model": {"family": "seq2seq_lstm", "emb_dim": 256, "hidden_dim": 512, "num_layers": 2, "attention": "general"}},
+    "seq2seq_lstm-medium": {"task": "translate", "description": "bidirectional encoder, Bahdanau attention",
+                            "model": {"family": "seq2seq_lstm", "emb_dim": 512, "hidden_dim": 512, "num_layers": 2,
+                                      "attention": "additive", "bidirectional_encoder": True}},
+    "seq2seq_lstm-large": {"task": "translate", "description": "bidirectional encoder, Bahdanau attention",
+                           "model": {"family": "seq2seq_lstm", "emb_dim": 512, "hidden_dim": 1024, "num_layers": 4,
+                                     "attention": "additive", "bidirectional_encoder": True}},
+    # --- whole-run presets ---
+    "shakespeare-char": {
+        "description": "what `lmforge train` runs with no arguments: a char-level Transformer on Tiny Shakespeare, ~2 min on a 2-core CPU",
+        "model": _tfm(128, 4, 4, 64),
+        "tokenizer": {"kind": "char"},
+        "train": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "time_budget": 120.0, "eval_interval": 200},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    """All preset names, sorted."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """A deep copy of preset ``name`` without its description (a partial RunConfig dict)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} (see `lmforge list presets`)")
+    data = copy.deepcopy(PRESETS[name])
+    data.pop("description", None)
+    return data
