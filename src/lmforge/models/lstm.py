@@ -1,0 +1,183 @@
+"""The LSTM language model: embedding -> stacked unidirectional LSTM -> linear head (optionally tied).
+
+The recurrent state ``(h, c)`` is the decoding state, so generation costs the same per token however long the
+text gets, and a model has no context limit (``max_context`` is ``None``).
+
+Padding in :meth:`LSTMLanguageModel.step` is exact: positions marked 0 in ``attention_mask`` never touch the
+state. Each row's real tokens are moved to the front, run as a packed sequence (so the LSTM stops at each row's
+last real token), and the outputs are put back where the tokens came from. A left-padded batch therefore gives
+every row the logits it would get alone.
+
+Shapes: B = batch, T = time, E = embedding width, H = hidden width, L = layers, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lmforge.config.lstm import LSTMConfig
+
+__all__ = ["LSTMLanguageModel", "LSTMState"]
+
+# (h, c), each (L, B, H).
+LSTMState = tuple[Tensor, Tensor]
+
+
+class LSTMLanguageModel(nn.Module):
+    """A next-token LSTM language model that satisfies :class:`~lmforge.models.protocol.CausalLM`.
+
+    Dropout (``config.dropout``) is applied to the embeddings, between LSTM layers and before the head, as in
+    Zaremba et al. (arXiv:1409.2329). With ``tie_embeddings`` the head shares the embedding matrix
+    (arXiv:1608.05859, arXiv:1611.01462).
+
+    Args:
+        config: the model's :class:`~lmforge.config.LSTMConfig`.
+
+    Example:
+        >>> from lmforge.config import LSTMConfig
+        >>> model = LSTMLanguageModel(LSTMConfig(vocab_size=50, embedding_dim=16, hidden_dim=16, num_layers=1))
+        >>> idx = torch.randint(0, 50, (2, 5))
+        >>> logits, loss = model(idx, idx)
+        >>> tuple(logits.shape)
+        (2, 5, 50)
+    """
+
+    config_class = LSTMConfig
+
+    def __init__(self, config: LSTMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.max_context: Optional[int] = None
+        self.hidden_size: int = config.hidden_dim
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            input_size=config.embedding_dim,
+            hidden_size=config.hidden_dim,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        self._init_weights()
+        if config.tie_embeddings:
+            self.head.weight = self.embedding.weight
+
+    def _init_weights(self) -> None:
+        r = self.config.init_range
+        nn.init.uniform_(self.embedding.weight, -r, r)
+        nn.init.uniform_(self.head.weight, -r, r)
+        nn.init.zeros_(self.head.bias)
+        # The LSTM keeps PyTorch's default U(-1/sqrt(H), 1/sqrt(H)).
+
+    # ------------------------------------------------------------------ protocol
+
+    def forward(self, idx: Tensor, targets: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Runs the whole sequence from a zero state.
+
+        Args:
+            idx: token ids (B, T).
+            targets: next-token ids (B, T); positions equal to -100 are ignored.
+
+        Returns:
+            ``(logits (B, T, V), loss)``: the mean cross-entropy over non-ignored targets, or ``None``.
+        """
+        out, _ = self._run(idx, None, None)
+        logits = self.head(self.dropout(out))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def init_state(self, batch_size: int) -> LSTMState:
+        """Zero ``(h, c)``, each (L, B, H), on the model's device and dtype."""
+        w = self.head.weight
+        shape = (self.config.num_layers, batch_size, self.config.hidden_dim)
+        return torch.zeros(shape, device=w.device, dtype=w.dtype), torch.zeros(shape, device=w.device, dtype=w.dtype)
+
+    def step(
+        self, idx: Tensor, state: Optional[LSTMState] = None, attention_mask: Optional[Tensor] = None
+    ) -> tuple[Tensor, LSTMState]:
+        """Feeds ``idx`` (B, T) after what ``state`` has seen.
+
+        Args:
+            idx: new token ids (B, T).
+            state: ``(h, c)`` from :meth:`init_state` or a previous call (``None`` = a fresh state).
+            attention_mask: (B, T), 1 for real tokens and 0 for padding; padding leaves the state untouched.
+
+        Returns:
+            ``(logits (B, T, V), new_state)``. At a padded position the logits are those of the state so far.
+        """
+        out, new_state = self._run(idx, state, attention_mask)
+        return self.head(self.dropout(out)), new_state
+
+    def hidden_states(self, idx: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Top-layer LSTM outputs (B, T, H) from a zero state; padding (mask 0) does not change real tokens'."""
+        out, _ = self._run(idx, None, attention_mask)
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self, idx: Tensor, state: Optional[LSTMState], mask: Optional[Tensor]) -> tuple[Tensor, LSTMState]:
+        """Top-layer outputs (B, T, H) and the final state, honouring ``mask``."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, time), got shape {tuple(idx.shape)}")
+        bsz, t = idx.shape
+        if state is None:
+            state = self.init_state(bsz)
+        if mask is not None:
+            mask = mask.to(device=idx.device, dtype=torch.bool)
+            if mask.shape != idx.shape:
+                raise ValueError(f"attention_mask shape {tuple(mask.shape)} != idx shape {tuple(idx.shape)}")
+            if bool(mask.all()):
+                mask = None
+        if t == 0:
+            return state[0].new_zeros(bsz, 0, self.config.hidden_dim), state
+        if mask is None:
+            out, new_state = self.lstm(self.dropout(self.embedding(idx)), state)
+            return out, new_state
+        return self._run_masked(idx, state, mask)
+
+    def _run_masked(self, idx: Tensor, state: LSTMState, mask: Tensor) -> tuple[Tensor, LSTMState]:
+        bsz, t = idx.shape
+        # Stable sort puts each row's real tokens first, in their original order.
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # (B, T)
+        compact = idx.gather(1, order)  # (B, T)
+        lengths = mask.sum(dim=1)  # (B,)
+        empty = lengths == 0
+        x = self.dropout(self.embedding(compact))  # (B, T, E)
+        # pack_padded_sequence needs length >= 1; an empty row runs one throwaway token and keeps its old state.
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        packed_out, (h, c) = self.lstm(packed, state)
+        out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=t)  # (B, T, H)
+        if bool(empty.any()):
+            keep = empty.view(1, bsz, 1)
+            h = torch.where(keep, state[0], h)
+            c = torch.where(keep, state[1], c)
+        # Output at position j is the top-layer h after the real tokens up to j: index 0 is the incoming state.
+        seq = torch.cat([state[0][-1].unsqueeze(1), out], dim=1)  # (B, T + 1, H)
+        where = mask.long().cumsum(dim=1)  # (B, T)
+        out = seq.gather(1, where.unsqueeze(-1).expand(bsz, t, seq.size(-1)))  # (B, T, H)
+        return out, (h, c)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        n = sum(p.numel() for p in self.parameters())
+        return (
+            f"parameters={_human(n)} ({n:,}), vocab_size={c.vocab_size}, embedding_dim={c.embedding_dim}, "
+            f"hidden_dim={c.hidden_dim}, num_layers={c.num_layers}, dropout={c.dropout}, "
+            f"tie_embeddings={c.tie_embeddings}, init_range={c.init_range}"
+        )
+
+
+def _human(n: int) -> str:
+    """2081232 -> '2.08M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
