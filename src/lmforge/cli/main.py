@@ -20,6 +20,8 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("lmforge.cli.list", "list presets, model families and components"),
     "tokenizer": ("lmforge.cli.tokenizer", "train a tokenizer or encode text with one"),
+    "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),
+    "serve": ("lmforge.cli.serve", "serve a run over an OpenAI-compatible HTTP API with a web chat page"),
 }
 
 
