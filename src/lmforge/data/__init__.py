@@ -9,7 +9,19 @@ Example:
 
 from lmforge.data.corpus import TEXT_SUFFIXES, default_corpus_path, read_documents, read_text_file, split_documents
 from lmforge.data.encode import LMData, encode_documents, prepare_lm_data, source_hash
-from lmforge.data.lm_dataset import IGNORE_INDEX, iter_eval_batches, sample_batch
+
+# The batch helpers need torch; they are imported on first use so that reading and tokenizing a corpus
+# (``lmforge tokenizer train``) does not pay for importing torch.
+_LAZY = {"sample_batch", "iter_eval_batches", "IGNORE_INDEX"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from lmforge.data import lm_dataset
+
+        return getattr(lm_dataset, name)
+    raise AttributeError(f"module 'lmforge.data' has no attribute {name!r}")
+
 
 __all__ = [
     "default_corpus_path",

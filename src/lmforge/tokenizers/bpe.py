@@ -53,6 +53,13 @@ def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterator[str]:
     yield text[start:]
 
 
+def _not_text(text: object) -> str:
+    if not isinstance(text, str):
+        return f"can only encode str, got {type(text).__name__}"
+    bad = next((i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), None)
+    return f"text holds a lone surrogate U+{ord(text[bad]):04X} at index {bad}, which is not valid Unicode; fix the text's encoding"
+
+
 def _hf():
     try:
         import tokenizers
@@ -127,10 +134,13 @@ class BPETokenizer:
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text`` (long text is cut at safe boundaries and encoded in parallel, same ids)."""
-        if len(text) > _CHUNK_CHARS:
-            ids = [i for enc in self._tok.encode_batch(list(_chunks(text)), add_special_tokens=False) for i in enc.ids]
-        else:
-            ids = self._tok.encode(text, add_special_tokens=False).ids
+        try:
+            if len(text) > _CHUNK_CHARS:
+                ids = [i for enc in self._tok.encode_batch(list(_chunks(text)), add_special_tokens=False) for i in enc.ids]
+            else:
+                ids = self._tok.encode(text, add_special_tokens=False).ids
+        except TypeError:
+            raise TokenizerError(_not_text(text)) from None
         if add_bos:
             ids.insert(0, BOS_ID)
         if add_eos:
@@ -142,7 +152,10 @@ class BPETokenizer:
         texts = list(texts)
         if any(len(t) > _CHUNK_CHARS for t in texts):
             return [self.encode(t) for t in texts]
-        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+        try:
+            return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+        except TypeError:
+            return [self.encode(t) for t in texts]  # names the bad text
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """The text of ``ids``; specials are dropped when ``skip_special``, written out otherwise."""
