@@ -3,8 +3,8 @@
 A preset is a partial :class:`~lmforge.config.run.RunConfig` dict. Model-size presets are named
 ``<family>-<size>`` (``transformer-small``, ``lstm-medium``, ``seq2seq_transformer-small``); the names
 ``lstm-classic`` and ``transformer-classic`` are the matched pair used by ``lmforge compare``; ``shakespeare-char``
-is what ``lmforge train`` runs with no arguments. Parameter counts quoted in comments are at a 5,000-token
-vocabulary for language models and 10,000 for translation models; ``lmforge list presets`` computes them.
+is what ``lmforge train`` runs with no arguments. :data:`PARAMETER_COUNTS` documents each preset's size and the
+vocabulary it is quoted at; ``lmforge list presets`` computes the real counts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError
 
-__all__ = ["PRESETS", "preset_names", "get_preset", "DEFAULT_PRESET"]
+__all__ = ["PRESETS", "PARAMETER_COUNTS", "preset_names", "get_preset", "DEFAULT_PRESET"]
 
 DEFAULT_PRESET = "shakespeare-char"
 
@@ -31,24 +31,26 @@ def _lstm(emb: int, hidden: int, layers: int, dropout: float = 0.2, **extra: Any
 PRESETS: dict[str, dict[str, Any]] = {
     # --- decoder-only Transformer sizes (RMSNorm + RoPE + SwiGLU + GQA, tied embeddings) ---
     "transformer-tiny": {"description": "about 0.5M parameters; for tests and demos",
-                         "model": _tfm(64, 2, 4, 128)},
+                         "model": _tfm(64, 4, 4, 128)},
     "transformer-small": {"description": "about 2M parameters",
-                          "model": _tfm(128, 6, 4, 256)},
+                          "model": _tfm(128, 8, 4, 256)},
     "transformer-medium": {"description": "about 8M parameters",
-                           "model": _tfm(256, 8, 8, 256)},
+                           "model": _tfm(256, 10, 8, 256)},
     "transformer-large": {"description": "about 30M parameters",
-                          "model": _tfm(512, 8, 8, 512)},
-    # --- LSTM language-model sizes ---
+                          "model": _tfm(512, 10, 8, 512)},
+    # --- LSTM language-model sizes (tied embeddings, arXiv:1608.05859) ---
     "lstm-tiny": {"description": "about 0.5M parameters; for tests and demos",
-                  "model": _lstm(64, 64, 1, 0.0)},
-    "lstm-small": {"description": "about 2M parameters", "model": _lstm(128, 256, 2)},
-    "lstm-medium": {"description": "about 8M parameters", "model": _lstm(256, 512, 2)},
-    "lstm-large": {"description": "about 30M parameters", "model": _lstm(512, 1024, 2)},
+                  "model": _lstm(80, 80, 2, 0.0, tie_embeddings=True)},
+    "lstm-small": {"description": "about 2.3M parameters", "model": _lstm(256, 256, 2, tie_embeddings=True)},
+    "lstm-medium": {"description": "about 9M parameters", "model": _lstm(512, 512, 3, tie_embeddings=True)},
+    "lstm-large": {"description": "about 30M parameters", "model": _lstm(1024, 1024, 3, 0.3, tie_embeddings=True)},
     # --- the matched pair for `lmforge compare` (classic recipes, 2-3M parameters each) ---
-    "lstm-classic": {"description": "the classic word/BPE LSTM LM: embedding 256, hidden 256, 2 layers, dropout 0.2",
+    "lstm-classic": {"description": "the classic LSTM LM: embedding 256, hidden 256, 2 layers, dropout 0.2, untied "
+                                    "(2.1M parameters at a 2,000-token vocabulary)",
                      "model": _lstm(256, 256, 2, 0.2, init_range=0.1)},
     "transformer-classic": {
-        "description": "the classic Transformer LM: 3 layers, 4 heads, d_model 256, FFN 512, sinusoidal, post-norm LayerNorm",
+        "description": "the classic Transformer LM: 3 layers, 4 heads, d_model 256, FFN 512, sinusoidal, post-norm "
+                       "LayerNorm, tied (2.1M parameters at a 2,000-token vocabulary)",
         "model": _tfm(256, 3, 4, 256, attention={"variant": "mha", "num_heads": 4, "bias": True, "dropout": 0.2},
                       positional={"encoding": "sinusoidal"},
                       ffn={"variant": "mlp", "activation": "relu", "hidden_dim": 512, "bias": True, "dropout": 0.2},
@@ -60,11 +62,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                                  "model": {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
                                            "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}},
     "seq2seq_transformer-small": {"task": "translate", "description": "about 15M parameters at a 10,000-token vocabulary",
-                                  "model": {"family": "seq2seq_transformer", "d_model": 256, "num_heads": 4, "num_encoder_layers": 3,
-                                            "num_decoder_layers": 3, "d_ff": 1024}},
-    "seq2seq_transformer-medium": {"task": "translate", "description": "about 65M parameters (Transformer-base)",
+                                  "model": {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4, "num_encoder_layers": 3,
+                                            "num_decoder_layers": 3, "d_ff": 1280}},
+    "seq2seq_transformer-medium": {"task": "translate",
+                                   "description": "about 65M parameters (Transformer-base layout with a 3072-wide FFN)",
                                    "model": {"family": "seq2seq_transformer", "d_model": 512, "num_heads": 8, "num_encoder_layers": 6,
-                                             "num_decoder_layers": 6, "d_ff": 2048}},
+                                             "num_decoder_layers": 6, "d_ff": 3072}},
     "seq2seq_transformer-large": {"task": "translate", "description": "about 200M parameters (Transformer-big)",
                                   "model": {"family": "seq2seq_transformer", "d_model": 1024, "num_heads": 16, "num_encoder_layers": 6,
                                             "num_decoder_layers": 6, "d_ff": 4096, "dropout": 0.3}},
@@ -86,6 +89,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer": {"kind": "char"},
         "train": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "time_budget": 120.0, "eval_interval": 200},
     },
+}
+
+
+# Documented sizes: preset -> (approximate parameter count, the vocabulary size it is quoted at). Language
+# models are quoted at a 5,000-token vocabulary, the classic pair at 2,000 (as the comparison uses) and
+# translation models at 10,000 (source and target). `lmforge list presets` builds each model to count;
+# tests/config/test_presets.py keeps these within 25% of the real count.
+PARAMETER_COUNTS: dict[str, tuple[int, int]] = {
+    "transformer-tiny": (500_000, 5000),
+    "transformer-small": (2_000_000, 5000),
+    "transformer-medium": (8_000_000, 5000),
+    "transformer-large": (30_000_000, 5000),
+    "lstm-tiny": (500_000, 5000),
+    "lstm-small": (2_300_000, 5000),
+    "lstm-medium": (9_000_000, 5000),
+    "lstm-large": (30_000_000, 5000),
+    "lstm-classic": (2_100_000, 2000),
+    "transformer-classic": (2_100_000, 2000),
+    "seq2seq_transformer-tiny": (1_450_000, 10000),
+    "seq2seq_transformer-small": (15_000_000, 10000),
+    "seq2seq_transformer-medium": (65_000_000, 10000),
+    "seq2seq_transformer-large": (200_000_000, 10000),
+    "seq2seq_lstm-tiny": (1_350_000, 10000),
+    "seq2seq_lstm-small": (18_000_000, 10000),
+    "seq2seq_lstm-medium": (24_000_000, 10000),
+    "seq2seq_lstm-large": (80_000_000, 10000),
 }
 
 
