@@ -1,0 +1,72 @@
+"""``lmforge serve RUN``: an OpenAI-compatible HTTP API and a web chat page for a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+
+from lmforge.errors import LMForgeError
+
+DESCRIPTION = (
+    "Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
+    "/v1/translations, /v1/models, /health) with a web chat page at /. Binds to 127.0.0.1 unless --host says "
+    "otherwise. Needs the [serve] extra: pip install 'lmforge[serve]'."
+)
+
+__all__ = ["DESCRIPTION", "configure", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run folder (from `lmforge train`)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--api-key", default=os.environ.get("LMFORGE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but /health and / "
+                             "(default: $LMFORGE_API_KEY, else no key)")
+    parser.add_argument("--max-concurrency", type=int, default=4, metavar="N",
+                        help="generations running at once (default 4)")
+    parser.add_argument("--max-queue", type=int, default=64, metavar="N",
+                        help="requests waiting for a free slot before the server answers 429 (default 64)")
+    parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
+                        help="largest request body accepted, in KiB (default 1024)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_concurrency < 1:
+        raise LMForgeError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
+    if args.max_queue < 0:
+        raise LMForgeError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if not 0 <= args.port <= 65535:
+        raise LMForgeError(f"--port must be between 0 and 65535, got {args.port}")
+    try:
+        import uvicorn
+
+        from lmforge.serving.app import create_app
+    except ImportError as err:
+        raise LMForgeError(f"serving needs FastAPI and uvicorn ({err.name} is missing); "
+                           "install them with: pip install 'lmforge[serve]'") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not _is_loopback(args.host) and not args.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use the model",
+                    args.host)
+    app = create_app(args.run, api_key=args.api_key, max_concurrency=args.max_concurrency,
+                     max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024)
+    print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "
+          f"http://{args.host}:{args.port}/v1 (API); Ctrl+C stops", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
