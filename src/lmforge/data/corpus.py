@@ -88,9 +88,9 @@ def read_documents(path: str | os.PathLike | None = None) -> list[str]:
         >>> docs[0][:14]
         'First Citizen:'
     """
-    path = default_corpus_path() if path is None else Path(path)
-    if str(path) == "":
+    if path is not None and not str(os.fspath(path)).strip():  # Path("") would silently mean "."
         raise DataError("the corpus path is empty; pass a text file, a folder of .txt/.md files or a .jsonl file")
+    path = default_corpus_path() if path is None else Path(path)
     if not path.exists():
         raise DataError(f"corpus path {path} does not exist; pass a text file, a folder of .txt/.md files or a .jsonl file")
     if path.is_dir():
