@@ -18,6 +18,8 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 
 # name -> (module, one-line help). Keep in step with the modules in lmforge/cli/ (tests check both ways).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lmforge.cli.train", "train a model on text and print its figures and a sample"),
+    "eval": ("lmforge.cli.eval", "evaluate a run: loss, perplexity, bits per char/byte (or BLEU for translation)"),
     "list": ("lmforge.cli.list", "list presets, model families and components"),
     "tokenizer": ("lmforge.cli.tokenizer", "train a tokenizer or encode text with one"),
     "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),

@@ -1,0 +1,101 @@
+"""Language-model figures on a token split: loss, perplexity, bits per character and bits per byte.
+
+Bits per character (and per byte) divide the *total* information, in bits, that the model needs for the split
+by the number of characters (bytes) of the text the split was made from, never by the number of tokens, so
+models with different tokenizers compare fairly. Padding targets (-100) never count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["evaluate_lm", "lm_figures"]
+
+_LN2 = math.log(2.0)
+
+
+def lm_figures(total_nats: float, predicted: int, split_targets: int, meta_split: Optional[dict]) -> dict[str, Any]:
+    """Turns a summed loss into the reported figures.
+
+    Args:
+        total_nats: summed cross-entropy (natural log) over the ``predicted`` targets.
+        predicted: how many targets were scored.
+        split_targets: how many targets the whole split has (``tokens - 1``); when fewer were scored, bits per
+            character and per byte are scaled up to the whole split (an estimate).
+        meta_split: ``{"chars", "bytes", ...}`` of the split's text, or ``None`` (then the per-char and per-byte
+            figures are ``None``).
+
+    Returns:
+        ``loss``, ``perplexity``, ``bits_per_char``, ``bits_per_byte`` and ``tokens``.
+    """
+    loss = total_nats / max(1, predicted)
+    bits = loss / _LN2 * split_targets  # the whole split's information content
+    chars = (meta_split or {}).get("chars")
+    nbytes = (meta_split or {}).get("bytes")
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_char": bits / chars if chars else None,
+        "bits_per_byte": bits / nbytes if nbytes else None,
+        "tokens": predicted,
+    }
+
+
+@torch.no_grad()
+def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional[dict], block_size: int,
+                batch_size: int, device: str | torch.device | None = None, max_batches: Optional[int] = None,
+                autocast: Any = None) -> dict[str, Any]:
+    """Scores a causal LM on every token of a split (contiguous windows, each target exactly once).
+
+    Args:
+        model: a :class:`~lmforge.models.protocol.CausalLM`; its train/eval mode is restored afterwards.
+        tokens: 1-D token ids of the split (documents joined with ``eos``).
+        meta_split: the split's ``{"chars", "bytes"}`` (from ``LMData.meta["val"]``), or ``None``.
+        block_size: window length.
+        batch_size: windows per forward pass.
+        device: where to run; default: the model's device.
+        max_batches: score only the first this many batches (bits per char/byte are then estimates).
+        autocast: an optional context-manager factory (e.g. ``Precision.autocast``).
+
+    Returns:
+        ``loss`` (nats/token), ``perplexity``, ``bits_per_char``, ``bits_per_byte``, ``tokens`` (targets
+        scored) and ``tokens_per_s``.
+
+    Example:
+        >>> figs = evaluate_lm(model, data.val, data.meta["val"], 64, 32)  # doctest: +SKIP
+        >>> round(figs["bits_per_char"], 3)  # doctest: +SKIP
+    """
+    from lmforge.data import IGNORE_INDEX, iter_eval_batches
+
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    t0 = time.perf_counter()
+    try:
+        for i, (x, y) in enumerate(iter_eval_batches(tokens, block_size, batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            if autocast is not None:
+                with autocast():
+                    logits, _ = model(x)
+            else:
+                logits, _ = model(x)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),  # (B*T, V)
+                                  ignore_index=IGNORE_INDEX, reduction="sum")
+            total += float(nll)
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    figs = lm_figures(total, count, max(1, len(tokens) - 1), meta_split)
+    figs["tokens_per_s"] = count / seconds if seconds > 0 else float("inf")
+    return figs
