@@ -43,7 +43,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 5000, min
     Example:
         >>> tok = train_tokenizer("word", ["the cat saw the dog"], vocab_size=12)
         >>> tok.decode(tok.encode("the dog saw a cat"))
-        'the dog saw <unk> cat'
+        'the dog <unk> <unk> cat'
     """
     cls = TOKENIZERS.get(kind)
     if isinstance(texts, str):

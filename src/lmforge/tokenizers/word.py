@@ -40,7 +40,7 @@ class WordTokenizer:
     and only in-vocabulary words (lowercased when ``lowercase`` is set).
 
     Example:
-        >>> tok = WordTokenizer.train(["to be or not to be"], vocab_size=12)
+        >>> tok = WordTokenizer.train(["to be or not to be"], vocab_size=13)
         >>> tok.decode(tok.encode("to be  or\\nnot"))
         'to be or\\nnot'
     """
