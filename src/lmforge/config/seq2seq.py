@@ -38,6 +38,10 @@ class Seq2SeqTransformerConfig(StrictModel):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint tokenizer)")
+        if self.positional == "rope" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"RoPE rotates channel pairs, so the head width d_model/num_heads ({self.d_model // self.num_heads}) must be even"
+            )
         return self
 
 
@@ -55,5 +59,15 @@ class Seq2SeqLSTMConfig(StrictModel):
     attention: Literal["none", "dot", "general", "additive"] = "none"
     bidirectional_encoder: bool = False
     max_len: int = Field(256, ge=1)
-    tie_output: bool = False
+    tie_output: bool = Field(False, description="tie the target embedding and the output layer (needs emb_dim == hidden_dim)")
     pad_idx: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Seq2SeqLSTMConfig":
+        if self.bidirectional_encoder and self.hidden_dim % 2:
+            raise ValueError(
+                f"a bidirectional encoder splits hidden_dim ({self.hidden_dim}) between two directions, so it must be even"
+            )
+        if self.tie_output and self.emb_dim != self.hidden_dim:
+            raise ValueError(f"tie_output needs emb_dim == hidden_dim (got {self.emb_dim} and {self.hidden_dim})")
+        return self

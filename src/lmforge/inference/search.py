@@ -1,0 +1,269 @@
+"""Decoding for encoder-decoder models: greedy, sampling and batched beam search.
+
+Every function works on any model with the incremental-decoding contract of :class:`Seq2SeqDecoder`
+(both :mod:`lmforge.models.seq2seq` families have it). Hypotheses are returned without ``<bos>`` and ``<eos>``.
+
+Beam search scores a finished hypothesis Y by ``log P(Y|X) / lp(Y)`` with the GNMT length penalty
+``lp(Y) = ((5 + |Y|) / 6) ** alpha`` (arXiv:1609.08144, section 7), where |Y| counts the generated tokens including
+``<eos>``. A sentence's search ends only when no live hypothesis can still beat its ``n_best``-th finished one
+(log-probabilities only fall as a hypothesis grows, but ``lp`` grows too, so the bound uses ``lp(max_len)``),
+not when the best hypothesis first emits ``<eos>``. Ties break deterministically: the better-ranked beam first,
+then the lower token id.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Seq2SeqDecoder", "Hypothesis", "length_penalty", "greedy_search", "sample_search", "beam_search",
+    "default_max_len",
+]
+
+
+class Seq2SeqDecoder(Protocol):
+    """The incremental-decoding contract the search functions use."""
+
+    def start_decoding(self, src: Tensor) -> Any:
+        """Encodes ``src`` (B, S) and returns a state whose ``select(index)`` picks rows."""
+        ...
+
+    def decode_step(self, tgt: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Feeds ``tgt`` (B, T) -> logits (B, T, V) and the new state."""
+        ...
+
+
+@dataclass
+class Hypothesis:
+    """One output of beam search.
+
+    Attributes:
+        tokens: generated ids, without ``<bos>`` and ``<eos>``.
+        score: ``log_prob / lp(length)``, what hypotheses are ranked by.
+        log_prob: total log-probability, including that of ``<eos>`` when it was generated.
+        finished: ``False`` when ``max_len`` cut the hypothesis off (its ``<eos>`` was then forced, and
+            ``log_prob`` counts that ``<eos>`` too).
+    """
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+    finished: bool = True
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (arXiv:1609.08144); 1.0 when ``alpha`` is 0."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def default_max_len(src_len: int, model: Any = None, cap: Optional[int] = None) -> int:
+    """A default output budget: ``1.5 * src_len + 10`` tokens, at most the model's ``max_len`` (or ``cap``)."""
+    n = int(1.5 * src_len) + 10
+    limit = cap if cap is not None else getattr(model, "max_len", None)
+    return min(n, limit) if limit else n
+
+
+def _step_logprobs(model: Any, tokens: Tensor, state: Any, banned: Sequence[int]) -> tuple[Tensor, Any]:
+    logits, state = model.decode_step(tokens, state)
+    logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
+    if banned:
+        logp[:, list(banned)] = float("-inf")
+    return logp, state
+
+
+def _start(model: Any, src: Tensor, bos_id: int) -> tuple[Any, Tensor]:
+    state = model.start_decoding(src)
+    return state, torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
+
+
+@torch.no_grad()
+def greedy_search(
+    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: Optional[int] = None,
+    banned_ids: Sequence[int] = (),
+) -> list[list[int]]:
+    """Picks the most likely token at each step (the lower id on a tie) until ``<eos>`` or ``max_len`` tokens.
+
+    Args:
+        model: a :class:`Seq2SeqDecoder`.
+        src: (B, S) right-padded source ids.
+        bos_id: the id the decoder starts from.
+        eos_id: the id that ends a hypothesis.
+        max_len: the most tokens to generate (``<eos>`` not counted); default :func:`default_max_len`.
+        banned_ids: ids never generated (e.g. ``<pad>``, ``<bos>``).
+
+    Returns:
+        B lists of ids, without ``<bos>``/``<eos>``.
+    """
+    max_len = max_len or default_max_len(src.size(1), model)
+    state, tok = _start(model, src, bos_id)
+    out = [[] for _ in range(src.size(0))]
+    alive = torch.arange(src.size(0), device=src.device)
+    for _ in range(max_len):
+        logp, state = _step_logprobs(model, tok, state, banned_ids)
+        nxt = logp.argmax(dim=-1)  # argmax returns the first (lowest) index on ties
+        keep = []
+        for row, (sent, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
+            if t == eos_id:
+                continue
+            out[sent].append(t)
+            keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep, device=src.device)
+            alive, state, nxt = alive[idx], state.select(idx), nxt[idx]
+        tok = nxt[:, None]
+    return out
+
+
+def _filter_logits(logits: Tensor, top_k: Optional[int], top_p: Optional[float]) -> Tensor:
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        # Nucleus sampling (arXiv:1904.09751): keep the smallest set of tokens whose mass reaches top_p.
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before a token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_search(
+    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: Optional[int] = None,
+    temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+    generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
+) -> list[list[int]]:
+    """Samples each token from the (temperature-scaled, top-k/top-p filtered) distribution.
+
+    ``temperature=0`` is greedy. Pass a seeded ``generator`` for reproducible samples. Other arguments as in
+    :func:`greedy_search`.
+    """
+    if temperature == 0:
+        return greedy_search(model, src, bos_id=bos_id, eos_id=eos_id, max_len=max_len, banned_ids=banned_ids)
+    max_len = max_len or default_max_len(src.size(1), model)
+    state, tok = _start(model, src, bos_id)
+    out = [[] for _ in range(src.size(0))]
+    alive = list(range(src.size(0)))
+    for _ in range(max_len):
+        logp, state = _step_logprobs(model, tok, state, banned_ids)
+        probs = _filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
+        nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(src.device)
+        keep = [row for row, t in enumerate(nxt.tolist()) if t != eos_id]
+        for row in keep:
+            out[alive[row]].append(int(nxt[row]))
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep, device=src.device)
+            alive, state, nxt = [alive[r] for r in keep], state.select(idx), nxt[idx]
+        tok = nxt[:, None]
+    return out
+
+
+def _topk_ordered(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best entries of each row of ``scores`` (N, M), ordered by value, then by lower index on ties.
+
+    ``torch.topk`` leaves the order of equal values unspecified, so ties are re-ordered here; when a tie crosses
+    the k-th place, a full stable sort decides which entries get in.
+    """
+    k = min(k, scores.size(1))
+    kk = min(k + 1, scores.size(1))
+    vals, idx = scores.topk(kk, dim=1)
+    if kk > k and bool((vals[:, k - 1] == vals[:, k]).any()):
+        vals, idx = scores.sort(dim=1, descending=True, stable=True)
+        return vals[:, :k], idx[:, :k]
+    idx, perm = idx[:, :k].sort(dim=1)  # by index ...
+    vals = vals[:, :k].gather(1, perm)
+    vals, perm = vals.sort(dim=1, descending=True, stable=True)  # ... then by value, keeping index order on ties
+    return vals, idx.gather(1, perm)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Any, src: Tensor, *, bos_id: int, eos_id: int, beam_size: int = 5, alpha: float = 0.6,
+    n_best: int = 1, max_len: Optional[int] = None, banned_ids: Sequence[int] = (),
+) -> list[list[Hypothesis]]:
+    """Batched beam search with the GNMT length penalty and exact finishing.
+
+    Args:
+        model: a :class:`Seq2SeqDecoder`.
+        src: (B, S) right-padded source ids; all B sentences are searched together.
+        bos_id: the id the decoder starts from.
+        eos_id: the id that ends a hypothesis.
+        beam_size: live hypotheses kept per sentence.
+        alpha: length-penalty exponent (0 ranks by plain log-probability).
+        n_best: hypotheses returned per sentence (at most ``beam_size``).
+        max_len: the most tokens per hypothesis (``<eos>`` not counted); after that many, ``<eos>`` is forced.
+        banned_ids: ids never generated (e.g. ``<pad>``, ``<bos>``).
+
+    Returns:
+        For each sentence, its ``n_best`` hypotheses, best first.
+    """
+    if beam_size < 1 or not 1 <= n_best <= beam_size:
+        raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size} and {n_best}")
+    if alpha < 0:
+        raise ValueError(f"the length-penalty exponent alpha must be >= 0, got {alpha}")
+    b, k = src.size(0), beam_size
+    max_len = max_len or default_max_len(src.size(1), model)
+    device = src.device
+    state = model.start_decoding(src).select(torch.arange(b, device=device).repeat_interleave(k))
+    seqs = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)  # (N*K, t) live hypotheses
+    cum = torch.zeros(b, k, device=device)
+    cum[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, int, Hypothesis]]] = [[] for _ in range(b)]
+    active = list(range(b))  # sentence of each row block still searching
+    lp_max = length_penalty(max_len + 1, alpha)
+    counter = 0
+    for step in range(max_len + 1):
+        n = len(active)
+        logp, state = _step_logprobs(model, seqs[:, -1:], state, banned_ids)  # (n*K, V)
+        v = logp.size(1)
+        if step == max_len:  # the last allowed token must be <eos>
+            eos_col = logp[:, eos_id].clone()
+            logp.fill_(float("-inf"))
+            logp[:, eos_id] = eos_col
+        cand = (cum.view(n * k, 1) + logp).view(n, k * v)  # (n, K*V)
+        top_v, top_i = _topk_ordered(cand, 2 * k)  # (n, 2K): at most K of them are <eos>, one per beam
+        beam, tok = top_i // v, top_i % v
+        is_eos = tok.eq(eos_id)
+        lp_now = length_penalty(step + 1, alpha)
+        for row, sent in enumerate(active):
+            for r in range(k):  # only <eos> candidates that rank within the beam finish
+                if is_eos[row, r] and math.isfinite(top_v[row, r].item()):
+                    src_row = row * k + int(beam[row, r])
+                    total = float(top_v[row, r])
+                    hyp = Hypothesis(seqs[src_row, 1:].tolist(), total / lp_now, total, finished=step < max_len)
+                    finished[sent].append((-hyp.score, counter, hyp))
+                    counter += 1
+        # the K best non-<eos> candidates continue (stable: rank order kept)
+        rank = torch.arange(2 * k, device=device).expand(n, 2 * k)
+        pick = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]  # (n, K)
+        cum = top_v.gather(1, pick)
+        origin = (beam.gather(1, pick) + torch.arange(n, device=device)[:, None] * k).view(-1)  # (n*K,)
+        seqs = torch.cat((seqs.index_select(0, origin), tok.gather(1, pick).view(-1, 1)), dim=1)
+        state = state.select(origin)
+        # a sentence is done when no live hypothesis can beat its n_best-th finished one
+        best_live = cum.max(dim=1).values / (lp_max if alpha > 0 else 1.0)  # cum <= 0, so this bounds any future score
+        keep = []
+        for row, sent in enumerate(active):
+            done = len(finished[sent]) >= n_best and (
+                -sorted(finished[sent])[n_best - 1][0] >= float(best_live[row])
+            )
+            if not done:
+                keep.append(row)
+        if not keep:
+            active = []
+            break
+        if len(keep) < n:
+            idx = torch.tensor(keep, device=device)
+            rows = (idx[:, None] * k + torch.arange(k, device=device)).view(-1)
+            active = [active[r] for r in keep]
+            cum, seqs, state = cum.index_select(0, idx), seqs.index_select(0, rows), state.select(rows)
+    return [[h for _, _, h in sorted(f)[:n_best]] for f in finished]
