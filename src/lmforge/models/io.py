@@ -41,6 +41,7 @@ __all__ = [
     "load_model",
     "count_parameters",
     "read_metadata",
+    "config_class_for",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "TOKENIZER_FILE",
@@ -342,25 +343,33 @@ def _read_model_config(directory: Path) -> Any:
     return _parse_config(data, source=str(directory / name))
 
 
-def _parse_config(data: dict[str, Any], source: str) -> Any:
-    """Validates a model config dict with its family's config class (``config_class`` on the family's
-    builder, else the built-in config of that family)."""
+def config_class_for(family: str) -> type:
+    """The config class of a registered family: ``config_class`` on its module class, else the built-in one.
+
+    Raises:
+        ConfigError: the family is not registered (the message lists the registered ones).
+        CheckpointError: the family's module declares no ``config_class`` and is not built in.
+    """
     import typing
 
     from lmforge.config.model import ModelConfig
     from lmforge.models.registry import MODELS, _resolve
 
+    config_class = getattr(_resolve(MODELS.get(family)), "config_class", None)
+    if config_class is not None:
+        return config_class
+    for cls in typing.get_args(typing.get_args(ModelConfig)[0]):
+        if cls.model_fields["family"].default == family:
+            return cls
+    raise CheckpointError(f"model family {family!r} has no config class; set `config_class` on its module class")
+
+
+def _parse_config(data: dict[str, Any], source: str) -> Any:
+    """Validates a model config dict with its family's config class."""
     family = data.get("family")
     if not isinstance(family, str):
         raise CheckpointError(f"{source} has no 'family' key; it is not an lmforge model config")
-    config_class = getattr(_resolve(MODELS.get(family)), "config_class", None)
-    if config_class is None:
-        union = typing.get_args(typing.get_args(ModelConfig)[0])
-        matches = [c for c in union if c.model_fields["family"].default == family]
-        if not matches:
-            raise CheckpointError(f"{source}: family {family!r} has no config class; set `config_class` on its module")
-        config_class = matches[0]
-    return config_class.parse(data, source=source)
+    return config_class_for(family).parse(data, source=source)
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
