@@ -94,7 +94,7 @@ def _models() -> list[dict[str, Any]]:
         target = entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
         doc, config = "", ""
         try:
-            obj = _load(target)
+            obj = _load(entry) if isinstance(entry, str) else entry
             doc = _first_line(obj.__doc__ or "")
             config = config_class_for(family).__name__
         except (ImportError, AttributeError, LMForgeError):
