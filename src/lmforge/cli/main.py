@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("lmforge.cli.tokenizer", "train a tokenizer or encode text with one"),
     "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),
     "serve": ("lmforge.cli.serve", "serve a run over an OpenAI-compatible HTTP API with a web chat page"),
+    "translate": ("lmforge.cli.translate", "translate text with a translation run, one sentence per line"),
 }
 
 
