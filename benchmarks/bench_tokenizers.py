@@ -50,7 +50,9 @@ def main() -> None:
     text = "".join(docs)
     n_bytes = len(text.encode("utf-8"))
     train_docs, val_docs = split_documents(docs)
-    print(f"corpus: {len(text):,} characters, {n_bytes / 1e6:.2f} MB; CPU: {_cpu()} ({os.cpu_count()} cores)\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"corpus: {len(text):,} characters, {n_bytes / 1e6:.2f} MB; CPU: {_cpu()} ({os.cpu_count()} cores), "
+          f"load average {load:.1f} at start\n")
     print("| kind | vocab | train (s) | encode (s) | tokens | chars/token | encode tokens/s | encode MB/s | decode MB/s | cache build (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind in ("char", "word", "bpe"):

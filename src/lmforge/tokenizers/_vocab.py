@@ -39,15 +39,14 @@ class VocabTable:
     def tokens(self, ids: Sequence[int], skip_special: bool) -> list[str]:
         """The token strings of ``ids``; ``skip_special`` drops specials except ``<unk>`` (it stands for text)."""
         size = len(self.itos)
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < size:
-                raise TokenizerError(f"token id {i} is outside the vocabulary (size {size}); is this the model's tokenizer?")
-            if skip_special and i < FIRST_REGULAR_ID and i != UNK_ID:
-                continue
-            out.append(self.itos[i])
-        return out
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < size), None)
+        if bad is not None:
+            raise TokenizerError(f"token id {bad} is outside the vocabulary (size {size}); is this the model's tokenizer?")
+        itos = self.itos
+        if skip_special:
+            return [itos[i] for i in ids if i >= FIRST_REGULAR_ID or i == UNK_ID]
+        return [itos[i] for i in ids]
 
 
 def most_frequent(counts: Counter, max_tokens: int, min_frequency: int) -> list[str]:

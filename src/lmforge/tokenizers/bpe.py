@@ -132,11 +132,16 @@ class BPETokenizer:
         """The underlying ``tokenizers.Tokenizer`` (for interop; do not change it)."""
         return self._tok
 
+    def _batch(self, texts: list[str]) -> list[Any]:
+        # encode_batch_fast (tokenizers >= 0.20) skips character offsets, which lmforge never uses.
+        fast = getattr(self._tok, "encode_batch_fast", None)
+        return (fast or self._tok.encode_batch)(texts, add_special_tokens=False)
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text`` (long text is cut at safe boundaries and encoded in parallel, same ids)."""
         try:
             if len(text) > _CHUNK_CHARS:
-                ids = [i for enc in self._tok.encode_batch(list(_chunks(text)), add_special_tokens=False) for i in enc.ids]
+                ids = [i for enc in self._batch(list(_chunks(text))) for i in enc.ids]
             else:
                 ids = self._tok.encode(text, add_special_tokens=False).ids
         except TypeError:
@@ -153,7 +158,7 @@ class BPETokenizer:
         if any(len(t) > _CHUNK_CHARS for t in texts):
             return [self.encode(t) for t in texts]
         try:
-            return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+            return [enc.ids for enc in self._batch(texts)]
         except TypeError:
             return [self.encode(t) for t in texts]  # names the bad text
 
