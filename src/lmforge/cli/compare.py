@@ -40,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-tokens", type=int, default=200, help="tokens in each sample (default: 200)")
     parser.add_argument("--prompt", action="append", default=None, help="prompt for the samples (repeatable)")
     parser.add_argument("--seed", type=int, default=1337, help="seed for data order, initialisation and sampling")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for training and measuring (default: torch's choice; 1 on a shared machine)")
     parser.add_argument("--note", action="append", default=[], help="a sentence added to the report's notes (repeatable)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="train every model in this process (faster start, but memory peaks then depend on the order)")
@@ -59,7 +61,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag, value in (("--device", args.device), ("--batch-size", args.batch_size), ("--block-size", args.block_size),
                         ("--eval-tokens", args.eval_tokens), ("--evals", args.evals), ("--repeats", args.repeats),
                         ("--decode-length", args.decode_length), ("--sample-tokens", args.sample_tokens),
-                        ("--seed", args.seed)):
+                        ("--seed", args.seed), ("--threads", args.threads)):
         if value is not None:
             parts += [flag, str(value)]
     for prompt in args.prompt or []:
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         budget_seconds=args.budget_seconds, budget_tokens=args.budget_tokens, out_dir=args.out or "runs/compare",
         device=args.device, batch_size=args.batch_size, block_size=args.block_size, eval_tokens=args.eval_tokens,
         evals=args.evals, repeats=args.repeats, decode_length=args.decode_length, sample_tokens=args.sample_tokens,
-        prompts=args.prompt, seed=args.seed, notes=list(args.note), isolate=args.isolate,
+        prompts=args.prompt, seed=args.seed, notes=list(args.note), isolate=args.isolate, threads=args.threads,
         command=_command_line(args),
     )
     report: dict[str, Any] = run_compare(settings)

@@ -152,7 +152,8 @@ def _compare(report: dict[str, Any], metric: Metric) -> Optional[str]:
         how = f"{bv / sv:.2f}x" if sv > 0 else "infinitely"
         return f"{best} led on {metric.noun}: {metric.fmt(bv)} against {metric.fmt(sv)} for {second} ({how} as much)."
     pct = (sv - bv) / sv * 100 if sv else 0.0
-    return f"{best} led on {metric.noun}: {metric.fmt(bv)} against {metric.fmt(sv)} for {second} ({pct:.0f}% lower)."
+    how = f"{sv / bv:.1f}x lower" if pct >= 50 and bv > 0 else f"{pct:.1f}% lower" if pct < 10 else f"{pct:.0f}% lower"
+    return f"{best} led on {metric.noun}: {metric.fmt(bv)} against {metric.fmt(sv)} for {second} ({how})."
 
 
 def summary_paragraph(report: dict[str, Any]) -> str:
@@ -202,11 +203,11 @@ def render_markdown(report: dict[str, Any], plots: Optional[list[str]] = None) -
         out += ["Command:", "", f"```\n{report['command']}\n```", ""]
     out += [_table(report), "", summary_paragraph(report), ""]
     notes = list(report.get("notes") or [])
-    for name, entry in report["models"].items():
-        methods = entry.get("memory_methods") or {}
-        if methods.get("train"):
-            notes.append(f"{name}: memory measured as {methods['train']}.")
-            break
+    methods = sorted({m for e in report["models"].values() for m in (e.get("memory_methods") or {}).values() if m})
+    if methods:
+        isolated = report.get("settings", {}).get("isolated_processes")
+        where = " Each model was trained in one fresh process and measured in another." if isolated else ""
+        notes.append(f"Memory is the {' / '.join(methods)}.{where}")
     if notes:
         out += ["## Notes", ""] + [f"- {_escape(n)}" for n in notes] + [""]
     if plots:

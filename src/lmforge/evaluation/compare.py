@@ -1,0 +1,461 @@
+"""``lmforge compare``: the same data, tokenizer and budget for every model, and the same measurements.
+
+The parent process reads the corpus, trains one tokenizer on the training split and builds one token cache;
+every model then trains from that cache with the same window, batch size, optimiser settings, seed and budget.
+Each model is trained in a fresh process, and measured (latency, generation, memory) in another fresh process
+that loads the saved run, so the peak memory of one phase or one model never leaks into another's figure (a
+process's allocator keeps freed memory, and the RSS high-water mark is per process). ``isolate=False`` runs
+everything in this process instead (faster, for debugging; the memory figures then depend on the order).
+
+The result is a plain dict (see :mod:`lmforge.evaluation.report`), written by
+:func:`~lmforge.evaluation.report.write_report`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lmforge.config import PRESETS, RunConfig, get_preset, read_config_file
+from lmforge.errors import ConfigError
+
+__all__ = ["CompareSettings", "ALIASES", "resolve_models", "run_compare", "shared_target"]
+
+log = logging.getLogger(__name__)
+
+#: Short names accepted by ``--models``.
+ALIASES = {"lstm": "lstm-classic", "transformer": "transformer-classic"}
+DEFAULT_PROMPTS = ["ROMEO:", "First Citizen:\n"]
+
+
+@dataclass
+class CompareSettings:
+    """What to compare and how; every model gets the same values.
+
+    Attributes:
+        models: preset names (``lstm-classic``), aliases (``lstm``) or config files.
+        data: corpus path (None = the bundled Tiny Shakespeare).
+        tokenizer: ``char`` or ``bpe``; trained once on the training split and shared.
+        vocab_size: BPE vocabulary size.
+        budget_seconds: training seconds for all models together, split equally (evaluation excluded).
+        budget_tokens: training tokens for each model (overrides ``budget_seconds``).
+        out_dir: where the report, the runs and the token cache go.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: training batch in sequences.
+        block_size: training window; default the smallest context of the models, at most 256.
+        eval_tokens: validation tokens scored (default the whole validation split).
+        evals: validation points on each loss curve.
+        eval_iters: batches per periodic evaluation.
+        repeats: timed repeats per latency figure (after ``warmup`` untimed ones).
+        decode_length: tokens generated for the time-per-token curve.
+        gen_tokens: tokens generated per sequence for the generation-throughput figures.
+        sample_tokens: length of each sample.
+        prompts: sample prompts (default: two Shakespeare cues on the bundled corpus, else the start of the
+            validation text).
+        seed: one seed for initialisation, data order and sampling.
+        notes: sentences copied into the report.
+        isolate: one fresh process per model and phase (see the module docstring).
+        threads: ``torch.set_num_threads`` for training and measuring (default: torch's choice). On a machine
+            that other jobs share, 1 thread avoids the stalls of an oversubscribed thread pool.
+        command: the command line, recorded in the report.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["lstm-classic", "transformer-classic"])
+    data: Optional[str] = None
+    tokenizer: str = "char"
+    vocab_size: int = 2000
+    budget_seconds: Optional[float] = None
+    budget_tokens: Optional[int] = None
+    out_dir: str = "runs/compare"
+    device: str = "auto"
+    batch_size: int = 32
+    block_size: Optional[int] = None
+    eval_tokens: Optional[int] = None
+    evals: int = 10
+    eval_iters: int = 4
+    repeats: int = 10
+    warmup: int = 2
+    decode_length: int = 256
+    gen_tokens: int = 128
+    sample_tokens: int = 200
+    prompts: Optional[list[str]] = None
+    seed: int = 1337
+    notes: list[str] = field(default_factory=list)
+    isolate: bool = True
+    threads: Optional[int] = None
+    command: Optional[str] = None
+
+
+def resolve_models(specs: list[str]) -> list[tuple[str, str, RunConfig]]:
+    """Turns ``--models`` entries into ``(name, description, RunConfig)``.
+
+    Raises:
+        ConfigError: an unknown preset or missing file, a translation model, or a name given twice.
+    """
+    out: list[tuple[str, str, RunConfig]] = []
+    for spec in specs:
+        name = ALIASES.get(spec, spec)
+        if name in PRESETS:
+            description = PRESETS[name].get("description", "")
+            config = RunConfig.parse(get_preset(name), source=f"preset {name}")
+        elif Path(spec).suffix.lower() in (".yaml", ".yml", ".json") or Path(spec).exists():
+            data = read_config_file(spec)
+            data = data if "model" in data else {"model": data}
+            config = RunConfig.parse(data, source=spec)
+            name, description = Path(spec).stem, f"from {spec}"
+        else:
+            lm_presets = [n for n, p in PRESETS.items() if p.get("task", "lm") == "lm" and "model" in p]
+            raise ConfigError(f"unknown model {spec!r}; pass a preset ({', '.join(sorted(lm_presets))}), an alias "
+                              f"({', '.join(ALIASES)}) or a .yaml/.json config file")
+        if config.task != "lm":
+            raise ConfigError(f"{spec!r} is a {config.model.family} translation model; compare language models "
+                              "(lstm or transformer families)")
+        if any(n == name for n, _, _ in out):
+            raise ConfigError(f"model {name!r} is listed twice in --models; list each model once")
+        out.append((name, description, config))
+    return out
+
+
+def shared_target(curves: dict[str, list[dict]]) -> Optional[float]:
+    """The highest of the models' best validation losses: the lowest loss every model reached."""
+    bests = [min(p["loss"] for p in pts) for pts in curves.values() if pts]
+    return max(bests) if bests else None
+
+
+def _time_to(points: list[dict], target: float) -> Optional[dict]:
+    for p in points:
+        if p["loss"] <= target:
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the workers
+def _setup_worker(job: dict) -> None:
+    """Logging and thread count of a worker (a fresh process when isolated)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=job["log_level"], format="%(message)s")
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])
+
+
+def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
+    """The shared tokenizer, the token cache, and the (possibly shortened) validation split with its lengths."""
+    import numpy as np
+
+    from lmforge.data import prepare_lm_data, read_documents, split_documents
+    from lmforge.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(job["tokenizer_path"])
+    train_docs, val_docs = split_documents(read_documents(job["data"]), val_fraction=job["val_fraction"])
+    data = prepare_lm_data(train_docs, val_docs, tok, job["cache_dir"])
+    val, meta = data.val, data.meta["val"]
+    if job.get("eval_tokens") and job["eval_tokens"] + 1 < len(val):
+        val = np.asarray(val[: job["eval_tokens"] + 1])
+        text = tok.decode(val.tolist(), skip_special=True)  # the text these tokens stand for
+        meta = {"tokens": len(val), "chars": len(text), "bytes": len(text.encode("utf-8"))}
+    return tok, data, val, meta
+
+
+def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> float:
+    """Median seconds of a forward + backward pass on a training batch (weights are not changed)."""
+    import statistics
+    import time
+
+    from lmforge.evaluation.metrics import _sync
+
+    model.to(device).train()
+    task.setup(device=device, rank=0, world_size=1, grad_accum=1)
+    x, y = task.next_batches()[0]
+    times = []
+    for _ in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        loss.backward()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
+
+
+def _train_worker(job: dict) -> dict:
+    """Trains one model (in its own process when isolated) and returns its training figures and curve."""
+    import torch
+
+    from lmforge.evaluation.metrics import PeakMemory
+    from lmforge.models import build_model
+    from lmforge.training.precision import resolve_device
+    from lmforge.training.tasks import LMTask
+    from lmforge.training.trainer import Trainer
+
+    _setup_worker(job)
+    name = job["name"]
+    config = RunConfig.parse(job["config"])
+    device = resolve_device(config.train.device)
+    tok, data, val, val_meta = _load_data(job)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model)
+    curve: list[dict] = []
+
+    def progress(event: dict) -> None:
+        if event.get("event") == "eval":
+            curve.append({"step": event["step"], "tokens": event["tokens"], "time_s": event["elapsed"],
+                          "wall_s": event["wall"], "loss": event["val_loss"]})
+            log.info("%s: step %d, %.0f s, %d tokens, val loss %.4f", name, event["step"], event["elapsed"],
+                     event["tokens"], event["val_loss"])
+
+    with PeakMemory(device) as mem:
+        task = LMTask(data.train, val, config.block_size, config.train.batch_size, seed=config.train.seed,
+                      val_meta=val_meta)
+        if config.train.max_steps is None:  # a time budget: spread the evaluations over the expected steps
+            step_s = _calibrate_step_time(model, task, device)
+            expected = max(1, int(config.train.time_budget / max(step_s, 1e-6)))
+            config = config.with_overrides({"train.eval_interval": max(1, expected // job["evals"])})
+            log.info("%s: about %.3f s per step, so about %d steps; evaluating every %d", name, step_s, expected,
+                     config.train.eval_interval)
+            task = LMTask(data.train, val, config.block_size, config.train.batch_size, seed=config.train.seed,
+                          val_meta=val_meta)
+        torch.manual_seed(config.train.seed)  # calibration drew dropout masks; the weights are untouched
+        summary = Trainer(config, model, task, run_dir=job["run_dir"], tokenizers=tok, progress=progress,
+                          device=device).fit()
+    return {"summary": summary, "curve": curve, "memory": mem.to_dict(), "config": config.to_dict()}
+
+
+def _measure_worker(job: dict) -> dict:
+    """Loads a trained run (in its own process when isolated) and measures latency, generation and memory."""
+    import torch
+
+    from lmforge.evaluation import metrics as M
+    from lmforge.training.checkpoint import load_run
+    from lmforge.training.precision import resolve_device
+
+    _setup_worker(job)
+    device = resolve_device(job["device"])
+    out: dict[str, Any] = {}
+    with M.PeakMemory(device) as mem:
+        run = load_run(job["run_dir"], device=device)
+        model, tok = run.model, run.tokenizer
+        vocab = run.config.model.vocab_size
+        block = job["block_size"]
+        for b in (1, 32):
+            out[f"latency_b{b}_ms"] = _guard(lambda: M.forward_latency(model, b, block, vocab, job["repeats"],
+                                                                       job["warmup"]).median_s * 1000)
+        out["decode_ms_per_token"] = _guard(lambda: [t * 1000 for t in M.decode_step_times(
+            model, job["decode_length"], batch_size=1, repeats=3, start_id=tok.bos_id)])
+        for b in (1, 32):
+            out[f"gen_tokens_per_s_b{b}"] = _guard(lambda: _generation_speed(model, tok, b, job, device))
+        out["samples"] = _guard(lambda: _samples(model, tok, job))
+        out["params"] = M.parameter_split(model, vocab)
+    out["memory"] = mem.to_dict()
+    out["disk_bytes"] = M.size_on_disk(Path(job["run_dir"]) / "model.safetensors")
+    return out
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or ``{"unavailable": why}`` when the machine cannot run it (out of memory, missing module)."""
+    try:
+        return fn()
+    except (RuntimeError, ImportError, MemoryError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        log.warning("measurement failed: %s", first)
+        return {"unavailable": f"{type(err).__name__}: {first}"}
+
+
+def _generation_speed(model: Any, tok: Any, batch: int, job: dict, device: Any) -> float:
+    from lmforge.evaluation.metrics import time_call
+    from lmforge.inference.generation import generate
+    from lmforge.inference.sampling import SamplingParams
+
+    params = SamplingParams(temperature=1.0, max_new_tokens=job["gen_tokens"], ignore_eos=True, seed=job["seed"])
+    prompts = [job["prompts"][0]] * batch
+    produced: list[int] = []
+
+    def once() -> None:
+        produced.append(sum(c.completion_tokens for c in generate(model, tok, prompts, params)))
+
+    t = time_call(once, repeats=max(1, job["repeats"] // 3), warmup=1, device=device)
+    return produced[-1] / t.median_s
+
+
+def _samples(model: Any, tok: Any, job: dict) -> list[dict]:
+    from lmforge.inference.generation import generate
+    from lmforge.inference.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.8, top_k=None, max_new_tokens=job["sample_tokens"], seed=job["seed"])
+    done = generate(model, tok, job["prompts"], params)
+    return [{"prompt": p, "completion": c.text} for p, c in zip(job["prompts"], done)]
+
+
+def _call(fn: Callable[[dict], dict], job: dict, isolate: bool) -> dict:
+    if not isolate:
+        return fn(job)
+    # A fresh interpreter per phase: "spawn", not "fork", so no torch threads or allocator state is inherited.
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, job).result()
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+def _prepare(settings: CompareSettings, out_dir: Path, val_fraction: float) -> tuple[Any, list[str], dict]:
+    from lmforge.data import prepare_lm_data, read_documents, split_documents
+    from lmforge.tokenizers import train_tokenizer
+
+    docs = read_documents(settings.data)
+    train_docs, val_docs = split_documents(docs, val_fraction=val_fraction)
+    tok = train_tokenizer(settings.tokenizer, train_docs, vocab_size=settings.vocab_size)
+    tok.save(out_dir / "tokenizer.json")
+    data = prepare_lm_data(train_docs, val_docs, tok, out_dir / "cache")
+    prompts = settings.prompts
+    if not prompts:
+        prompts = DEFAULT_PROMPTS if settings.data is None else [val_docs[0].strip().split("\n")[0][:40] or "The"]
+    return tok, prompts, data.meta
+
+
+def _budget_text(settings: CompareSettings, n: int) -> str:
+    if settings.budget_tokens:
+        return f"a budget of {settings.budget_tokens:,} training tokens"
+    return f"a budget of {settings.budget_seconds / n:g} s of training (of {settings.budget_seconds:g} s for all {n} models)"
+
+
+def run_compare(settings: CompareSettings) -> dict[str, Any]:
+    """Trains and measures every model of ``settings``; returns the report dict (nothing is rendered here).
+
+    Args:
+        settings: a :class:`CompareSettings`.
+
+    Returns:
+        The report (see :mod:`lmforge.evaluation.report`); the runs are under ``out_dir/runs/<name>``.
+    """
+    from lmforge.evaluation.metrics import machine_info
+    from lmforge.training.precision import resolve_device
+
+    if settings.budget_tokens is None and settings.budget_seconds is None:
+        settings.budget_seconds = 300.0
+    for what, value in (("budget_seconds", settings.budget_seconds), ("budget_tokens", settings.budget_tokens),
+                        ("batch_size", settings.batch_size), ("evals", settings.evals), ("repeats", settings.repeats),
+                        ("decode_length", settings.decode_length)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{what.replace('_', '-')} must be positive (got {value})")
+    resolved = resolve_models(settings.models)
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(settings.device)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    val_fraction = resolved[0][2].data.val_fraction
+    tok, prompts, meta = _prepare(settings, out_dir, val_fraction)
+
+    contexts = [c.model.block_size for _, _, c in resolved if c.model.family == "transformer"]
+    block = settings.block_size or min([256] + contexts)
+    if any(block > c for c in contexts):
+        raise ConfigError(f"--block-size {block} exceeds a model's context ({min(contexts)}); pass at most {min(contexts)}")
+    decode_length = min([settings.decode_length] + contexts)
+    n = len(resolved)
+    report: dict[str, Any] = {
+        "title": f"lmforge compare: {' vs '.join(name for name, _, _ in resolved)}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": settings.command, "notes": list(settings.notes), "models": {},
+        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("notes", "command", "models", "isolate")},
+                     "models": [name for name, _, _ in resolved], "prompts": prompts, "block_size": block,
+                     "decode_length": decode_length, "vocab_size": tok.vocab_size, "isolated_processes": settings.isolate,
+                     "data": settings.data or "bundled Tiny Shakespeare",
+                     "split": {k: meta[k] for k in ("train", "val")},
+                     "budget_description": _budget_text(settings, n)},
+    }
+    if not settings.isolate:
+        report["notes"].append("All models ran in one process (--no-isolate): memory figures depend on the order.")
+    results = {}
+    for name, description, config in resolved:
+        train = {"batch_size": settings.batch_size, "seed": settings.seed, "device": settings.device,
+                 "eval_iters": settings.eval_iters, "max_steps": None, "time_budget": None, "epochs": None}
+        if settings.budget_tokens:
+            steps = max(1, math.ceil(settings.budget_tokens / (settings.batch_size * block)))
+            train.update(max_steps=steps, eval_interval=max(1, steps // settings.evals))
+        else:
+            train["time_budget"] = settings.budget_seconds / n
+        model_over = {"vocab_size": tok.vocab_size}
+        if config.model.family == "lstm":
+            model_over["block_size"] = block
+        data = config.to_dict()
+        data["model"].update(model_over)
+        data["train"].update(train)
+        data["data"].update({"block_size": block, "path": settings.data})
+        data["tokenizer"].update({"kind": settings.tokenizer, "vocab_size": settings.vocab_size,
+                                  "path": str(out_dir / "tokenizer.json")})
+        data["out_dir"] = str(out_dir / "runs" / name)
+        config = RunConfig.parse(data, source=name)
+        job = {"name": name, "config": config.to_dict(), "data": settings.data, "val_fraction": val_fraction,
+               "tokenizer_path": str(out_dir / "tokenizer.json"), "cache_dir": str(out_dir / "cache"),
+               "run_dir": str(out_dir / "runs" / name), "eval_tokens": settings.eval_tokens, "evals": settings.evals,
+               "log_level": logging.getLogger().getEffectiveLevel(), "device": str(device), "block_size": block,
+               "repeats": settings.repeats, "warmup": settings.warmup, "decode_length": decode_length,
+               "gen_tokens": min([settings.gen_tokens] + [c - len(tok.encode(prompts[0])) for c in contexts]),
+               "sample_tokens": settings.sample_tokens, "prompts": prompts, "seed": settings.seed,
+               "threads": settings.threads}
+        log.info("%s: training (%s)", name, report["settings"]["budget_description"])
+        trained = _call(_train_worker, job, settings.isolate)
+        log.info("%s: measuring latency, generation and memory", name)
+        measured = _call(_measure_worker, job, settings.isolate)
+        results[name] = (description, trained, measured)
+
+    curves = {name: r[1]["curve"] for name, r in results.items()}
+    target = shared_target(curves)
+    report["target_loss"] = target
+    for name, (description, trained, measured) in results.items():
+        report["models"][name] = _model_entry(description, trained, measured, target, out_dir / "runs" / name)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)  # so that machine_info records the thread count the workers used
+    report["machine"] = {**machine_info(device), "load_average_start": load_start,
+                         "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return report
+
+
+def _model_entry(description: str, trained: dict, measured: dict, target: Optional[float], run_dir: Path) -> dict:
+    s = trained["summary"]
+    params = measured["params"]
+    decode = measured["decode_ms_per_token"]
+    hit = _time_to(trained["curve"], target) if target is not None else None
+    no_target = {"unavailable": "no validation point reached the shared target"}
+    metrics = {
+        "params_total": params["total"], "params_embedding": params["embedding"], "params_body": params["body"],
+        "params_output": params["output"], "train_tokens_per_s": s["train_tokens_per_s"], "train_wall_s": s["train_time"],
+        "train_tokens": s["tokens_seen"], "time_to_target_s": hit["time_s"] if hit else no_target,
+        "val_loss": s.get("val_loss"), "perplexity": s.get("val_ppl"), "bits_per_char": s.get("val_bits_per_char"),
+        "bits_per_byte": s.get("val_bits_per_byte"),
+        "latency_b1_ms": measured["latency_b1_ms"], "latency_b32_ms": measured["latency_b32_ms"],
+        "gen_tokens_per_s_b1": measured["gen_tokens_per_s_b1"], "gen_tokens_per_s_b32": measured["gen_tokens_per_s_b32"],
+        "train_peak_memory_bytes": trained["memory"]["peak_bytes"],
+        "train_memory_increase_bytes": trained["memory"]["increase_bytes"],
+        "infer_peak_memory_bytes": measured["memory"]["peak_bytes"],
+        "infer_memory_increase_bytes": measured["memory"]["increase_bytes"],
+        "disk_bytes": measured["disk_bytes"],
+    }
+    if isinstance(decode, list) and decode:
+        k = min(16, len(decode))
+        metrics["decode_ms_start"] = sum(decode[:k]) / k
+        metrics["decode_ms_end"] = sum(decode[-k:]) / k
+    else:
+        metrics["decode_ms_start"] = metrics["decode_ms_end"] = decode if isinstance(decode, dict) else \
+            {"unavailable": "no tokens were generated"}
+    for key, value in list(metrics.items()):
+        if value is None:
+            metrics[key] = {"unavailable": "the trainer did not report it (interrupted run?)"}
+    samples = measured["samples"]
+    return {
+        "family": trained["config"]["model"]["family"], "description": description, "config": trained["config"],
+        "run_dir": str(run_dir), "metrics": metrics, "parameters_tied": params["tied"],
+        "curves": {"val": trained["curve"], "decode_ms_per_token": decode if isinstance(decode, list) else []},
+        "memory_methods": {"train": trained["memory"]["method"], "inference": measured["memory"]["method"]},
+        "samples": samples if isinstance(samples, list) else [],
+        **({"samples_unavailable": samples["unavailable"]} if isinstance(samples, dict) else {}),
+        "stopped_by": s.get("stopped_by"), "steps": s.get("steps"), "train_wall_including_eval_s": s.get("wall_time"),
+    }
