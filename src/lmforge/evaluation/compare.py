@@ -17,6 +17,7 @@ import datetime
 import logging
 import math
 import os
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -167,7 +168,6 @@ def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
 
 def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> float:
     """Median seconds of a forward + backward pass on a training batch (weights are not changed)."""
-    import statistics
     import time
 
     from lmforge.evaluation.metrics import _sync
@@ -250,7 +250,7 @@ def _measure_worker(job: dict) -> dict:
             out[f"latency_b{b}_ms"] = _guard(lambda: M.forward_latency(model, b, block, vocab, job["repeats"],
                                                                        job["warmup"]).median_s * 1000)
         out["decode_ms_per_token"] = _guard(lambda: [t * 1000 for t in M.decode_step_times(
-            model, job["decode_length"], batch_size=1, repeats=3, start_id=tok.bos_id)])
+            model, job["decode_length"], batch_size=1, repeats=max(3, min(job["repeats"], 5)), start_id=tok.bos_id)])
         for b in (1, 32):
             out[f"gen_tokens_per_s_b{b}"] = _guard(lambda: _generation_speed(model, tok, b, job, device))
         out["samples"] = _guard(lambda: _samples(model, tok, job))
@@ -441,8 +441,8 @@ def _model_entry(description: str, trained: dict, measured: dict, target: Option
     }
     if isinstance(decode, list) and decode:
         k = min(16, len(decode))
-        metrics["decode_ms_start"] = sum(decode[:k]) / k
-        metrics["decode_ms_end"] = sum(decode[-k:]) / k
+        metrics["decode_ms_start"] = statistics.median(decode[:k])  # medians: one stall must not move the figure
+        metrics["decode_ms_end"] = statistics.median(decode[-k:])
     else:
         metrics["decode_ms_start"] = metrics["decode_ms_end"] = decode if isinstance(decode, dict) else \
             {"unavailable": "no tokens were generated"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -74,8 +75,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("latency_b32_ms", "Forward latency, batch 32 (ms)", _f(1), "lower", "forward latency at batch 32"),
     Metric("gen_tokens_per_s_b1", "Generation, batch 1 (tokens/s)", _f(1), "higher", "generation speed at batch 1"),
     Metric("gen_tokens_per_s_b32", "Generation, batch 32 (tokens/s)", _f(1), "higher", "generation speed at batch 32"),
-    Metric("decode_ms_start", "Time per token, first 16 generated (ms)", _f(3), "lower"),
-    Metric("decode_ms_end", "Time per token, last 16 generated (ms)", _f(3), "lower", "time per token late in a long generation"),
+    Metric("decode_ms_start", "Time per token, median of the first 16 generated (ms)", _f(3), "lower"),
+    Metric("decode_ms_end", "Time per token, median of the last 16 generated (ms)", _f(3), "lower", "time per token late in a long generation"),
     Metric("train_peak_memory_bytes", "Peak memory, training", _mib, "lower", "peak training memory"),
     Metric("train_memory_increase_bytes", "Memory added by training (peak - start)", _mib, "lower"),
     Metric("infer_peak_memory_bytes", "Peak memory, inference", _mib, "lower", "peak inference memory"),
@@ -243,6 +244,11 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+def _rolling_median(values: list[float], window: int) -> list[float]:
+    half = window // 2
+    return [statistics.median(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+
+
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Writes ``loss_vs_time.png``, ``loss_vs_tokens.png``, ``decode_time.png`` and ``memory.png``.
 
@@ -281,7 +287,9 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     for name, entry in models.items():
         ms = (entry.get("curves") or {}).get("decode_ms_per_token") or []
         if ms:
-            ax.plot(range(1, len(ms) + 1), ms, label=name, linewidth=1)
+            line, = ax.plot(range(1, len(ms) + 1), ms, linewidth=0.6, alpha=0.35)
+            ax.plot(range(1, len(ms) + 1), _rolling_median(ms, 9), color=line.get_color(), linewidth=1.6,
+                    label=f"{name} (rolling median of 9)")
             drawn = True
     if drawn:
         ax.set_xlabel("position of the generated token")
