@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from torch import nn
 
 from lmforge.inference.generation import IncrementalDetokenizer, generate, generate_ids, stream
 from lmforge.inference.sampling import SamplingParams
-from toy_causal_lm import ByteTokenizer, ToyAttentionLM, ToyGRULM
+from toy_causal_lm import ByteTokenizer, ScriptedLM, ToyAttentionLM, ToyGRULM
 
 
 @pytest.fixture
@@ -88,30 +85,6 @@ def test_stop_token_and_eos(tok):
     first = full.index(stop_tok)
     got = generate(model, tok, ["hey"], temperature=0, max_new_tokens=15, stop_token_ids=[stop_tok])[0]
     assert got.token_ids == full[:first] and got.finish_reason == "stop" and got.completion_tokens == first + 1
-
-
-class ScriptedLM(nn.Module):
-    """Emits a fixed token sequence (one-hot logits by position), whatever the input."""
-
-    def __init__(self, script: list[int], vocab: int = 264) -> None:
-        super().__init__()
-        self.script = script
-        self.config = SimpleNamespace(vocab_size=vocab)
-        self.max_context = None
-        self.hidden_size = 1
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def init_state(self, batch_size):
-        return 0  # how many tokens of the script were emitted
-
-    def step(self, idx, state, attention_mask=None):
-        B, T = idx.shape
-        logits = torch.full((B, T, self.config.vocab_size), -10.0)
-        logits[:, -1, self.script[min(state, len(self.script) - 1)]] = 10.0
-        return logits, state + 1
-
-    def forward(self, idx, targets=None):
-        raise NotImplementedError
 
 
 MULTIBYTE = "héllo wörld — 日本語 🎉 ok STOP after"

@@ -165,3 +165,27 @@ class ToyGRULM(nn.Module):
     def hidden_states(self, idx, attention_mask=None):
         hs, _ = self._run(idx, self.init_state(idx.size(0)), None)
         return hs
+
+
+class ScriptedLM(nn.Module):
+    """Emits a fixed token sequence (one-hot logits by position), whatever the input."""
+
+    def __init__(self, script: list[int], vocab: int = 264) -> None:
+        super().__init__()
+        self.script = script
+        self.config = SimpleNamespace(vocab_size=vocab)
+        self.max_context = None
+        self.hidden_size = 1
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def init_state(self, batch_size):
+        return 0  # how many tokens of the script were emitted
+
+    def step(self, idx, state, attention_mask=None):
+        B, T = idx.shape
+        logits = torch.full((B, T, self.config.vocab_size), -10.0)
+        logits[:, -1, self.script[min(state, len(self.script) - 1)]] = 10.0
+        return logits, state + 1
+
+    def forward(self, idx, targets=None):
+        raise NotImplementedError
