@@ -1,0 +1,162 @@
+"""Export to Hugging Face: a Llama-format folder that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+
+A Transformer is Llama-compatible when it uses RMSNorm, pre-norm, RoPE (optionally linearly scaled), SwiGLU,
+mha/gqa/mqa attention with a causal mask, sequential (not parallel) layers and unscaled embeddings. Biases and
+tied or untied heads map onto ``attention_bias``, ``mlp_bias`` and ``tie_word_embeddings``. Anything else raises a
+:class:`~lmforge.errors.ConfigError` naming every incompatible setting.
+
+Written files: ``config.json``, ``generation_config.json`` and ``model.safetensors`` (float32 unless asked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lmforge.config.transformer import TransformerConfig
+from lmforge.errors import ConfigError
+from lmforge.utils.io import atomic_path, atomic_write_json
+
+__all__ = ["llama_incompatibilities", "llama_config", "llama_state_dict", "export_hf", "export_model_dir"]
+
+# lmforge's fixed special ids (see lmforge.tokenizers): <pad>=0, <bos>=2, <eos>=3.
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+
+
+def llama_incompatibilities(config: TransformerConfig) -> list[str]:
+    """The settings of ``config`` that a Llama model cannot express, as ``key=value (Llama needs X)`` strings."""
+    c, a = config, config.attention
+    wanted = [
+        ("norm.type", c.norm.type, "rmsnorm"),
+        ("norm.placement", c.norm.placement, "pre"),
+        ("positional.encoding", c.positional.encoding, "rope"),
+        ("ffn.variant", c.ffn.variant, "swiglu"),
+        ("attention.mask_type", a.mask_type, "causal"),
+        ("parallel_layers", c.parallel_layers, False),
+        ("scale_embeddings", c.scale_embeddings, False),
+    ]
+    problems = [f"{key}={value!r} (Llama needs {want!r})" for key, value, want in wanted if value != want]
+    if a.variant == "complex":
+        problems.append("attention.variant='complex' (Llama needs mha, gqa or mqa)")
+    return problems
+
+
+def _check(config: Any) -> TransformerConfig:
+    if not isinstance(config, TransformerConfig):
+        family = getattr(config, "family", type(config).__name__)
+        raise ConfigError(f"only transformer models export to Hugging Face (this one is {family!r}); "
+                          "train a transformer-family model to export it")
+    problems = llama_incompatibilities(config)
+    if problems:
+        raise ConfigError("this Transformer is not Llama-compatible: " + "; ".join(problems)
+                          + "; change these settings (and retrain) to export with --format hf")
+    return config
+
+
+def llama_config(config: TransformerConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The ``config.json`` of the matching ``LlamaForCausalLM`` (ConfigError when there is none)."""
+    c = _check(config)
+    a = c.attention
+    rope_scaling = ({"rope_type": "linear", "factor": c.positional.rope_scaling}
+                    if c.positional.rope_scaling != 1.0 else None)
+    rope_parameters = {"rope_type": "linear" if rope_scaling else "default", "rope_theta": c.positional.rope_base,
+                       **({"factor": c.positional.rope_scaling} if rope_scaling else {})}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.ffn_hidden,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": a.num_heads,
+        "num_key_value_heads": a.kv_heads,
+        "head_dim": c.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.block_size,
+        "initializer_range": c.init_std,
+        "rms_norm_eps": c.norm.eps,
+        # both spellings: `rope_theta`/`rope_scaling` (transformers 4.x) and `rope_parameters` (5.x)
+        "rope_theta": c.positional.rope_base,
+        "rope_scaling": rope_scaling,
+        "rope_parameters": rope_parameters,
+        "attention_bias": a.bias,
+        "attention_dropout": a.dropout,
+        "mlp_bias": c.ffn.bias,
+        "tie_word_embeddings": c.tie_embeddings,
+        "pad_token_id": PAD_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def llama_state_dict(model: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The model's weights under Llama's names (fused Q/K/V and gate/up matrices split apart)."""
+    c = _check(model.config)
+    H, Hkv, hd = c.attention.num_heads, c.attention.kv_heads, c.head_size
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm_f.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(c.num_layers):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        out[dst + "input_layernorm.weight"] = sd[src + "norm_attn.weight"]
+        out[dst + "post_attention_layernorm.weight"] = sd[src + "norm_ffn.weight"]
+        for kind in ("weight", "bias") if c.attention.bias else ("weight",):
+            q, k, v = sd[f"{src}attn.qkv.{kind}"].split([H * hd, Hkv * hd, Hkv * hd], dim=0)
+            out[f"{dst}self_attn.q_proj.{kind}"] = q
+            out[f"{dst}self_attn.k_proj.{kind}"] = k
+            out[f"{dst}self_attn.v_proj.{kind}"] = v
+            out[f"{dst}self_attn.o_proj.{kind}"] = sd[f"{src}attn.o_proj.{kind}"]
+        for kind in ("weight", "bias") if c.ffn.bias else ("weight",):
+            gate, up = sd[f"{src}ffn.w_in.{kind}"].chunk(2, dim=0)
+            out[f"{dst}mlp.gate_proj.{kind}"] = gate
+            out[f"{dst}mlp.up_proj.{kind}"] = up
+            out[f"{dst}mlp.down_proj.{kind}"] = sd[f"{src}ffn.w_out.{kind}"]
+    return {k: v.to(device="cpu", dtype=dtype).contiguous().clone() for k, v in out.items()}
+
+
+def export_hf(model: nn.Module, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes ``model`` as a Llama-format Hugging Face folder.
+
+    Args:
+        model: a :class:`~lmforge.models.transformer.Transformer` with a Llama-compatible config.
+        out_dir: the folder to write (created if needed; existing files of the same names are replaced).
+        dtype: dtype of the written weights.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ConfigError: the model is not a Transformer, or its config is not Llama-compatible (every
+            incompatible setting is named).
+
+    Example:
+        >>> export_hf(model, "llama_out")  # doctest: +SKIP
+        >>> transformers.AutoModelForCausalLM.from_pretrained("llama_out")  # doctest: +SKIP
+    """
+    cfg = llama_config(getattr(model, "config", None), dtype)
+    tensors = llama_state_dict(model, dtype)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(out / "generation_config.json",
+                      {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID})
+    atomic_write_json(out / "config.json", cfg)
+    return out
+
+
+def export_model_dir(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Exports a model folder (``save_model``) or a run folder to a Llama-format folder; see :func:`export_hf`."""
+    from lmforge.models.io import load_model
+
+    model = load_model(model_dir)
+    return export_hf(model, out_dir, dtype)
+
