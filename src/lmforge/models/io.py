@@ -377,7 +377,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
 
     Args:
         directory: the model folder.
-        device: where to put the model.
+        device: where to put the model (``"auto"``: CUDA when available, else CPU).
 
     Returns:
         The model in eval mode, with ``.tokenizer`` set to the saved tokenizer, or ``None`` when there is none.
@@ -393,6 +393,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     config = _read_model_config(directory)
     model = build_model(config)
     load_weights(model, directory / WEIGHTS_FILE)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model.eval()
     tokenizer = None
