@@ -204,3 +204,49 @@ def serve() -> Iterator[Callable[..., LiveServer]]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# ---------------------------------------------------------------- real tiny runs
+TINY_CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+               "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n")
+_TINY_MODELS = {
+    "transformer": {"family": "transformer", "d_model": 32, "num_layers": 2, "block_size": 64,
+                    "attention": {"num_heads": 2}},
+    "lstm": {"family": "lstm", "embedding_dim": 32, "hidden_dim": 32, "num_layers": 2, "dropout": 0.0},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two run folders written with the trainer's run-folder writer: an untrained 2-layer Transformer
+    (d_model 32, context 64) and an untrained 2-layer LSTM (hidden 32), both on a char tokenizer."""
+    import torch
+
+    from lmforge.config import RunConfig
+    from lmforge.models import build_model
+    from lmforge.tokenizers import train_tokenizer
+    from lmforge.training.checkpoint import save_run
+
+    tokenizer = train_tokenizer("char", [TINY_CORPUS])
+    root = tmp_path_factory.mktemp("serving-runs")
+    out = {}
+    for family, model in _TINY_MODELS.items():
+        cfg = RunConfig.model_validate({"model": {**model, "vocab_size": tokenizer.vocab_size},
+                                        "tokenizer": {"kind": "char"}, "out_dir": str(root / f"tiny-{family}")})
+        torch.manual_seed(0)
+        out[family] = save_run(cfg.out_dir, cfg, build_model(cfg.model), tokenizer)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_run_dirs: dict[str, Path]) -> Any:
+    from lmforge.api import load
+
+    return load(tiny_run_dirs["transformer"])
+
+
+@pytest.fixture(scope="session")
+def tiny_lstm(tiny_run_dirs: dict[str, Path]) -> Any:
+    from lmforge.api import load
+
+    return load(tiny_run_dirs["lstm"])

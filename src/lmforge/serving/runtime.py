@@ -168,7 +168,7 @@ class Runner:
         """Waits for a slot, then starts pulling ``make_iter()`` in a worker thread, one locked step at a time.
 
         Returns:
-            A :class:`StreamHandle` to iterate; its ``cancel()`` (also called when iteration stops early)
+            A :class:`StreamHandle` to iterate; its ``cancel()`` (also called when the iteration is closed)
             makes the worker close the iterator after the step in progress.
 
         Raises:
