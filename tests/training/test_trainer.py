@@ -172,3 +172,18 @@ def test_batch_must_divide(tokens, tiny_config):
     cfg = tiny_config(batch_size=6, grad_accum=4)
     with pytest.raises(ConfigError, match="divisible"):
         Trainer(cfg, _model(cfg), _task(tokens, cfg)).fit()
+
+
+def test_tensorboard_logs_or_says_how_to_install(tokens, tiny_config, tmp_path):
+    from lmforge.errors import ConfigError
+
+    cfg = tiny_config(max_steps=2, eval_interval=1, tensorboard=True, out_dir=str(tmp_path / "tb"))
+    trainer = Trainer(cfg, _model(cfg), _task(tokens, cfg), run_dir=tmp_path / "tb")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            trainer.fit()
+    else:
+        trainer.fit()
+        assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
