@@ -7,6 +7,7 @@ from lmforge.config.model import ModelConfig
 from lmforge.config.presets import PRESETS, get_preset, preset_names
 from lmforge.config.run import RunConfig
 from lmforge.config.seq2seq import Seq2SeqLSTMConfig, Seq2SeqTransformerConfig
+from lmforge.config.simple import Config
 from lmforge.config.tokenizer import TokenizerConfig
 from lmforge.config.train import TrainConfig
 from lmforge.config.transformer import AttentionConfig, FFNConfig, NormConfig, PositionalConfig, TransformerConfig
@@ -16,4 +17,5 @@ __all__ = [
     "DataConfig", "LSTMConfig", "ModelConfig", "PRESETS", "get_preset", "preset_names", "RunConfig",
     "Seq2SeqLSTMConfig", "Seq2SeqTransformerConfig", "TokenizerConfig", "TrainConfig",
     "AttentionConfig", "FFNConfig", "NormConfig", "PositionalConfig", "TransformerConfig",
+    "Config",
 ]
