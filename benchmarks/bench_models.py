@@ -7,7 +7,8 @@ Usage:
 
 Each step is a forward pass with targets, ``loss.backward()`` and zeroing the gradients (no optimizer step,
 so the figure is the model's own cost). Tokens/s = batch x context x steps / wall time, after ``--warmup``
-untimed steps; the best of ``--repeats`` timed runs is reported. Defaults: batch 16 x context 128 on CPU,
+untimed steps; the best of ``--repeats`` timed runs is reported (on CPU also tokens per CPU-second of this
+process, steadier than wall time on a shared machine). Defaults: batch 16 x context 128 on CPU,
 batch 64 x context 256 on CUDA, a 5,000-token vocabulary and float32 (``--amp`` uses bfloat16 autocast on CUDA).
 Prints a Markdown table for BENCHMARKS.md.
 """
@@ -53,13 +54,14 @@ def bench(preset: str, device: torch.device, batch: int, block: int, vocab: int,
     for _ in range(warmup):
         one_step()
     _sync(device)
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             one_step()
         _sync(device)
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
     return {
         "preset": preset,
         "params": count_parameters(model),
@@ -69,6 +71,9 @@ def bench(preset: str, device: torch.device, batch: int, block: int, vocab: int,
         "dtype": "bf16 autocast" if use_amp else "fp32",
         "tokens_per_s": batch * block * steps / best,
         "ms_per_step": 1000 * best / steps,
+        # CPU seconds used by this process (all threads): on a shared, busy machine tokens per CPU-second is the
+        # steadier figure; multiplied by the thread count it estimates the throughput of an idle machine.
+        "tokens_per_cpu_s": batch * block * steps / best_cpu if best_cpu > 0 else float("nan"),
     }
 
 
@@ -96,12 +101,13 @@ def main() -> None:
         load = f", load average {os.getloadavg()[0]:.1f}" if dev == "cpu" and hasattr(os, "getloadavg") else ""
         print(f"\n{dev}: {where}{load}; torch {info['torch']}; batch {batch} x context {block}, vocab {args.vocab_size}, "
               f"{args.steps} steps after {args.warmup} warm-up, best of {args.repeats}\n")
-        print("| preset | parameters | dtype | tokens/s (fwd+bwd) | ms/step |")
-        print("|---|---:|---|---:|---:|")
+        print("| preset | parameters | dtype | tokens/s (fwd+bwd) | ms/step | tokens per CPU-second |")
+        print("|---|---:|---|---:|---:|---:|")
         for preset in args.presets:
             r = bench(preset, device, batch, block, args.vocab_size, args.steps, args.warmup, args.repeats, args.amp)
+            cpu_s = f"{r['tokens_per_cpu_s']:,.0f}" if dev == "cpu" else "n/a"
             print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {r['dtype']} | {r['tokens_per_s']:,.0f} | "
-                  f"{r['ms_per_step']:.1f} |", flush=True)
+                  f"{r['ms_per_step']:.1f} | {cpu_s} |", flush=True)
 
 
 if __name__ == "__main__":
