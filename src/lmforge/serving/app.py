@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -26,11 +25,12 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import LMForgeError
 from lmforge.serving.middleware import GuardMiddleware
+from lmforge.serving.responses import APIError, SSEResponse, sse, validation_error
 from lmforge.serving.runtime import QueueFull, Runner
 from lmforge.serving.schemas import (
     ChatCompletionRequest,
@@ -51,71 +51,12 @@ _PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src '
              "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'")
 
 
-class APIError(Exception):
-    """An error answered with ``status`` and OpenAI's error object."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
-
-
 def _load(engine_or_run: Any) -> Any:
     if isinstance(engine_or_run, (str, Path)):
         from lmforge.api import load
 
         return load(engine_or_run)
     return engine_or_run
-
-
-def _param(loc: tuple) -> Optional[str]:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
-    out = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or None
-
-
-def _validation_error(err: RequestValidationError) -> APIError:
-    first = err.errors()[0] if err.errors() else {"type": "", "loc": (), "msg": "invalid request"}
-    kind, param = first.get("type", ""), _param(tuple(first.get("loc", ())))
-    if kind == "json_invalid":
-        return APIError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
-                        code="invalid_json")
-    if kind == "extra_forbidden":
-        return APIError(400, f"unrecognized request argument supplied: {param}", param=param,
-                        code="unknown_parameter")
-    if kind == "missing":
-        return APIError(400, f"missing required parameter: {param}" if param else "the request body is missing",
-                        param=param, code="missing_required_parameter")
-    if param is None:
-        return APIError(400, "the request body must be a JSON object sent with Content-Type: application/json",
-                        code="invalid_body")
-    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return APIError(400, f"invalid value for '{param}': {msg}", param=param, code="invalid_value")
-
-
-def _sse(obj: Any) -> bytes:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
-
-
-class _SSEResponse(StreamingResponse):
-    """A streamed response that always runs ``on_close`` (cancelling the generation), even when the client
-    left before the first byte was sent."""
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 4,
@@ -163,7 +104,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, err: RequestValidationError) -> JSONResponse:
-        return _validation_error(err).response()
+        return validation_error(err).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -224,7 +165,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
 
     def stream_response(make_iter: Callable[[], Iterator[Any]], render: Callable[[Any], list[bytes]],
                         finish: Callable[[], list[bytes]]) -> Any:
-        async def start() -> _SSEResponse:
+        async def start() -> SSEResponse:
             handle = await runner.stream(make_iter)
 
             async def body() -> AsyncIterator[bytes]:
@@ -236,12 +177,12 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
                         yield event
                     yield b"data: [DONE]\n\n"
                 except (LMForgeError, ValueError) as err:
-                    yield _sse(error_body(str(err), "invalid_request_error"))
+                    yield sse(error_body(str(err), "invalid_request_error"))
                 except Exception:  # noqa: BLE001 - reported in the stream; headers are already sent
                     log.exception("generation failed mid-stream")
-                    yield _sse(error_body("internal server error during generation", "server_error"))
+                    yield sse(error_body("internal server error during generation", "server_error"))
 
-            return _SSEResponse(body(), on_close=handle.cancel)
+            return SSEResponse(body(), on_close=handle.cancel)
 
         return start()
 
@@ -303,15 +244,15 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         def render(item: tuple[int, Any]) -> list[bytes]:
             i, chunk = item
             if chunk is None:
-                return [_sse({**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                return [sse({**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}]})]
             state["tokens"][i] = int(getattr(chunk, "completion_tokens", 0) or 0)
             out = []
             if chunk.text:
-                out.append(_sse({**chunk_head, "choices": [{"index": i, "delta": {"content": chunk.text},
+                out.append(sse({**chunk_head, "choices": [{"index": i, "delta": {"content": chunk.text},
                                                            "logprobs": None, "finish_reason": None}]}))
             if chunk.finish_reason:
-                out.append(_sse({**chunk_head, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                out.append(sse({**chunk_head, "choices": [{"index": i, "delta": {}, "logprobs": None,
                                                            "finish_reason": chunk.finish_reason}]}))
             return out
 
@@ -319,7 +260,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
             if not req.include_usage:
                 return []
             prompt, done = int(state["prompt"] or 0), sum(state["tokens"])
-            return [_sse({**chunk_head, "choices": [], "usage": {
+            return [sse({**chunk_head, "choices": [], "usage": {
                 "prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})]
 
         return await stream_response(make_iter, render, finish)
@@ -366,14 +307,14 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
             state["tokens"][i] = int(getattr(chunk, "completion_tokens", 0) or 0)
             if not chunk.text and not chunk.finish_reason:
                 return []
-            return [_sse({**head, "choices": [{"index": i, "text": chunk.text, "logprobs": None,
+            return [sse({**head, "choices": [{"index": i, "text": chunk.text, "logprobs": None,
                                                "finish_reason": chunk.finish_reason or None}]})]
 
         def finish() -> list[bytes]:
             if not req.include_usage:
                 return []
             prompt, done = state["prompt"], sum(state["tokens"].values())
-            return [_sse({**head, "choices": [], "usage": {
+            return [sse({**head, "choices": [], "usage": {
                 "prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}})]
 
         return await stream_response(make_iter, render, finish)

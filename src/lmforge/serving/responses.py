@@ -1,0 +1,78 @@
+"""HTTP plumbing shared by the server's routes: OpenAI-style errors and server-sent events.
+
+:class:`APIError` carries a status and OpenAI's error object; :func:`validation_error` turns a request that
+failed validation into one, naming the offending field the way OpenAI does (``messages[0].role``);
+:class:`SSEResponse` streams ``data: ...`` events and always runs a close hook, so a generation is cancelled
+even when its client left before the first byte.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable, Optional
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from lmforge.serving.schemas import error_body
+
+__all__ = ["APIError", "validation_error", "sse", "SSEResponse"]
+
+
+class APIError(Exception):
+    """An error answered with ``status`` and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
+
+
+def _param(loc: tuple) -> Optional[str]:
+    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def validation_error(err: RequestValidationError) -> APIError:
+    first = err.errors()[0] if err.errors() else {"type": "", "loc": (), "msg": "invalid request"}
+    kind, param = first.get("type", ""), _param(tuple(first.get("loc", ())))
+    if kind == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
+                        code="invalid_json")
+    if kind == "extra_forbidden":
+        return APIError(400, f"unrecognized request argument supplied: {param}", param=param,
+                        code="unknown_parameter")
+    if kind == "missing":
+        return APIError(400, f"missing required parameter: {param}" if param else "the request body is missing",
+                        param=param, code="missing_required_parameter")
+    if param is None:
+        return APIError(400, "the request body must be a JSON object sent with Content-Type: application/json",
+                        code="invalid_body")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return APIError(400, f"invalid value for '{param}': {msg}", param=param, code="invalid_value")
+
+
+def sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+class SSEResponse(StreamingResponse):
+    """A streamed response that always runs ``on_close`` (cancelling the generation), even when the client
+    left before the first byte was sent."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
