@@ -118,6 +118,10 @@ def test_cli_renders_from_a_saved_report_without_training(tmp_path: Path, monkey
     out = tmp_path / "elsewhere"
     assert main(["compare", "--from", str(src), "--out", str(out)]) == 0
     assert (out / "report.md").read_text() == md and (out / "report.json").exists()
+    # --note annotates a finished report: the note lands in both the JSON and the Markdown.
+    assert main(["compare", "--from", str(src / "report.json"), "--note", "Looked at later."]) == 0
+    assert json.loads((src / "report.json").read_text())["notes"][-1] == "Looked at later."
+    assert "- Looked at later." in (src / "report.md").read_text()
 
 
 def test_load_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

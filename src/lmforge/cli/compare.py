@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1337, help="seed for data order, initialisation and sampling")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for training and measuring (default: torch's choice; 1 on a shared machine)")
-    parser.add_argument("--note", action="append", default=[], help="a sentence added to the report's notes (repeatable)")
+    parser.add_argument("--note", action="append", default=[], help="a sentence added to the report's notes (repeatable; with --from, added to that report)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="train every model in this process (faster start, but memory peaks then depend on the order)")
 
@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         source = Path(args.from_report)
         report = load_report(source)
         target = Path(args.out) if args.out else (source if source.is_dir() else source.parent)
-        paths = write_report(report, target, json_too=args.out is not None)
+        new_notes = [n for n in args.note if n not in report.get("notes", [])]
+        report["notes"] = list(report.get("notes") or []) + new_notes  # annotate a finished report
+        paths = write_report(report, target, json_too=args.out is not None or bool(new_notes))
         print(f"wrote {paths['markdown']} and {len(paths['plots'])} plots from {source}")
         return 0
 

@@ -187,6 +187,12 @@ def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> 
     return statistics.median(times[1:])
 
 
+def _warmup(configured: int, expected_steps: int) -> int:
+    """The configured warm-up, capped at 5% of the steps the budget allows, so that a short budget is not spent
+    mostly warming up (each model gets the same fraction)."""
+    return min(configured, max(1, expected_steps // 20))
+
+
 def _train_worker(job: dict) -> dict:
     """Trains one model (in its own process when isolated) and returns its training figures and curve."""
     import torch
@@ -219,9 +225,10 @@ def _train_worker(job: dict) -> dict:
         if config.train.max_steps is None:  # a time budget: spread the evaluations over the expected steps
             step_s = _calibrate_step_time(model, task, device)
             expected = max(1, int(config.train.time_budget / max(step_s, 1e-6)))
-            config = config.with_overrides({"train.eval_interval": max(1, expected // job["evals"])})
-            log.info("%s: about %.3f s per step, so about %d steps; evaluating every %d", name, step_s, expected,
-                     config.train.eval_interval)
+            config = config.with_overrides({"train.eval_interval": max(1, expected // job["evals"]),
+                                            "train.warmup_steps": _warmup(config.train.warmup_steps, expected)})
+            log.info("%s: about %.3f s per step, so about %d steps; warm-up %d, evaluating every %d", name, step_s,
+                     expected, config.train.warmup_steps, config.train.eval_interval)
             task = LMTask(data.train, val, config.block_size, config.train.batch_size, seed=config.train.seed,
                           val_meta=val_meta)
         torch.manual_seed(config.train.seed)  # calibration drew dropout masks; the weights are untouched
@@ -377,7 +384,8 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
                  "eval_iters": settings.eval_iters, "max_steps": None, "time_budget": None, "epochs": None}
         if settings.budget_tokens:
             steps = max(1, math.ceil(settings.budget_tokens / (settings.batch_size * block)))
-            train.update(max_steps=steps, eval_interval=max(1, steps // settings.evals))
+            train.update(max_steps=steps, eval_interval=max(1, steps // settings.evals),
+                         warmup_steps=_warmup(config.train.warmup_steps, steps))
         else:
             train["time_budget"] = settings.budget_seconds / n
         model_over = {"vocab_size": tok.vocab_size}

@@ -64,7 +64,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("params_body", "Parameters, recurrent / attention layers", _int),
     Metric("params_output", "Parameters, output head (0 when tied to the embedding)", _int),
     Metric("train_tokens_per_s", "Training throughput (tokens/s)", _int, "higher", "training throughput"),
-    Metric("train_wall_s", "Training wall time", _secs),
+    Metric("train_wall_s", "Training time (periodic evaluation excluded)", _secs),
     Metric("train_tokens", "Training tokens seen", _int),
     Metric("time_to_target_s", "Time to reach the shared target loss", _secs, "lower", "time to the shared target loss"),
     Metric("val_loss", "Validation loss (nats/token)", _f(4), "lower", "validation loss"),
@@ -259,7 +259,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     models = report["models"]
     target = report.get("target_loss")
     written = []
-    for xkey, xlabel, fname in (("time_s", "training wall time (s)", "loss_vs_time.png"),
+    for xkey, xlabel, fname in (("time_s", "training time (s, evaluation excluded)", "loss_vs_time.png"),
                                 ("tokens", "training tokens seen", "loss_vs_tokens.png")):
         fig = _figure()
         ax = fig.add_subplot()
