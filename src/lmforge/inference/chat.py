@@ -32,6 +32,7 @@ __all__ = [
     "render_chat",
     "render_chat_with_mask",
     "trim_messages",
+    "prompt_budget",
     "ChatSession",
     "ChatInterface",
     "run_chat_repl",
@@ -140,6 +141,14 @@ def trim_messages(tokenizer: Any, messages: Sequence[dict], budget: Optional[int
     return system + rest
 
 
+def prompt_budget(max_context: Optional[int], max_new_tokens: int) -> Optional[int]:
+    """Tokens a chat prompt may use: the context minus the room kept for the reply (``max_new_tokens``, but at
+    most a quarter of the context, so a long ``max_new_tokens`` never crowds out the conversation)."""
+    if max_context is None:
+        return None
+    return max_context - min(max_new_tokens, max_context // 4)
+
+
 class ChatSession:
     """A conversation with a language model: history, system prompt, trimming, streamed replies.
 
@@ -193,10 +202,7 @@ class ChatSession:
         history = self.history if self.use_context else []
         head = [{"role": "system", "content": self.system}] if self.system else []
         messages = head + history + [{"role": "user", "content": text}]
-        budget = None
-        if self.max_context is not None:
-            reserve = min(max_new_tokens or self.params.max_new_tokens, self.max_context // 2)
-            budget = self.max_context - reserve
+        budget = prompt_budget(self.max_context, max_new_tokens or self.params.max_new_tokens)
         return render_chat(self.tokenizer, trim_messages(self.tokenizer, messages, budget, self.template), True, self.template)
 
     def _record(self, text: str, reply: str) -> None:

@@ -1,0 +1,227 @@
+"""The facade: load a run folder and generate, stream, chat, embed or search with it.
+
+The command line and the server use only this module. :func:`load` returns an :class:`LM` for a language-model
+run and a ``Translator`` (``lmforge.inference.translate``) for a translation run.
+
+Example:
+    >>> from lmforge.api import LM
+    >>> lm = LM.load("runs/latest")  # doctest: +SKIP
+    >>> print(lm.generate("ROMEO:", max_new_tokens=50, temperature=0.8, seed=1))  # doctest: +SKIP
+    >>> lm.chat([{"role": "user", "content": "What is 2 + 3?"}], temperature=0).text  # doctest: +SKIP
+    >>> lm.embed(["a cat", "a dog"]).shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+from lmforge.errors import CheckpointError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from lmforge.inference.chat import ChatSession
+    from lmforge.inference.generation import Completion, TextChunk
+    from lmforge.inference.retrieval import SearchHit
+
+__all__ = ["LM", "load", "resolve_device", "Translator"]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"mps"`` when available, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class LM:
+    """A language model with its tokenizer: generation, streaming, chat, embeddings and search.
+
+    Args:
+        model: a CausalLM (``Transformer`` or ``LSTMLanguageModel``) in eval mode.
+        tokenizer: its tokenizer.
+        name: a display name (the run folder's name when loaded).
+        chat_template: ``"tokens"`` for runs fine-tuned by ``lmforge finetune``, ``"plain"`` for raw-text models.
+        path: the run folder, when loaded from one.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "model", chat_template: str = "plain",
+                 path: Optional[Path] = None, summary: Optional[dict] = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.chat_template = chat_template
+        self.path = path
+        self.summary = summary or {}
+        self._embedders: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", chat_template: Optional[str] = None,
+             weights: str = "last") -> "LM":
+        """Loads a language-model run folder.
+
+        Args:
+            run_dir: a folder written by ``lmforge train`` or ``lmforge finetune``.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+            chat_template: overrides the template the run records (``summary.json`` ``chat_template``).
+            weights: ``"last"`` or ``"best"``.
+        """
+        from lmforge.training.checkpoint import load_run
+
+        run = load_run(run_dir, device=resolve_device(device), weights=weights)
+        if run.config.task != "lm":
+            raise CheckpointError(f"{run_dir} is a {run.config.task!r} run, not a language model; use lmforge.api.load() or Translator.load()")
+        if run.tokenizer is None:
+            raise CheckpointError(f"{run_dir} has no tokenizer.json; copy the tokenizer the model was trained with into it")
+        summary = run.summary or {}
+        template = chat_template or summary.get("chat_template") or "plain"
+        return cls(run.model, run.tokenizer, name=Path(run_dir).resolve().name, chat_template=template,
+                   path=Path(run_dir), summary=summary)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def max_context(self) -> Optional[int]:
+        """Tokens the model can attend to (``None`` for an LSTM, which has no limit)."""
+        return getattr(self.model, "max_context", None)
+
+    @property
+    def family(self) -> str:
+        """The model family (``transformer`` or ``lstm``)."""
+        return str(getattr(self.model.config, "family", type(self.model).__name__))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``."""
+        return len(self.tokenizer.encode(text))
+
+    # ------------------------------------------------------------------ generation
+    def complete(self, prompts: Sequence[Any], **sampling: Any) -> list["Completion"]:
+        """Completions of several prompts (texts or token ids), batched; see ``SamplingParams`` for options."""
+        from lmforge.inference.generation import generate
+
+        return generate(self.model, self.tokenizer, list(prompts), **sampling)
+
+    def generate(self, prompt: str, **sampling: Any) -> str:
+        """The text generated after ``prompt``."""
+        return self.complete([prompt], **{**sampling, "num_samples": 1})[0].text
+
+    def stream(self, prompt: Any, **sampling: Any) -> Iterator["TextChunk"]:
+        """The text generated after ``prompt``, piece by piece (the last piece has ``finish_reason``)."""
+        from lmforge.inference.generation import stream
+
+        return stream(self.model, self.tokenizer, prompt, **sampling)
+
+    # ------------------------------------------------------------------ chat
+    def chat_session(self, system: Optional[str] = None, use_context: bool = True, **sampling: Any) -> "ChatSession":
+        """A multi-turn :class:`~lmforge.inference.chat.ChatSession` with this model's chat template."""
+        from lmforge.inference.chat import ChatSession
+        from lmforge.inference.sampling import SamplingParams
+
+        params = SamplingParams.from_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=128), **sampling)
+        return ChatSession(self.model, self.tokenizer, self.chat_template, system=system, params=params,
+                           use_context=use_context)
+
+    def _chat_prompt(self, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
+        from lmforge.inference.chat import prompt_budget, render_chat, trim_messages
+
+        budget = prompt_budget(self.max_context, max_new_tokens)
+        kept = trim_messages(self.tokenizer, messages, budget, self.chat_template)
+        return render_chat(self.tokenizer, kept, True, self.chat_template)
+
+    def _chat_params(self, sampling: dict) -> Any:
+        from lmforge.inference.chat import CHAT_TEMPLATES
+        from lmforge.inference.sampling import SamplingParams
+
+        tpl = CHAT_TEMPLATES.get(self.chat_template)
+        p = SamplingParams.from_kwargs(None, **sampling)
+        return SamplingParams.from_kwargs(p, stop=list(p.stop) + list(tpl.stop),
+                                          stop_token_ids=list(p.stop_token_ids) + list(tpl.stop_token_ids))
+
+    def chat(self, messages: Sequence[dict], **sampling: Any) -> "Completion":
+        """The assistant's reply to ``messages`` (``[{"role": "user", "content": ...}, ...]``), history trimmed
+        to the context window (oldest turns first, the system prompt kept)."""
+        from lmforge.inference.chat import CHAT_TEMPLATES
+        from lmforge.inference.generation import generate
+
+        p = self._chat_params(sampling)
+        done = generate(self.model, self.tokenizer, [self._chat_prompt(messages, p.max_new_tokens)], p)[0]
+        done.text = CHAT_TEMPLATES.get(self.chat_template).clean(done.text)
+        return done
+
+    def stream_chat(self, messages: Sequence[dict], **sampling: Any) -> Iterator["TextChunk"]:
+        """The assistant's reply to ``messages``, streamed."""
+        from lmforge.inference.generation import stream
+
+        p = self._chat_params(sampling)
+        started = False
+        for chunk in stream(self.model, self.tokenizer, self._chat_prompt(messages, p.max_new_tokens), p):
+            if not started:
+                chunk.text = chunk.text.lstrip()
+                started = bool(chunk.text)
+            yield chunk
+
+    # ------------------------------------------------------------------ embeddings and search
+    def embedder(self, pooling: str = "mean") -> Any:
+        """The :class:`~lmforge.inference.embeddings.Embedder` of this model (cached per pooling)."""
+        from lmforge.inference.embeddings import Embedder
+
+        if pooling not in self._embedders:
+            self._embedders[pooling] = Embedder(self.model, self.tokenizer, pooling=pooling)
+        return self._embedders[pooling]
+
+    def embed(self, texts: Sequence[str], pooling: str = "mean") -> "np.ndarray":
+        """Unit-length vectors (N, D), one per text."""
+        return self.embedder(pooling).embed(list(texts))
+
+    def search(self, docs: Sequence[str], query: str, top_k: int = 5, index_path: Optional[str | Path] = None,
+               pooling: str = "mean") -> tuple[list["SearchHit"], bool]:
+        """Ranks ``docs`` by similarity to ``query``. With ``index_path`` the document vectors are saved there
+        and reused while the documents and the model stay the same. Returns ``(hits, index_rebuilt)``."""
+        from lmforge.inference.retrieval import SearchIndex, load_or_build_index
+
+        emb = self.embedder(pooling)
+        if index_path is None:
+            index, rebuilt = SearchIndex.build(emb, docs), True
+        else:
+            index, rebuilt = load_or_build_index(emb, docs, index_path)
+        return index.search(emb, query, top_k), rebuilt
+
+    def __repr__(self) -> str:
+        return f"LM(name={self.name!r}, family={self.family!r}, max_context={self.max_context}, chat_template={self.chat_template!r})"
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Any:
+    """Loads whatever the run folder holds: an :class:`LM`, or a ``Translator`` for a translation run."""
+    from lmforge.config import RunConfig
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            task = RunConfig.from_yaml(cfg_path).task
+        except Exception:  # a damaged config: LM.load reports it properly
+            task = "lm"
+        if task == "translate":
+            return _translator().load(run_dir, device=device)
+    return LM.load(run_dir, device=device)
+
+
+def _translator() -> Any:
+    try:
+        from lmforge.inference.translate import Translator
+    except ImportError as err:  # pragma: no cover - translation not installed
+        raise CheckpointError(f"this is a translation run, but lmforge.inference.translate is unavailable ({err})") from None
+    return Translator
+
+
+def __getattr__(name: str) -> Any:
+    # ``Translator`` is re-exported lazily so that importing the facade does not import translation code.
+    if name == "Translator":
+        return _translator()
+    raise AttributeError(f"module 'lmforge.api' has no attribute {name!r}")
