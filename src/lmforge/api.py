@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lmforge.inference.generation import Completion, TextChunk
     from lmforge.inference.retrieval import SearchHit
 
-__all__ = ["LM", "load", "resolve_device", "Translator"]
+__all__ = ["LM", "load", "resolve_device", "Translator", "chat_repl", "read_texts", "default_index_path"]
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -195,6 +195,31 @@ class LM:
 
     def __repr__(self) -> str:
         return f"LM(name={self.name!r}, family={self.family!r}, max_context={self.max_context}, chat_template={self.chat_template!r})"
+
+
+def chat_repl(session: "ChatSession", lines: Any = None, out: Any = None, interactive: bool = True) -> int:
+    """Runs the chat loop (``/help``, ``/clear``, ``/system``, ``/save``, ``/exit``) on ``session``; see
+    :func:`lmforge.inference.chat.run_chat_repl`. Returns the number of replies."""
+    from lmforge.inference.chat import run_chat_repl
+
+    return run_chat_repl(session, lines=lines, out=out, interactive=interactive)
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Texts of a file: one per non-empty line, or the ``"text"`` fields of a ``.jsonl``."""
+    from lmforge.inference.retrieval import read_texts as _read
+
+    return _read(path)
+
+
+def default_index_path(run_dir: str | Path, docs_path: str | Path, pooling: str = "mean") -> Path:
+    """Where ``lmforge search`` keeps the index of ``docs_path`` for a run: inside the run folder's cache, one
+    file per documents file (the file records what it was built from, so a change triggers a rebuild)."""
+    import hashlib
+
+    docs_path = Path(docs_path).resolve()
+    tag = hashlib.sha256(f"{docs_path}|{pooling}".encode()).hexdigest()[:12]
+    return Path(run_dir) / ".lmforge_cache" / "search" / f"{docs_path.stem}-{tag}.npz"
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Any:

@@ -20,6 +20,11 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lmforge.cli.train", "train a model on text and print its figures and a sample"),
     "eval": ("lmforge.cli.eval", "evaluate a run: loss, perplexity, bits per char/byte (or BLEU for translation)"),
+    "generate": ("lmforge.cli.generate", "generate text from a language model, streamed"),
+    "chat": ("lmforge.cli.chat", "chat with a language model (streamed; scripted from stdin)"),
+    "finetune": ("lmforge.cli.finetune", "fine-tune a language model on conversations for chat"),
+    "embed": ("lmforge.cli.embed", "embed texts with a language model into vectors"),
+    "search": ("lmforge.cli.search", "rank documents by embedding similarity to a query"),
     "list": ("lmforge.cli.list", "list presets, model families and components"),
     "tokenizer": ("lmforge.cli.tokenizer", "train a tokenizer or encode text with one"),
     "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),
