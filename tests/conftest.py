@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+try:  # Tiny test models run faster on one thread, and CI's two cores are shared with subprocess tests.
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_TEXT = (
