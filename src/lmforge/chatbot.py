@@ -57,8 +57,8 @@ class TransformerConfig(_TransformerConfig):
     """lmforge's :class:`~lmforge.config.TransformerConfig` with named sizes.
 
     Parameter counts at a 5,000-token vocabulary (tied embeddings; RMSNorm, RoPE, SwiGLU, grouped-query
-    attention): ``tiny`` 0.52M (d_model 64, 4 layers), ``small`` 2.2M (d_model 128, 8 layers), ``medium`` 8.2M
-    (d_model 256, 10 layers), ``large`` 30.4M (d_model 512, 10 layers). Keyword ``overrides`` replace top-level
+    attention): ``tiny`` 496,704 (d_model 64, 4 layers), ``small`` 2,026,624 (d_model 128, 8 layers), ``medium``
+    8,207,616 (d_model 256, 10 layers), ``large`` 30,136,832 (d_model 512, 10 layers). Keyword ``overrides`` replace top-level
     fields (``num_layers=2``); nested ones go through ``.with_overrides({"attention.num_heads": 2})``.
     """
 
@@ -141,7 +141,8 @@ class _TextTokenizer:
         return int(self.tokenizer.vocab_size)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._tok!r})" if self._tok is not None else f"{type(self).__name__}(empty)"
+        size = f"vocab_size={self._tok.vocab_size}" if self._tok is not None else "empty: call build_from_text"
+        return f"{type(self).__name__}({size})"
 
 
 class BPETokenizer(_TextTokenizer):
