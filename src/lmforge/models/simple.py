@@ -14,6 +14,7 @@ two language-model classes change only ``forward`` to the classic signatures; lm
 code use the protocol methods (``init_state``/``step``/``hidden_states``), which they inherit unchanged.
 
 Example:
+    >>> import torch
     >>> lstm = SimpleLSTM_LM(vocab_size=100, embedding_dim=16, hidden_dim=16, num_layers=1)
     >>> logits, (h, c) = lstm(torch.randint(0, 100, (2, 5)))
     >>> tuple(logits.shape), tuple(h.shape)
@@ -74,6 +75,7 @@ class SimpleTransformer(Seq2SeqTransformer):
             ``norm_placement``, ``share_embeddings``, ``tie_output``...).
 
     Example:
+        >>> import torch
         >>> model = SimpleTransformer(100, 90, d_model=32, n_heads=2, num_encoder_layers=1, num_decoder_layers=1)
         >>> model(torch.randint(1, 100, (2, 7)), torch.randint(1, 90, (2, 5))).shape
         torch.Size([2, 5, 90])
@@ -108,6 +110,7 @@ class SimpleSeq2SeqLSTM(Seq2SeqLSTM):
     :class:`SimpleTransformer` (``encode`` returns an ``LSTMMemory`` of outputs, final ``(h, c)`` and mask).
 
     Example:
+        >>> import torch
         >>> lstm = SimpleSeq2SeqLSTM(100, 90, emb_dim=16, hidden_dim=32, num_layers=1)
         >>> _, (h, c) = lstm.encoder(lstm.src_embed(torch.randint(1, 100, (2, 7))))
         >>> out, (h, c) = lstm.decoder(lstm.tgt_embed(torch.full((2, 1), 2)), (h, c))
