@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=20, help="requests per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-concurrency", type=int, default=4)
+    ap.add_argument("--max-concurrency", type=int, default=8)
     ap.add_argument("--max-queue", type=int, default=64)
     args = ap.parse_args()
 

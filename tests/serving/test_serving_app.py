@@ -396,3 +396,17 @@ def test_the_page_is_self_contained(serve):
     for element in ('id="input"', 'id="send"', 'id="reset"', 'id="temperature"', 'id="top_p"', 'id="top_k"',
                     'id="max_tokens"', "/v1/chat/completions"):
         assert element in html
+
+
+def test_message_content_parts_and_developer_role(serve):
+    lm = FakeLM()
+    srv = serve(lm)
+    parts = [{"role": "developer", "content": "be brief"},
+             {"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}]
+    with httpx.Client(base_url=srv.url) as c:
+        out = c.post("/v1/chat/completions", json={"messages": parts, "max_tokens": 30}).json()
+        assert_error(c.post("/v1/chat/completions", json={"messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}), 400)
+    expected_prompt = render_chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}])
+    assert lm.calls[0]["prompt"] == expected_prompt
+    assert out["choices"][0]["message"]["content"] == reply_for(expected_prompt)

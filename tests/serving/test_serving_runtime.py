@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -122,3 +123,49 @@ def test_call_runs_in_a_worker_thread_and_reraises():
         runner.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_fair_lock_hands_over_in_arrival_order():
+    from lmforge.serving.runtime import FairLock
+
+    lock = FairLock()
+    order: list[int] = []
+    lock.acquire()
+    threads = []
+    for i in range(5):
+        t = threading.Thread(target=lambda i=i: (lock.acquire(), order.append(i), lock.release()))
+        t.start()
+        threads.append(t)
+        while len(lock._waiters) != i + 1:  # wait until thread i is queued before starting the next
+            time.sleep(0.001)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3, 4]
+    assert lock.acquire() is None and not lock._waiters  # free again: taken at once
+    lock.release()
+
+
+def test_fair_lock_lets_streams_take_turns():
+    """Two threads that each re-acquire the lock in a tight loop alternate instead of one running away."""
+    from lmforge.serving.runtime import FairLock
+
+    lock = FairLock()
+    trace: list[str] = []
+    start = threading.Barrier(2)
+
+    def worker(tag: str) -> None:
+        start.wait()
+        for _ in range(200):
+            with lock:
+                trace.append(tag)
+                time.sleep(0.0001)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    middle = trace[20:-20]  # both running: strict alternation
+    runs = sum(1 for x, y in zip(middle, middle[1:]) if x == y)
+    assert runs <= 2, "".join(trace)

@@ -28,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("LMFORGE_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health and / "
                              "(default: $LMFORGE_API_KEY, else no key)")
-    parser.add_argument("--max-concurrency", type=int, default=4, metavar="N",
-                        help="generations running at once (default 4)")
+    parser.add_argument("--max-concurrency", type=int, default=8, metavar="N",
+                        help="generations running at once, taking turns token by token (default 8)")
     parser.add_argument("--max-queue", type=int, default=64, metavar="N",
                         help="requests waiting for a free slot before the server answers 429 (default 64)")
     parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
                      max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024)
     print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "
           f"http://{args.host}:{args.port}/v1 (API); Ctrl+C stops", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # On Ctrl+C, streams still running get 5 s to finish; then their generations are cancelled.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

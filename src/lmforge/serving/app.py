@@ -59,7 +59,7 @@ def _load(engine_or_run: Any) -> Any:
     return engine_or_run
 
 
-def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 4,
+def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 8,
                max_queue: int = 64, max_body_bytes: int = 1 << 20, default_max_tokens: int = 256,
                serialize: bool = True, body_timeout_s: float = 30.0) -> FastAPI:
     """Builds the server for one run.

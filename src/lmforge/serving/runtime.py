@@ -9,7 +9,8 @@
   client's generation stops after at most one more token and its iterator is closed.
 * Each generation owns its decoding state (KV cache or LSTM state) inside its own iterator; with
   ``serialize=True`` (the default) one lock also guards the model, so only one thread runs a model step at a
-  time. Concurrent streams still interleave token by token, which keeps time-to-first-token fair.
+  time. The lock is handed over in arrival order (:class:`FairLock`), so concurrent streams take turns token
+  by token, which keeps time-to-first-token fair.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
-__all__ = ["Admission", "QueueFull", "Runner", "StreamHandle"]
+__all__ = ["Admission", "FairLock", "QueueFull", "Runner", "StreamHandle"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,43 @@ class Admission:
         self.active -= 1
 
 
+class FairLock:
+    """A mutex handed to waiting threads in arrival order.
+
+    ``threading.Lock`` is not fair: a thread that releases it and asks again at once (the next token of the
+    same stream) usually wins, which starves the other streams and ruins their time to first token. Handing
+    the lock over first come, first served makes concurrent streams take turns token by token.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiters: collections.deque[threading.Event] = collections.deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()  # release() hands the lock straight to us
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._held = False
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 _END = object()
 
 
@@ -125,7 +163,7 @@ class Runner:
     def __init__(self, slots: int, queue_size: int, serialize: bool = True) -> None:
         self.admission = Admission(slots, queue_size)
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="lmforge-serve")
-        self._lock: Any = threading.Lock() if serialize else contextlib.nullcontext()
+        self._lock: Any = FairLock() if serialize else contextlib.nullcontext()
 
     @property
     def active(self) -> int:
