@@ -42,7 +42,9 @@ def test_two_gloo_ranks_match_one_process(tokens, tiny_config, tmp_path):
     train, val = (np.asarray(t) for t in tokens)
     _train(cfg.to_dict(), train, val, tmp_path / "single.json")
     port = _free_port()
-    ctx = mp.get_context("spawn")
+    # fork: the children reuse the imported modules (the parent ran with one intra-op thread, so no thread
+    # pool is copied half-way); spawn would re-import torch twice.
+    ctx = mp.get_context("fork")
     procs = []
     for rank in range(2):
         env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",

@@ -236,6 +236,9 @@ class Trainer:
         self.t_start = time.perf_counter()
         if resume:
             self._restore()
+        elif self.run_dir is not None and self.dist.is_main:
+            for stale in (ckpt.BEST_WEIGHTS_FILE, ckpt.SUMMARY_FILE, "loss.png"):  # from an earlier run here
+                (self.run_dir / stale).unlink(missing_ok=True)
         model = wrap_ddp(self.raw, self.dist, self.device)
         if tc.compile:
             model = torch.compile(model)
