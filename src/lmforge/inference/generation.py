@@ -111,8 +111,11 @@ class _Decoder:
     """
 
     def __init__(self, model: Any, rows: list[list[int]], params: SamplingParams, stop_ids: Sequence[int],
-                 sample_indices: Sequence[int], pad_id: int = 0) -> None:
-        self.model = model
+                 sample_indices: Sequence[int], pad_id: int = 0, fast: bool = True) -> None:
+        from lmforge.inference.fast_decode import fast_decoder
+
+        # the lean decoding path for Llama-style Transformers, else the model's own init_state/step
+        self.model = (fast_decoder(model) if fast else None) or model
         self.params = params
         self.device = model_device(model)
         self.max_context: Optional[int] = getattr(model, "max_context", None)
@@ -273,7 +276,7 @@ def _params(params: Optional[SamplingParams], overrides: dict[str, Any]) -> Samp
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Optional[SamplingParams] = None,
-             **overrides: Any) -> list[Completion]:
+             *, fast: bool = True, **overrides: Any) -> list[Completion]:
     """Generates a completion for each prompt (``num_samples`` each), batched.
 
     Args:
@@ -281,6 +284,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
         tokenizer: its tokenizer (may be ``None`` when every prompt is token ids; text is then empty).
         prompts: texts or token-id lists, of any lengths.
         params: sampling settings; keyword ``overrides`` (``temperature=0``...) are applied on top.
+        fast: use the lean decoding path (:mod:`lmforge.inference.fast_decode`) for Llama-style Transformers;
+            False always runs the model's own ``step``.
 
     Returns:
         One :class:`Completion` per prompt and sample, prompt-major (prompt 0's samples first).
@@ -298,7 +303,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
         return []
     pad_id = int(getattr(tokenizer, "pad_id", 0) or 0) if tokenizer is not None else 0
     with _eval_mode(model):
-        dec = _Decoder(model, rows, p, _stop_ids(tokenizer, p), sample_idx, pad_id)
+        dec = _Decoder(model, rows, p, _stop_ids(tokenizer, p), sample_idx, pad_id, fast=fast)
         stops = p.stop if tokenizer is not None else []
         detoks = [IncrementalDetokenizer(tokenizer) for _ in rows] if stops else []
         texts = [""] * len(rows)
@@ -349,7 +354,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
 
 
 def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[SamplingParams] = None,
-           **overrides: Any) -> Iterator[TextChunk]:
+           *, fast: bool = True, **overrides: Any) -> Iterator[TextChunk]:
     """Generates one completion as a stream of text pieces.
 
     Pieces never split a UTF-8 character, text that might be the start of a stop string is held back until it
@@ -367,7 +372,7 @@ def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[Sampling
     pad_id = int(getattr(tokenizer, "pad_id", 0) or 0)
     stops = p.stop
     with _eval_mode(model):
-        dec = _Decoder(model, [ids], p, _stop_ids(tokenizer, p), [0], pad_id)
+        dec = _Decoder(model, [ids], p, _stop_ids(tokenizer, p), [0], pad_id, fast=fast)
         detok = IncrementalDetokenizer(tokenizer)
         text, sent, reason, n = "", 0, "length", 0
         for nxt in dec.steps():

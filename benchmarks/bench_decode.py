@@ -1,0 +1,154 @@
+"""Decoding speed: lmforge's ``generate()`` vs Hugging Face ``transformers``' ``generate()`` on the same weights,
+and the LSTM's per-token cost as the output grows.
+
+Usage:
+    python benchmarks/bench_decode.py [--batches 1 8 64] [--new-tokens 128] [--prompt 32] [--threads N]
+                                      [--repeats 3] [--vocab-size 5000] [--lstm-tokens 1024]
+
+The Transformer is the 6-layer, d_model 384 Llama-style config (RMSNorm, RoPE, SwiGLU, 6 heads of 64, tied
+embeddings, context 512). Its weights are exported with ``lmforge.interop.hf.export_hf`` and loaded by
+``transformers.LlamaForCausalLM``; the script first checks both give the same greedy tokens. Each figure is
+greedy decoding with a KV cache, ``new_tokens`` per row after a ``prompt``-token prompt (rows of a batch have
+different prompt lengths, so both libraries pad and mask), reported as generated tokens per second of wall time
+(prefill included), best of ``repeats`` runs, the two libraries interleaved so that load from other processes
+hits both alike. Prints Markdown tables for BENCHMARKS.md with the machine and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from lmforge.config import LSTMConfig, TransformerConfig
+from lmforge.evaluation.metrics import machine_info
+from lmforge.inference.generation import _Decoder, generate
+from lmforge.inference.sampling import SamplingParams
+from lmforge.models import build_model
+
+
+def llama_style(vocab: int) -> TransformerConfig:
+    """The benchmark's Transformer: 6 layers, d_model 384, Llama-style."""
+    return TransformerConfig(vocab_size=vocab, d_model=384, num_layers=6, block_size=512,
+                             attention={"variant": "mha", "num_heads": 6}, ffn={"variant": "swiglu", "hidden_dim": 1024},
+                             positional={"encoding": "rope"}, norm={"type": "rmsnorm", "placement": "pre"})
+
+
+def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(batch)
+    # lengths from length/2 to length, so batches need left padding
+    return [torch.randint(8, vocab, (max(1, length - (i * length // 2) // max(1, batch - 1)),), generator=g).tolist()
+            for i in range(batch)]
+
+
+def _lmforge_tps(model, prompts, new: int) -> tuple[float, list[list[int]]]:
+    t = time.perf_counter()
+    out = generate(model, None, prompts, temperature=0, max_new_tokens=new, ignore_eos=True)
+    dt = time.perf_counter() - t
+    return len(prompts) * new / dt, [c.token_ids for c in out]
+
+
+@torch.inference_mode()
+def _hf_tps(hf, prompts, new: int) -> tuple[float, list[list[int]]]:
+    T = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    t = time.perf_counter()
+    out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                      use_cache=True, pad_token_id=0, eos_token_id=None)
+    dt = time.perf_counter() - t
+    return len(prompts) * new / dt, out[:, T:].tolist()
+
+
+def bench_transformer(args) -> list[dict]:
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from lmforge.interop.hf import export_hf
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = build_model(llama_style(args.vocab_size)).eval()
+    with torch.no_grad():  # wider weights than the init, so greedy outputs vary and ties are rare
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.05)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(model, tmp)
+        hf = LlamaForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32).eval()
+    rows = []
+    for batch in args.batches:
+        prompts = _prompts(batch, args.prompt, args.vocab_size)
+        new = args.new_tokens if batch < 64 else max(16, args.new_tokens // 2)
+        # warm-up and agreement check
+        _, ours = _lmforge_tps(model, prompts, 8)
+        _, theirs = _hf_tps(hf, prompts, 8)
+        agree = sum(a == b for a, b in zip(ours, theirs)) / batch
+        best_l = best_h = 0.0
+        for _ in range(args.repeats):
+            best_l = max(best_l, _lmforge_tps(model, prompts, new)[0])
+            best_h = max(best_h, _hf_tps(hf, prompts, new)[0])
+        rows.append({"batch": batch, "new": new, "lmforge": best_l, "hf": best_h, "agree": agree})
+        print(f"batch {batch:>3}: lmforge {best_l:8.1f} tok/s  transformers {best_h:8.1f} tok/s  "
+              f"x{best_l / best_h:.2f}  (greedy rows identical over 8 tokens: {agree:.0%})", flush=True)
+    return rows
+
+
+@torch.inference_mode()
+def bench_lstm(args) -> list[tuple[int, float]]:
+    """ms/token of an LSTM (lstm-small sizes) in windows of the output, via the generation loop itself."""
+    torch.manual_seed(0)
+    model = build_model(LSTMConfig(vocab_size=args.vocab_size, embedding_dim=128, hidden_dim=256, num_layers=2,
+                                   dropout=0.0)).eval()
+    params = SamplingParams(temperature=0, max_new_tokens=args.lstm_tokens, ignore_eos=True)
+    dec = _Decoder(model, [list(range(8, 40))], params, [], [0])
+    window = max(1, args.lstm_tokens // 8)
+    out, t0 = [], time.perf_counter()
+    for n, _ in enumerate(dec.steps(), 1):
+        if n % window == 0:
+            t1 = time.perf_counter()
+            out.append((n, (t1 - t0) / window * 1000))
+            t0 = t1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--vocab-size", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lstm-tokens", type=int, default=1024)
+    ap.add_argument("--skip-hf", action="store_true", help="only the LSTM figures")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(f"machine: {info.get('cpu', info)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if not args.skip_hf:
+        import transformers
+
+        rows = bench_transformer(args)
+        print(f"\n| batch | new tokens/row | lmforge tok/s | transformers {transformers.__version__} tok/s | ratio |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['batch']} | {r['new']} | {r['lmforge']:.1f} | {r['hf']:.1f} | {r['lmforge'] / r['hf']:.2f}x |")
+    lstm = bench_lstm(args)
+    print("\n| LSTM output tokens | ms/token in the window before |")
+    print("|---|---|")
+    for n, ms in lstm:
+        print(f"| {n} | {ms:.3f} |")
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

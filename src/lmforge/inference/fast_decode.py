@@ -1,0 +1,232 @@
+"""A lean decoding path for Llama-style Transformers: the same model, far fewer operations per token.
+
+At batch 1 a small model's decoding step costs more in per-operation overhead than in arithmetic. For a
+Transformer whose config is Llama-compatible (RMSNorm, pre-norm, RoPE, SwiGLU, mha/gqa/mqa, causal mask; see
+:func:`lmforge.interop.hf.llama_incompatibilities`), :class:`FastLlamaDecoder` decodes with:
+
+* the weights read once through the Llama view of the model (``llama_state_dict``), Q/K/V and gate/up fused
+  into single matrices, so a layer is four matrix products;
+* RMSNorm (arXiv:1910.07467) folded into the next matrix: ``rms(x) * g @ W.T == (x @ (W * g * sqrt(D)).T) /
+  sqrt(|x|^2 + D * eps)``, one cheap vector norm per row instead of a normalised copy of ``x``;
+* rotary embeddings (arXiv:2104.09864) as one complex multiplication: the Q and K projection rows are permuted
+  from Llama's half-split layout to interleaved pairs (the same permutation on Q and K leaves every dot
+  product, hence attention, unchanged);
+* residual adds fused into the output projections (``addmm``), a preallocated cache, no attention mask while no
+  row is padded, and the output head on the last position only.
+
+It implements ``init_state``/``step`` like the model, so the generation loop uses it when :func:`fast_decoder`
+accepts the model, and the model's own ``step`` otherwise. Tests check its logits against the model's.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["FastLlamaDecoder", "fast_decoder"]
+
+
+@dataclass
+class _State:
+    k: list[Tensor]  # per layer (B, Hkv, S, hd)
+    v: list[Tensor]  # per layer (B, Hkv, S, hd)
+    valid: Tensor  # (B, S) real tokens (kept up to date once a call is padded)
+    seen: Tensor  # (B,) real tokens per row (idem)
+    length: int = 0
+    padded: bool = False
+
+
+def _interleave_rows(w: Tensor, heads: int, hd: int) -> Tensor:
+    """Reorders each head's output rows from half-split (x1..., x2...) to interleaved pairs (x1, x2, ...)."""
+    rest = w.shape[1:]
+    return w.reshape(heads, 2, hd // 2, *rest).transpose(1, 2).reshape(heads * hd, *rest)
+
+
+class FastLlamaDecoder:
+    """Decoding-only execution of a Llama-compatible :class:`~lmforge.models.transformer.Transformer`.
+
+    Args:
+        model: the Transformer (its weights are copied; :func:`fast_decoder` rebuilds when they change).
+    """
+
+    def __init__(self, model: Any) -> None:
+        from lmforge.interop.hf import llama_config, llama_state_dict
+
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        cfg = llama_config(model.config)
+        sd = {k: v.to(self.device, torch.float64) for k, v in llama_state_dict(model, dtype=torch.float32).items()}
+        self.L = cfg["num_hidden_layers"]
+        H, Hkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+        self.H, self.Hkv, self.hd = H, Hkv, hd
+        self.nq, self.nk = H * hd, Hkv * hd
+        self.D = D = cfg["hidden_size"]
+        self.deps = D * cfg["rms_norm_eps"]  # eps scaled by D: the norm below is |x|, not the RMS
+        self.max_context = model.max_context
+        root = math.sqrt(D)
+
+        def w(t: Tensor) -> Tensor:
+            return t.to(self.dtype).contiguous()
+
+        def fold(mat: Tensor, gain: Tensor) -> Tensor:  # (out, in) * (in,): RMSNorm gain and sqrt(D) folded in
+            return w(mat * (gain * root)[None, :])
+
+        self.emb = w(sd["model.embed_tokens.weight"])
+        self.head_t = fold(sd.get("lm_head.weight", sd["model.embed_tokens.weight"]), sd["model.norm.weight"]).t()
+        self.layers = []
+        for i in range(self.L):
+            a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+            g1, g2 = sd[f"model.layers.{i}.input_layernorm.weight"], sd[f"model.layers.{i}.post_attention_layernorm.weight"]
+            qkv = torch.cat([_interleave_rows(sd[a + "q_proj.weight"], H, hd),
+                             _interleave_rows(sd[a + "k_proj.weight"], Hkv, hd), sd[a + "v_proj.weight"]], 0)
+            qkv_b = None
+            if a + "q_proj.bias" in sd:
+                qkv_b = w(torch.cat([_interleave_rows(sd[a + "q_proj.bias"], H, hd),
+                                     _interleave_rows(sd[a + "k_proj.bias"], Hkv, hd), sd[a + "v_proj.bias"]], 0))
+            gu = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 0)
+            gu_b = w(torch.cat([sd[m + "gate_proj.bias"], sd[m + "up_proj.bias"]], 0)) if m + "gate_proj.bias" in sd else None
+            self.layers.append((
+                fold(qkv, g1).t(), qkv_b, w(sd[a + "o_proj.weight"]).t(), _opt(sd.get(a + "o_proj.bias"), w),
+                fold(gu, g2).t(), gu_b, w(sd[m + "down_proj.weight"]).t(), _opt(sd.get(m + "down_proj.bias"), w),
+            ))
+        self.ffn = gu.shape[0] // 2
+        # rotary table e^{i * pos * theta_j}; positions divided by the linear scaling factor (arXiv:2306.15595)
+        scale = float((cfg.get("rope_scaling") or {}).get("factor", 1.0))
+        inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64) / scale, inv)  # (S, hd/2)
+        ctype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
+        self.rope = torch.polar(torch.ones_like(ang), ang).to(ctype).to(self.device)  # (S, hd/2)
+
+    def init_state(self, batch_size: int) -> _State:
+        """An empty cache for ``batch_size`` rows."""
+        shape = (batch_size, self.Hkv, self.max_context, self.hd)
+        mk = lambda: torch.zeros(shape, device=self.device, dtype=self.dtype)  # noqa: E731
+        return _State([mk() for _ in range(self.L)], [mk() for _ in range(self.L)],
+                      torch.zeros(batch_size, self.max_context, dtype=torch.bool, device=self.device),
+                      torch.zeros(batch_size, dtype=torch.long, device=self.device))
+
+    def _inv_norm(self, x: Tensor) -> Tensor:
+        """1 / sqrt(|x|^2 + D * eps) per row (the folded RMSNorm factor)."""
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().add_(self.deps).rsqrt_()
+
+    def step(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor] = None) -> tuple[Tensor, _State]:
+        """Feeds ``idx`` (B, T); returns the logits of the last position (B, 1, V) and the state (in place)."""
+        B, T = idx.shape
+        s = state.length
+        S = s + T
+        if S > self.max_context:
+            raise ValueError(f"cache full: {s} + {T} tokens exceed the context of {self.max_context}")
+        if not state.padded and (attention_mask is None or bool(attention_mask.all())):
+            if T == 1:
+                return self._decode_one(idx, state), state
+            rot = self.rope[s:S].view(1, T, 1, -1)  # every row has seen s tokens
+        else:
+            rot = self._padded_positions(idx, state, attention_mask)
+        mask, causal = self._mask(state, s, T, B, idx.device)
+        H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
+        x = F.embedding(idx, self.emb).view(B * T, self.D)  # (B*T, D)
+        for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
+            qkv = _bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
+            qk = torch.view_as_real(torch.view_as_complex(qkv[..., :nq + nk].reshape(B, T, H + Hkv, hd // 2, 2)) * rot)
+            qk = qk.view(B, T, H + Hkv, hd)  # rotary embedding applied
+            state.k[i][:, :, s:S] = qk[:, :, H:].transpose(1, 2)
+            state.v[i][:, :, s:S] = qkv[..., nq + nk:].view(B, T, Hkv, hd).transpose(1, 2)
+            att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), state.k[i][:, :, :S], state.v[i][:, :, :S],
+                                                 attn_mask=mask, is_causal=causal, enable_gqa=H != Hkv)  # (B, H, T, hd)
+            x = _bias(torch.addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
+            gu = _bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = _bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+        state.length = S
+        last = x.view(B, T, self.D)[:, -1]  # (B, D)
+        return torch.mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
+
+    def _decode_one(self, idx: Tensor, state: _State) -> Tensor:
+        """One new token per row, no padding anywhere: no mask, one rotary row, everything 2-D."""
+        B = idx.size(0)
+        s = state.length
+        S = s + 1
+        H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
+        rot = self.rope[s]  # (hd/2,)
+        x = F.embedding(idx.view(B), self.emb)  # (B, D)
+        for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
+            qkv = _bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
+            qk = torch.view_as_real(torch.view_as_complex(qkv[:, :nq + nk].view(B, H + Hkv, hd // 2, 2)) * rot)
+            kc, vc = state.k[i], state.v[i]
+            kc[:, :, s] = qk[:, H:].view(B, Hkv, hd)
+            vc[:, :, s] = qkv[:, nq + nk:].view(B, Hkv, hd)
+            att = F.scaled_dot_product_attention(qk[:, :H].view(B, H, 1, hd), kc[:, :, :S], vc[:, :, :S],
+                                                 enable_gqa=H != Hkv)  # (B, H, 1, hd)
+            x = _bias(torch.addmm(x, att.view(B, nq), wo), bo)
+            gu = _bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = _bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+        state.length = S
+        return torch.mm(x, self.head_t).mul_(self._inv_norm(x)).view(B, 1, -1)
+
+    def _padded_positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:
+        B, T = idx.shape
+        s = state.length
+        if not state.padded:  # the first padded call: record what the unpadded calls implied
+            state.valid[:, :s] = True
+            state.seen.fill_(s)
+            state.padded = True
+        real = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.to(idx.device).bool()
+        pos = (state.seen.view(B, 1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        state.valid[:, s:s + T] = real
+        state.seen += real.sum(1)
+        return self.rope[pos].view(B, T, 1, -1)  # (B, T, 1, hd/2)
+
+    @staticmethod
+    def _mask(state: _State, s: int, T: int, B: int, device: torch.device) -> tuple[Optional[Tensor], bool]:
+        S = s + T
+        if state.padded:
+            ar = torch.arange(S, device=device)
+            allowed = state.valid[:, None, :S] & (ar.view(1, 1, S) <= ar[s:].view(1, T, 1))  # (B, T, S)
+            allowed = allowed | ~state.valid[:, s:S].view(B, T, 1)  # padded queries see all (their output is unused)
+            return allowed.view(B, 1, T, S), False
+        if T > 1 and s > 0:
+            ar = torch.arange(S, device=device)
+            return (ar.view(1, S) <= ar[s:].view(T, 1)).view(1, 1, T, S), False
+        return None, T > 1
+
+
+def _opt(t: Optional[Tensor], fn: Any) -> Optional[Tensor]:
+    return None if t is None else fn(t)
+
+
+def _bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
+    return x if b is None else x.add_(b)
+
+
+_CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, FastLlamaDecoder]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: Any) -> tuple:
+    # parameters' identities, devices, dtypes and in-place version counters: an optimizer step or a load changes it
+    return tuple((id(p), p.device, p.dtype, p._version) for p in model.parameters())
+
+
+def fast_decoder(model: Any) -> Optional[FastLlamaDecoder]:
+    """The fast path for ``model`` (built once, reused while its weights do not change), or ``None`` when the
+    model is not a Llama-compatible Transformer."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
+        return None
+    try:
+        from lmforge.interop.hf import llama_incompatibilities
+    except ImportError:  # pragma: no cover
+        return None
+    if llama_incompatibilities(cfg):
+        return None
+    key = _weights_key(model)
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fast = FastLlamaDecoder(model)
+    _CACHE[model] = (key, fast)
+    return fast
