@@ -43,6 +43,7 @@ def test_a_missing_run_folder_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("error: ") and "no-such-run" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_the_command_serves_a_run_with_a_key(tiny_run_dirs):
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -26,6 +26,7 @@ def _stream_text(url: str, body: dict) -> str:
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,serialize", [("transformer", True), ("transformer", False), ("lstm", False)])
 def test_concurrent_seeded_streams_equal_sequential_ones(serve, tiny_lm, tiny_lstm, family, serialize):
     """Four clients at once, each with its own prompt and seed, get exactly what each gets alone; with
