@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -68,6 +68,23 @@ def default_max_len(src_len: int, model: Any = None, cap: Optional[int] = None) 
     return min(n, limit) if limit else n
 
 
+MaxLen = Optional[Union[int, Sequence[int]]]
+
+
+def _limits(max_len: MaxLen, src: Tensor, model: Any) -> list[int]:
+    """Per-sentence output budgets: ``max_len`` for all, one per sentence, or (``None``) the default from each
+    sentence's own unpadded length, so a sentence's result never depends on what it is batched with."""
+    if max_len is None:
+        lengths = src.ne(getattr(model, "pad_idx", 0)).sum(dim=1).tolist()
+        return [default_max_len(int(n), model) for n in lengths]
+    if isinstance(max_len, int):
+        return [max_len] * src.size(0)
+    limits = [int(m) for m in max_len]
+    if len(limits) != src.size(0):
+        raise ValueError(f"max_len has {len(limits)} entries for {src.size(0)} sentences")
+    return limits
+
+
 def _step_logprobs(model: Any, tokens: Tensor, state: Any, banned: Sequence[int]) -> tuple[Tensor, Any]:
     logits, state = model.decode_step(tokens, state)
     logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (N, V)
@@ -83,7 +100,7 @@ def _start(model: Any, src: Tensor, bos_id: int) -> tuple[Any, Tensor]:
 
 @torch.no_grad()
 def greedy_search(
-    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: Optional[int] = None,
+    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: MaxLen = None,
     banned_ids: Sequence[int] = (),
 ) -> list[list[int]]:
     """Picks the most likely token at each step (the lower id on a tie) until ``<eos>`` or ``max_len`` tokens.
@@ -93,22 +110,23 @@ def greedy_search(
         src: (B, S) right-padded source ids.
         bos_id: the id the decoder starts from.
         eos_id: the id that ends a hypothesis.
-        max_len: the most tokens to generate (``<eos>`` not counted); default :func:`default_max_len`.
+        max_len: the most tokens to generate (``<eos>`` not counted), for all sentences or one per sentence;
+            default :func:`default_max_len` of each sentence's own length.
         banned_ids: ids never generated (e.g. ``<pad>``, ``<bos>``).
 
     Returns:
         B lists of ids, without ``<bos>``/``<eos>``.
     """
-    max_len = max_len or default_max_len(src.size(1), model)
+    limits = _limits(max_len, src, model)
     state, tok = _start(model, src, bos_id)
     out = [[] for _ in range(src.size(0))]
     alive = torch.arange(src.size(0), device=src.device)
-    for _ in range(max_len):
+    for _ in range(max(limits, default=0)):
         logp, state = _step_logprobs(model, tok, state, banned_ids)
         nxt = logp.argmax(dim=-1)  # argmax returns the first (lowest) index on ties
         keep = []
         for row, (sent, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
-            if t == eos_id:
+            if t == eos_id or len(out[sent]) >= limits[sent]:
                 continue
             out[sent].append(t)
             keep.append(row)
@@ -136,7 +154,7 @@ def _filter_logits(logits: Tensor, top_k: Optional[int], top_p: Optional[float])
 
 @torch.no_grad()
 def sample_search(
-    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: Optional[int] = None,
+    model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: MaxLen = None,
     temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
     generator: Optional[torch.Generator] = None, banned_ids: Sequence[int] = (),
 ) -> list[list[int]]:
@@ -147,15 +165,16 @@ def sample_search(
     """
     if temperature == 0:
         return greedy_search(model, src, bos_id=bos_id, eos_id=eos_id, max_len=max_len, banned_ids=banned_ids)
-    max_len = max_len or default_max_len(src.size(1), model)
+    limits = _limits(max_len, src, model)
     state, tok = _start(model, src, bos_id)
     out = [[] for _ in range(src.size(0))]
     alive = list(range(src.size(0)))
-    for _ in range(max_len):
+    for _ in range(max(limits, default=0)):
         logp, state = _step_logprobs(model, tok, state, banned_ids)
         probs = _filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(src.device)
-        keep = [row for row, t in enumerate(nxt.tolist()) if t != eos_id]
+        keep = [row for row, t in enumerate(nxt.tolist())
+                if t != eos_id and len(out[alive[row]]) < limits[alive[row]]]
         for row in keep:
             out[alive[row]].append(int(nxt[row]))
         if not keep:
@@ -188,7 +207,7 @@ def _topk_ordered(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def beam_search(
     model: Any, src: Tensor, *, bos_id: int, eos_id: int, beam_size: int = 5, alpha: float = 0.6,
-    n_best: int = 1, max_len: Optional[int] = None, banned_ids: Sequence[int] = (),
+    n_best: int = 1, max_len: MaxLen = None, banned_ids: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:
     """Batched beam search with the GNMT length penalty and exact finishing.
 
@@ -200,7 +219,8 @@ def beam_search(
         beam_size: live hypotheses kept per sentence.
         alpha: length-penalty exponent (0 ranks by plain log-probability).
         n_best: hypotheses returned per sentence (at most ``beam_size``).
-        max_len: the most tokens per hypothesis (``<eos>`` not counted); after that many, ``<eos>`` is forced.
+        max_len: the most tokens per hypothesis (``<eos>`` not counted), for all sentences or one per sentence
+            (default :func:`default_max_len` of each sentence's own length); after that many, ``<eos>`` is forced.
         banned_ids: ids never generated (e.g. ``<pad>``, ``<bos>``).
 
     Returns:
@@ -211,7 +231,7 @@ def beam_search(
     if alpha < 0:
         raise ValueError(f"the length-penalty exponent alpha must be >= 0, got {alpha}")
     b, k = src.size(0), beam_size
-    max_len = max_len or default_max_len(src.size(1), model)
+    limits = _limits(max_len, src, model)
     device = src.device
     state = model.start_decoding(src).select(torch.arange(b, device=device).repeat_interleave(k))
     seqs = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)  # (N*K, t) live hypotheses
@@ -219,15 +239,16 @@ def beam_search(
     cum[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     finished: list[list[tuple[float, int, Hypothesis]]] = [[] for _ in range(b)]
     active = list(range(b))  # sentence of each row block still searching
-    lp_max = length_penalty(max_len + 1, alpha)
+    lp_max = torch.tensor([length_penalty(m + 1, alpha) if alpha > 0 else 1.0 for m in limits], device=device)
     counter = 0
-    for step in range(max_len + 1):
+    for step in range(max(limits, default=0) + 1):
         n = len(active)
         logp, state = _step_logprobs(model, seqs[:, -1:], state, banned_ids)  # (n*K, V)
         v = logp.size(1)
-        if step == max_len:  # the last allowed token must be <eos>
+        at_limit = torch.tensor([step >= limits[s] for s in active], device=device).repeat_interleave(k)  # (n*K,)
+        if bool(at_limit.any()):  # a sentence's last allowed token must be <eos>
             eos_col = logp[:, eos_id].clone()
-            logp.fill_(float("-inf"))
+            logp[at_limit] = float("-inf")
             logp[:, eos_id] = eos_col
         cand = (cum.view(n * k, 1) + logp).view(n, k * v)  # (n, K*V)
         top_v, top_i = _topk_ordered(cand, 2 * k)  # (n, 2K): at most K of them are <eos>, one per beam
@@ -239,7 +260,7 @@ def beam_search(
                 if is_eos[row, r] and math.isfinite(top_v[row, r].item()):
                     src_row = row * k + int(beam[row, r])
                     total = float(top_v[row, r])
-                    hyp = Hypothesis(seqs[src_row, 1:].tolist(), total / lp_now, total, finished=step < max_len)
+                    hyp = Hypothesis(seqs[src_row, 1:].tolist(), total / lp_now, total, finished=step < limits[sent])
                     finished[sent].append((-hyp.score, counter, hyp))
                     counter += 1
         # the K best non-<eos> candidates continue (stable: rank order kept)
@@ -250,7 +271,8 @@ def beam_search(
         seqs = torch.cat((seqs.index_select(0, origin), tok.gather(1, pick).view(-1, 1)), dim=1)
         state = state.select(origin)
         # a sentence is done when no live hypothesis can beat its n_best-th finished one
-        best_live = cum.max(dim=1).values / (lp_max if alpha > 0 else 1.0)  # cum <= 0, so this bounds any future score
+        # cum <= 0, so dividing by the largest penalty reachable bounds any future score of a live hypothesis
+        best_live = cum.max(dim=1).values / lp_max[torch.tensor(active, device=device)]
         keep = []
         for row, sent in enumerate(active):
             done = len(finished[sent]) >= n_best and (

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from lmforge.inference.search import beam_search, default_max_len, greedy_search, sample_search
+from lmforge.inference.search import beam_search, greedy_search, sample_search
 
 __all__ = ["Translator"]
 
@@ -75,11 +75,6 @@ class Translator:
         """Where the model lives."""
         return next(self.model.parameters()).device
 
-    @property
-    def max_len(self) -> int:
-        """The model's longest sequence (the default output budget's cap)."""
-        return int(getattr(self.model, "max_len", 256))
-
     def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
         from lmforge.data.pair_batching import encode_source
 
@@ -96,12 +91,12 @@ class Translator:
         return out
 
     def _run(self, texts: Sequence[str] | str, batch_size: int, progress: Optional[Callable[[int], None]],
-             search: Callable[[torch.Tensor, int], list]) -> list:
+             search: Callable[[torch.Tensor], list]) -> list:
         texts = [texts] if isinstance(texts, str) else list(texts)
         results: list = [None] * len(texts)
         done = 0
         for rows, src in self._batches(texts, batch_size):
-            for i, r in zip(rows, search(src, default_max_len(src.size(1), cap=self.max_len))):
+            for i, r in zip(rows, search(src)):
                 results[i] = r
             done += len(rows)
             if progress is not None:
@@ -123,8 +118,8 @@ class Translator:
         Returns:
             One translation per input, in order (an empty input gives an empty output).
         """
-        def search(src: torch.Tensor, default: int) -> list[list[int]]:
-            n = max_len or default
+        def search(src: torch.Tensor) -> list[list[int]]:
+            n = max_len  # None: each sentence's own default budget
             if beam <= 1:
                 return greedy_search(self.model, src, max_len=n, banned_ids=self._banned, **self._ids)
             hyps = beam_search(self.model, src, beam_size=beam, alpha=self.alpha, max_len=n, banned_ids=self._banned,
@@ -137,8 +132,8 @@ class Translator:
     def translate_nbest(self, texts: Sequence[str] | str, beam: int = 5, n: int = 5, max_len: Optional[int] = None,
                         batch_size: int = 32) -> list[list[tuple[str, float]]]:
         """The ``n`` best translations of each text with their length-normalised log-probability scores."""
-        def search(src: torch.Tensor, default: int) -> list:
-            return beam_search(self.model, src, beam_size=beam, n_best=n, alpha=self.alpha, max_len=max_len or default,
+        def search(src: torch.Tensor) -> list:
+            return beam_search(self.model, src, beam_size=beam, n_best=n, alpha=self.alpha, max_len=max_len,
                                banned_ids=self._banned, **self._ids)
 
         out = self._run(texts, batch_size, None, search)
@@ -150,8 +145,8 @@ class Translator:
         """Sampled translations (``temperature=0`` is greedy); ``seed`` makes them reproducible."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
 
-        def search(src: torch.Tensor, default: int) -> list[list[int]]:
-            return sample_search(self.model, src, max_len=max_len or default, temperature=temperature, top_k=top_k,
+        def search(src: torch.Tensor) -> list[list[int]]:
+            return sample_search(self.model, src, max_len=max_len, temperature=temperature, top_k=top_k,
                                  top_p=top_p, generator=gen, banned_ids=self._banned, **self._ids)
 
         out = self._run(texts, batch_size, None, search)

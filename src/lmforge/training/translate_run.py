@@ -23,6 +23,7 @@ __all__ = ["TranslationRun", "prepare_translation_run", "train_translation", "ev
 log = logging.getLogger(__name__)
 
 VAL_CAP = 2000  # at most this many pairs are split off for validation when no validation files are given
+VAL_BLEU_SENTENCES = 500  # the final evaluation translates (greedily) at most this many validation pairs for BLEU
 
 
 @dataclass
@@ -117,7 +118,7 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
         [val_src[i][:max_len] for i in vkeep], [val_tgt[i][: max_len - 1] for i in vkeep],
         pad_id=tgt_tok.pad_id, bos_id=tgt_tok.bos_id, eos_id=tgt_tok.eos_id, max_tokens=config.data.max_tokens,
         seed=config.train.seed, label_smoothing=config.train.label_smoothing, val_text=val,
-        tokenizers=(src_tok, tgt_tok),
+        tokenizers=(src_tok, tgt_tok), bleu_sentences=VAL_BLEU_SENTENCES,
     )
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
@@ -143,6 +144,8 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
                       progress=progress)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
+    summary["train_pairs"] = len(run.task.train_src)
+    summary["train_target_tokens"] = sum(len(t) + 1 for t in run.task.train_tgt)  # per epoch, with <eos>
     if trainer.dist.is_main and not summary.get("interrupted"):
         from lmforge.inference.translate import Translator
 
