@@ -127,3 +127,21 @@ def test_separate_vocabularies_and_input_errors(tmp_path) -> None:
         train_translation(cfg.with_overrides({"data.tgt": bad}))
     with pytest.raises(ConfigError, match="--src"):
         train_translation(cfg.with_overrides({"data.src": None}))
+
+
+def test_cli_train_translate_then_eval(tmp_path, capsys) -> None:
+    from lmforge.cli.main import main
+
+    pairs = _reverse_pairs(60, 4)
+    src = _write(tmp_path / "s.txt", [s for s, _ in pairs])
+    tgt = _write(tmp_path / "t.txt", [t for _, t in pairs])
+    run = tmp_path / "run"
+    code = main(["train", "--task", "translate", "--preset", "seq2seq_transformer-tiny", "--src", src, "--tgt", tgt,
+                 "--max-steps", "2", "--out", str(run), "--device", "cpu", "--quiet", "data.max_tokens=256",
+                 "tokenizer.vocab_size=300"])
+    assert code == 0
+    assert "run folder:" in capsys.readouterr().out
+    assert RunConfig.from_yaml(run / "config.yaml").tokenizer.kind == "bpe"  # translation's default tokenizer
+    assert main(["eval", str(run), "--src", src, "--ref", tgt, "--beam", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"bleu"' in out and '"bleu_signature"' in out and (run / "eval" / "s.txt.beam2.hyp").is_file()

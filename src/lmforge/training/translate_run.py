@@ -97,6 +97,10 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
     if config.task != "translate":
         raise ConfigError(f"task {config.task!r} is not a translation run; pass --task translate")
     run_dir = Path(config.out_dir)
+    if not resume and not config.tokenizer.path and "kind" not in config.tokenizer.model_fields_set:
+        # Translation defaults to byte-level BPE (the LM default, char, is a poor unit for translation); the
+        # resolved config records it, so the run folder says what was trained.
+        config = config.with_overrides({"tokenizer.kind": "bpe"})
     train, val = _pairs(config)
     src_tok, tgt_tok = _tokenizers(config, train, run_dir, resume)
     if config.model.family == "seq2seq_transformer" and config.model.share_embeddings and src_tok is not tgt_tok:
