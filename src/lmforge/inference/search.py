@@ -13,7 +13,6 @@ then the lower token id.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence, Union
 
@@ -255,14 +254,15 @@ def beam_search(
         beam, tok = top_i // v, top_i % v
         is_eos = tok.eq(eos_id)
         lp_now = length_penalty(step + 1, alpha)
-        for row, sent in enumerate(active):
-            for r in range(k):  # only <eos> candidates that rank within the beam finish
-                if is_eos[row, r] and math.isfinite(top_v[row, r].item()):
-                    src_row = row * k + int(beam[row, r])
-                    total = float(top_v[row, r])
-                    hyp = Hypothesis(seqs[src_row, 1:].tolist(), total / lp_now, total, finished=step < limits[sent])
-                    finished[sent].append((-hyp.score, counter, hyp))
-                    counter += 1
+        # only <eos> candidates that rank within the beam finish (one host transfer per step, not per candidate)
+        ends = (is_eos[:, :k] & torch.isfinite(top_v[:, :k])).nonzero().tolist()
+        if ends:
+            values, beams, prefixes = top_v.tolist(), beam.tolist(), seqs[:, 1:].tolist()
+            for row, r in ends:
+                sent, total = active[row], values[row][r]
+                hyp = Hypothesis(prefixes[row * k + beams[row][r]], total / lp_now, total, finished=step < limits[sent])
+                finished[sent].append((-hyp.score, counter, hyp))
+                counter += 1
         # the K best non-<eos> candidates continue (stable: rank order kept)
         rank = torch.arange(2 * k, device=device).expand(n, 2 * k)
         pick = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]  # (n, K)
@@ -272,11 +272,11 @@ def beam_search(
         state = state.select(origin)
         # a sentence is done when no live hypothesis can beat its n_best-th finished one
         # cum <= 0, so dividing by the largest penalty reachable bounds any future score of a live hypothesis
-        best_live = cum.max(dim=1).values / lp_max[torch.tensor(active, device=device)]
+        best_live = (cum.max(dim=1).values / lp_max[torch.tensor(active, device=device)]).tolist()
         keep = []
         for row, sent in enumerate(active):
             done = len(finished[sent]) >= n_best and (
-                -sorted(finished[sent])[n_best - 1][0] >= float(best_live[row])
+                -sorted(finished[sent])[n_best - 1][0] >= best_live[row]
             )
             if not done:
                 keep.append(row)
