@@ -106,7 +106,8 @@ class FastLlamaDecoder:
     def init_state(self, batch_size: int) -> _State:
         """An empty cache for ``batch_size`` rows."""
         shape = (batch_size, self.Hkv, self.max_context, self.hd)
-        mk = lambda: torch.zeros(shape, device=self.device, dtype=self.dtype)  # noqa: E731
+        # uninitialised: attention only reads slots already written (padding slots are written too)
+        mk = lambda: torch.empty(shape, device=self.device, dtype=self.dtype)  # noqa: E731
         return _State([mk() for _ in range(self.L)], [mk() for _ in range(self.L)],
                       torch.zeros(batch_size, self.max_context, dtype=torch.bool, device=self.device),
                       torch.zeros(batch_size, dtype=torch.long, device=self.device))
@@ -122,9 +123,10 @@ class FastLlamaDecoder:
         S = s + T
         if S > self.max_context:
             raise ValueError(f"cache full: {s} + {T} tokens exceed the context of {self.max_context}")
-        if not state.padded and (attention_mask is None or bool(attention_mask.all())):
-            if T == 1:
-                return self._decode_one(idx, state), state
+        all_real = attention_mask is None or bool(attention_mask.all())
+        if T == 1 and all_real:
+            return self._decode_one(idx, state), state
+        if not state.padded and all_real:
             rot = self.rope[s:S].view(1, T, 1, -1)  # every row has seen s tokens
         else:
             rot = self._padded_positions(idx, state, attention_mask)
@@ -147,12 +149,20 @@ class FastLlamaDecoder:
         return torch.mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
 
     def _decode_one(self, idx: Tensor, state: _State) -> Tensor:
-        """One new token per row, no padding anywhere: no mask, one rotary row, everything 2-D."""
+        """One new (real) token per row, everything 2-D. Without padding in the cache: no mask and one rotary
+        row for all; with left padding from the prompt: each row's own position and a key mask."""
         B = idx.size(0)
         s = state.length
         S = s + 1
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
-        rot = self.rope[s]  # (hd/2,)
+        mask = None
+        if state.padded:
+            rot = self.rope[state.seen].view(B, 1, -1)  # (B, 1, hd/2)
+            state.valid[:, s] = True
+            state.seen += 1
+            mask = state.valid[:, :S].view(B, 1, 1, S)
+        else:
+            rot = self.rope[s]  # (hd/2,)
         x = F.embedding(idx.view(B), self.emb)  # (B, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
             qkv = _bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
@@ -161,7 +171,7 @@ class FastLlamaDecoder:
             kc[:, :, s] = qk[:, H:].view(B, Hkv, hd)
             vc[:, :, s] = qkv[:, nq + nk:].view(B, Hkv, hd)
             att = F.scaled_dot_product_attention(qk[:, :H].view(B, H, 1, hd), kc[:, :, :S], vc[:, :, :S],
-                                                 enable_gqa=H != Hkv)  # (B, H, 1, hd)
+                                                 attn_mask=mask, enable_gqa=H != Hkv)  # (B, H, 1, hd)
             x = _bias(torch.addmm(x, att.view(B, nq), wo), bo)
             gu = _bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
             x = _bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
