@@ -73,3 +73,7 @@ def test_fast_decoder_is_cached_and_rebuilt_when_weights_change():
     other = build_model(TransformerConfig(vocab_size=64, d_model=32, num_layers=1, block_size=16,
                                           norm={"type": "layernorm"}, attention={"num_heads": 4}))
     assert fast_decoder(other) is None  # not Llama-compatible: the model's own step is used
+    half = _model({}).to(torch.bfloat16)
+    assert fast_decoder(half) is None
+    out = generate(half, None, [[9, 10]], temperature=0, max_new_tokens=3, ignore_eos=True)[0]
+    assert len(out.token_ids) == 3  # bfloat16 models still generate, through model.step

@@ -233,6 +233,9 @@ def fast_decoder(model: Any) -> Optional[FastLlamaDecoder]:
         return None
     if llama_incompatibilities(cfg):
         return None
+    p = next(model.parameters(), None)
+    if p is None or p.dtype not in (torch.float32, torch.float64) or p.device.type not in ("cpu", "cuda"):
+        return None  # complex rotary maths needs float32/64; other dtypes and devices use the model's own step
     key = _weights_key(model)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
