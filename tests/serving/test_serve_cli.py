@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port
+from serving_fakes import free_port
 
 from lmforge.cli.main import COMMANDS, main
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import FakeLM, FakeTranslator, render_chat, reply_for
+from serving_fakes import FakeLM, FakeTranslator, render_chat, reply_for
 
 from lmforge.errors import LMForgeError
 from lmforge.inference.sampling import SamplingParams

@@ -45,7 +45,7 @@ def _open(browser, url: str):
 
 
 def test_page_streams_a_reply(serve, tiny_lm, browser, artifacts):
-    from conftest import FakeLM, render_chat, reply_for
+    from serving_fakes import FakeLM, render_chat, reply_for
 
     # A slow fake engine first: 40 ms a token, so the reply is visibly built up piece by piece.
     srv = serve(FakeLM(delay=0.04))
@@ -89,7 +89,7 @@ def test_page_streams_a_reply(serve, tiny_lm, browser, artifacts):
 
 
 def test_page_reports_server_errors_and_uses_the_api_key(serve, browser):
-    from conftest import FakeLM
+    from serving_fakes import FakeLM
 
     srv = serve(FakeLM(), api_key="page-key")
     page, _ = browser.new_page(), None
