@@ -90,7 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "what `lmforge train` runs with no arguments: a char-level Transformer on Tiny Shakespeare, ~2 min on a 2-core CPU",
         "model": _tfm(128, 4, 4, 64, attention={"variant": "mha", "num_heads": 4}),
         "tokenizer": {"kind": "char"},
-        "train": {"batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "schedule": "wsd", "decay_fraction": 0.3,
+        "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 50, "schedule": "wsd", "decay_fraction": 0.3,
                   "min_lr_ratio": 0.0, "time_budget": 120.0, "eval_interval": 250},
     },
 }
