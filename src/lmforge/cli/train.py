@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.d_model=256 train.lr=3e-4")
     g = parser.add_argument_group("what to train")
     g.add_argument("--preset", help="a preset name (see `lmforge list presets`); default shakespeare-char")
-    g.add_argument("--config", metavar="FILE", help="a YAML/JSON run config (applied over the preset)")
+    g.add_argument("--config", metavar="FILE", help="a YAML/JSON run config (applied over --preset when both are given)")
     g.add_argument("--model", "--model-type", dest="model", choices=["transformer", "lstm"], help="model family")
     g.add_argument("--model-size", choices=["tiny", "small", "medium", "large"], help="model size preset of the family")
     g.add_argument("--task", choices=["lm", "translate"], help="language model (default) or translation")

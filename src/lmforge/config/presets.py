@@ -84,8 +84,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                                      "attention": "additive", "bidirectional_encoder": True}},
     # --- whole-run presets ---
     # Tuned for a 2-core CPU and a 120 s budget (BENCHMARKS.md, "Training"): full multi-head attention (GQA's
-    # single KV head cost 0.015 in loss at this size), small batches for many steps, and warmup-stable-decay
-    # whose decay ends when the time budget does.
+    # single KV head cost 0.015 in loss at this size), batch 8 (tokens/s barely depends on the batch here, so
+    # more updates per token win), and warmup-stable-decay whose decay ends when the time budget does.
     "shakespeare-char": {
         "description": "what `lmforge train` runs with no arguments: a char-level Transformer on Tiny Shakespeare, ~2 min on a 2-core CPU",
         "model": _tfm(128, 4, 4, 64, attention={"variant": "mha", "num_heads": 4}),
