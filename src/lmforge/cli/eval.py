@@ -38,10 +38,8 @@ def _print_table(figs: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates the run and prints the figures."""
-    import os
     from pathlib import Path
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see lmforge.cli.train
     from lmforge.training.checkpoint import CONFIG_FILE
 
     config_path = Path(args.run_dir) / CONFIG_FILE

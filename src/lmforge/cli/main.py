@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -72,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # handles -h / --version
         parser.print_help()
         return 0
+    # Idle OpenMP threads sleep instead of spinning (read once, when torch loads): on a CPU shared with other
+    # processes, spinning threads wait for descheduled peers, and a 2-thread training step was 4-6x slower than
+    # a 1-thread one (BENCHMARKS.md, training section).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser, module = build_parser(argv[0])
     args = parser.parse_args(argv[1:])
     try:

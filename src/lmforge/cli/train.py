@@ -227,9 +227,6 @@ def run(args: argparse.Namespace) -> int:
     """Trains as the options say and prints the figures, a sample and the run folder."""
     import logging
 
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning threads
-    # wait for descheduled peers and a 2-thread step became 4-6x slower than a 1-thread one (BENCHMARKS.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

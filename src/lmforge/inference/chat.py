@@ -14,7 +14,6 @@ end-of-turn that closes them) for a loss masked to the replies.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path

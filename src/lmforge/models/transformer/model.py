@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config.transformer import TransformerConfig
-from lmforge.errors import ConfigError
 from lmforge.models.transformer.attention import ATTENTION, AttnMask
 from lmforge.models.transformer.cache import FullContextState, KVCache
 from lmforge.models.transformer.ffn import MLPS
