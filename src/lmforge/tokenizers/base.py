@@ -28,6 +28,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Tokenizer",
+    "frame_ids",
     "content_fingerprint",
     "resolve_tokenizer_path",
 ]
@@ -99,6 +100,15 @@ class Tokenizer(Protocol):
     def fingerprint(self) -> str:
         """A stable hash of the tokenizer's content (same vocabulary and rules -> same hash)."""
         ...
+
+
+def frame_ids(ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+    """``ids`` framed by ``<bos>``/``<eos>`` when asked (every kind's ``encode`` ends with this)."""
+    if add_bos:
+        ids.insert(0, BOS_ID)
+    if add_eos:
+        ids.append(EOS_ID)
+    return ids
 
 
 def content_fingerprint(payload: dict[str, Any]) -> str:

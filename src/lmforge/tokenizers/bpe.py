@@ -16,6 +16,7 @@ from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import (
     BOS_ID,
     EOS_ID,
+    frame_ids,
     FIRST_REGULAR_ID,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -146,11 +147,7 @@ class BPETokenizer:
                 ids = self._tok.encode(text, add_special_tokens=False).ids
         except TypeError:
             raise TokenizerError(_not_text(text)) from None
-        if add_bos:
-            ids.insert(0, BOS_ID)
-        if add_eos:
-            ids.append(EOS_ID)
-        return ids
+        return frame_ids(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         """``encode`` of each text (short texts in one parallel call)."""

@@ -10,6 +10,7 @@ from lmforge.tokenizers._vocab import VocabTable, most_frequent, payload_list
 from lmforge.tokenizers.base import (
     BOS_ID,
     EOS_ID,
+    frame_ids,
     FIRST_REGULAR_ID,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -78,11 +79,7 @@ class CharTokenizer:
         """Ids of the characters of ``text``, framed by ``<bos>``/``<eos>`` when asked."""
         stoi = self._vocab.regular_stoi
         ids = [stoi.get(c, UNK_ID) for c in text]
-        if add_bos:
-            ids.insert(0, BOS_ID)
-        if add_eos:
-            ids.append(EOS_ID)
-        return ids
+        return frame_ids(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         """``encode`` of each text."""
