@@ -49,6 +49,15 @@ def test_generate_matches_the_facade(run_dir, capsys):
     assert isinstance(load(run_dir, device="cpu"), LM)
 
 
+def test_generate_compile_gives_the_eager_text(run_dir, capsys):
+    args = ["generate", str(run_dir), "--prompt", "ab", "--temperature", "0", "--max-new-tokens", "12"]
+    assert main(args) == 0
+    eager = capsys.readouterr()
+    assert main(args + ["--compile"]) == 0
+    compiled = capsys.readouterr()
+    assert compiled.out == eager.out and "note:" not in compiled.err
+
+
 def test_chat_reads_one_message_per_line_when_not_a_terminal(run_dir, capsys, monkeypatch, tmp_path):
     save = tmp_path / "c.json"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"hi there\n/save {save}\nhow are you\n"))

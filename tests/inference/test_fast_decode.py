@@ -10,23 +10,7 @@ from lmforge.inference.fast_decode import FastLlamaDecoder, fast_decoder
 from lmforge.inference.generation import generate
 from lmforge.models import build_model
 
-VARIANTS = {
-    "gqa": {},
-    "mqa-untied": {"attention": {"variant": "mqa", "num_heads": 4}, "tie_embeddings": False},
-    "mha-bias-scaled-rope": {"attention": {"variant": "mha", "num_heads": 4, "bias": True},
-                             "ffn": {"bias": True}, "positional": {"rope_scaling": 2.0, "rope_base": 500.0}},
-}
-
-
-def _model(extra):
-    torch.manual_seed(0)
-    base = {"vocab_size": 64, "d_model": 32, "num_layers": 2, "block_size": 32,
-            "attention": {"variant": "gqa", "num_heads": 4, "num_kv_heads": 2}}
-    model = build_model(TransformerConfig(**{**base, **extra})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)  # non-trivial norms and biases too
-    return model
+from llama_toy import VARIANTS, llama_toy as _model
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli.generate import add_sampling_args, sampling_kwargs
+from lmforge.cli.generate import add_sampling_args, apply_compile, sampling_kwargs
 
 DESCRIPTION = ("Chat with a language model: streamed replies, /help /clear /system TEXT /save FILE /exit. "
                "When standard input is not a terminal, each line is one user message.")
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from lmforge.api import LM, chat_repl
 
     lm = LM.load(args.run, device=args.device, chat_template=args.template)
+    apply_compile(lm, args)
     kw = sampling_kwargs(args, default_temperature=0.7)
     session = lm.chat_session(system=args.system, use_context=not args.no_context, **kw)
     interactive = sys.stdin.isatty()

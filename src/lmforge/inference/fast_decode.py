@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FastLlamaDecoder", "fast_decoder"]
+__all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder"]
 
 
 @dataclass
@@ -60,6 +60,7 @@ class FastLlamaDecoder:
 
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self.compiled: Optional[Any] = None  # its CompiledLlamaDecoder, built on first request
         cfg = llama_config(model.config)
         sd = {k: v.to(self.device, torch.float64) for k, v in llama_state_dict(model, dtype=torch.float32).items()}
         self.L = cfg["num_hidden_layers"]
@@ -103,13 +104,14 @@ class FastLlamaDecoder:
         ctype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
         self.rope = torch.polar(torch.ones_like(ang), ang).to(ctype).to(self.device)  # (S, hd/2)
 
-    def init_state(self, batch_size: int) -> _State:
-        """An empty cache for ``batch_size`` rows."""
-        shape = (batch_size, self.Hkv, self.max_context, self.hd)
+    def init_state(self, batch_size: int, spare: int = 0) -> _State:
+        """An empty cache for ``batch_size`` rows (``max_context`` positions, plus ``spare`` unused ones)."""
+        slots = self.max_context + spare
+        shape = (batch_size, self.Hkv, slots, self.hd)
         # uninitialised: attention only reads slots already written (padding slots are written too)
         mk = lambda: torch.empty(shape, device=self.device, dtype=self.dtype)  # noqa: E731
         return _State([mk() for _ in range(self.L)], [mk() for _ in range(self.L)],
-                      torch.zeros(batch_size, self.max_context, dtype=torch.bool, device=self.device),
+                      torch.zeros(batch_size, slots, dtype=torch.bool, device=self.device),
                       torch.zeros(batch_size, dtype=torch.long, device=self.device))
 
     def _inv_norm(self, x: Tensor) -> Tensor:
@@ -221,9 +223,34 @@ def _weights_key(model: Any) -> tuple:
     return tuple((id(p), p.device, p.dtype, p._version) for p in model.parameters())
 
 
-def fast_decoder(model: Any) -> Optional[FastLlamaDecoder]:
+_COMPILE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def compile_decoding(model: Any, enabled: bool = True) -> bool:
+    """Makes generation on ``model`` use the compiled one-token step unless a call says otherwise (what
+    ``--compile`` of ``lmforge generate|chat|serve`` does). Returns whether the model and device support it
+    (a Llama-style Transformer in float32/64 on a CPU); when they do not, generation stays eager."""
+    if not enabled:
+        _COMPILE.discard(model)
+        return False
+    fast = fast_decoder(model)
+    if fast is None:
+        return False
+    from lmforge.inference.compiled_decode import compile_supported
+
+    if not compile_supported(fast.device, fast.dtype):
+        return False
+    _COMPILE.add(model)
+    return True
+
+
+def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
     """The fast path for ``model`` (built once, reused while its weights do not change), or ``None`` when the
-    model is not a Llama-compatible Transformer."""
+    model is not a Llama-compatible Transformer.
+
+    With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run a ``torch.compile``'d step
+    (:class:`~lmforge.inference.compiled_decode.CompiledLlamaDecoder`) where it is supported (CPU, float32/64);
+    elsewhere the eager fast path is returned."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
         return None
@@ -239,7 +266,15 @@ def fast_decoder(model: Any) -> Optional[FastLlamaDecoder]:
     key = _weights_key(model)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
-        return hit[1]
-    fast = FastLlamaDecoder(model)
-    _CACHE[model] = (key, fast)
+        fast = hit[1]
+    else:
+        fast = FastLlamaDecoder(model)
+        _CACHE[model] = (key, fast)
+    if compile or (compile is None and model in _COMPILE):
+        from lmforge.inference.compiled_decode import CompiledLlamaDecoder, compile_supported
+
+        if compile_supported(fast.device, fast.dtype):
+            if fast.compiled is None:
+                fast.compiled = CompiledLlamaDecoder(fast)
+            return fast.compiled
     return fast

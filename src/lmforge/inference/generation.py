@@ -111,11 +111,12 @@ class _Decoder:
     """
 
     def __init__(self, model: Any, rows: list[list[int]], params: SamplingParams, stop_ids: Sequence[int],
-                 sample_indices: Sequence[int], pad_id: int = 0, fast: bool = True) -> None:
+                 sample_indices: Sequence[int], pad_id: int = 0, fast: bool = True,
+                 compile: Optional[bool] = None) -> None:
         from lmforge.inference.fast_decode import fast_decoder
 
         # the lean decoding path for Llama-style Transformers, else the model's own init_state/step
-        self.model = (fast_decoder(model) if fast else None) or model
+        self.model = (fast_decoder(model, compile=compile) if fast else None) or model
         self.params = params
         self.device = model_device(model)
         self.max_context: Optional[int] = getattr(model, "max_context", None)
@@ -276,7 +277,7 @@ def _params(params: Optional[SamplingParams], overrides: dict[str, Any]) -> Samp
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Optional[SamplingParams] = None,
-             *, fast: bool = True, **overrides: Any) -> list[Completion]:
+             *, fast: bool = True, compile: Optional[bool] = None, **overrides: Any) -> list[Completion]:
     """Generates a completion for each prompt (``num_samples`` each), batched.
 
     Args:
@@ -286,6 +287,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
         params: sampling settings; keyword ``overrides`` (``temperature=0``...) are applied on top.
         fast: use the lean decoding path (:mod:`lmforge.inference.fast_decode`) for Llama-style Transformers;
             False always runs the model's own ``step``.
+        compile: on that path, run one-token steps through ``torch.compile``
+            (:mod:`lmforge.inference.compiled_decode`; CPU only for now): seconds to compile on first use, then
+            faster decoding. Worth it for long outputs, chat sessions and servers. ``None`` (the default) follows
+            :func:`~lmforge.inference.fast_decode.compile_decoding`.
 
     Returns:
         One :class:`Completion` per prompt and sample, prompt-major (prompt 0's samples first).
@@ -303,7 +308,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
         return []
     pad_id = int(getattr(tokenizer, "pad_id", 0) or 0) if tokenizer is not None else 0
     with _eval_mode(model):
-        dec = _Decoder(model, rows, p, _stop_ids(tokenizer, p), sample_idx, pad_id, fast=fast)
+        dec = _Decoder(model, rows, p, _stop_ids(tokenizer, p), sample_idx, pad_id, fast=fast, compile=compile)
         stops = p.stop if tokenizer is not None else []
         detoks = [IncrementalDetokenizer(tokenizer) for _ in rows] if stops else []
         texts = [""] * len(rows)
@@ -354,7 +359,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
 
 
 def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[SamplingParams] = None,
-           *, fast: bool = True, **overrides: Any) -> Iterator[TextChunk]:
+           *, fast: bool = True, compile: Optional[bool] = None, **overrides: Any) -> Iterator[TextChunk]:
     """Generates one completion as a stream of text pieces.
 
     Pieces never split a UTF-8 character, text that might be the start of a stop string is held back until it
@@ -372,7 +377,7 @@ def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[Sampling
     pad_id = int(getattr(tokenizer, "pad_id", 0) or 0)
     stops = p.stop
     with _eval_mode(model):
-        dec = _Decoder(model, [ids], p, _stop_ids(tokenizer, p), [0], pad_id, fast=fast)
+        dec = _Decoder(model, [ids], p, _stop_ids(tokenizer, p), [0], pad_id, fast=fast, compile=compile)
         detok = IncrementalDetokenizer(tokenizer)
         text, sent, reason, n = "", 0, "length", 0
         for nxt in dec.steps():
