@@ -128,6 +128,8 @@ def test_long_prompt_keeps_most_recent_tokens_and_generation_runs_past_context(t
     prompt = tok.encode("abcdefghijklmnopqrstuvwxyz0123456789")  # 36 tokens > 16
     got = generate(model, tok, [prompt], temperature=0, max_new_tokens=30, ignore_eos=True)[0]
     assert got.prompt_tokens == 16 and len(got.token_ids) == 30
+    streamed = list(stream(model, tok, prompt, temperature=0, max_new_tokens=30, ignore_eos=True))
+    assert {c.prompt_tokens for c in streamed} == {16}  # streamed chunks count the prompt as generate does
     # reference: each token is predicted from seq[s:]; when that window would exceed the context (16), it
     # restarts from the most recent 16 - 16 // 4 = 12 tokens, as the documented cache re-fill does
     seq, s, ref = prompt[-16:], 0, []

@@ -61,6 +61,21 @@ def test_streaming_chat(client, tiny_lm):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # really streamed
 
 
+def test_streamed_chat_usage_counts_the_templated_prompt(client, tiny_lm):
+    messages = [{"role": "system", "content": "Be brief."}, *HELLO]
+    kw = dict(model=tiny_lm.name, messages=messages, max_tokens=8, temperature=0)
+    plain = client.chat.completions.create(**kw)
+    streamed = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    # the run's "plain" template, written out by hand; the char tokenizer gives one token per character
+    templated = "System: Be brief.\nUser: Speak, speak.\nAssistant:"
+    assert tiny_lm.chat_template == "plain"
+    expected = len(tiny_lm.tokenizer.encode(templated))
+    assert expected > sum(tiny_lm.count_tokens(m["content"]) for m in messages)  # the template's tokens count
+    assert plain.usage.prompt_tokens == expected
+    assert streamed[-1].usage.prompt_tokens == expected
+    assert streamed[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
 def test_completions_plain_and_streamed(client, tiny_lm):
     resp = client.completions.create(model=tiny_lm.name, prompt="All:", max_tokens=10, temperature=0)
     direct = tiny_lm.complete(["All:"], max_new_tokens=10, temperature=0)[0]

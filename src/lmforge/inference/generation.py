@@ -70,12 +70,17 @@ class Completion:
 
 @dataclass
 class TextChunk:
-    """A piece of streamed text; the last chunk of a stream has ``finish_reason`` set."""
+    """A piece of streamed text; the last chunk of a stream has ``finish_reason`` set.
+
+    ``completion_tokens`` counts the tokens generated so far; ``prompt_tokens`` the tokens of the prompt the
+    model saw (after truncation to the context), as in :class:`Completion`.
+    """
 
     text: str
     finish_reason: Optional[str] = None
     completion_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
 
 
 def model_device(model: Any) -> torch.device:
@@ -401,7 +406,7 @@ def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[Sampling
             else:
                 safe = len(text)
             if safe > sent:
-                chunk = TextChunk(text[sent:safe], None, n, [tok])
+                chunk = TextChunk(text[sent:safe], None, n, [tok], len(dec.rows[0]))
                 sent = safe
                 yield chunk
     if reason == "length":
@@ -410,7 +415,7 @@ def stream(model: Any, tokenizer: Any, prompt: Prompt, params: Optional[Sampling
             cut = _find_stop(text, stops, sent)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-    yield TextChunk(text[sent:], reason, n, [])
+    yield TextChunk(text[sent:], reason, n, [], len(dec.rows[0]))
 
 
 def generate_ids(model: Any, start_tokens: Sequence[int], max_new_tokens: int = 100,

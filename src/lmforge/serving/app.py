@@ -235,10 +235,13 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
                 yield i, None  # announces the choice: the role delta
                 stream = engine.stream_chat(messages, **kw)
                 try:
-                    yield from ((i, chunk) for chunk in stream)
+                    for chunk in stream:
+                        # the generator's own count of the templated prompt, as the non-streamed reply gives
+                        state["prompt"] = state["prompt"] or getattr(chunk, "prompt_tokens", None)
+                        yield i, chunk
                 finally:
                     stream.close()
-            if req.include_usage:
+            if req.include_usage and not state["prompt"]:
                 state["prompt"] = _chat_prompt_tokens(engine, messages)
 
         def render(item: tuple[int, Any]) -> list[bytes]:
@@ -356,7 +359,8 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
 
 
 def _chat_prompt_tokens(engine: Any, messages: list[dict]) -> int:
-    """Tokens in the rendered chat prompt, from the facade when it can count them."""
+    """Tokens in the rendered chat prompt, for an engine whose streamed chunks do not carry ``prompt_tokens``:
+    from the engine when it can count them, else the message contents alone."""
     counter = getattr(engine, "count_chat_tokens", None)
     if counter is not None:
         return int(counter(messages))
