@@ -40,6 +40,9 @@ def _cache_dir(config: RunConfig, run_dir: Path) -> Path:
 def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     """Reads and splits the corpus, trains (or loads) the tokenizer, caches token ids and builds the model.
 
+    In an initialised process group (``torchrun``, see :func:`train_lm`) rank 0 trains the tokenizer and writes
+    the token cache while the other ranks wait, then they load both.
+
     Args:
         config: the run config; ``model.vocab_size`` is set from the tokenizer.
         resume: load the tokenizer saved in ``config.out_dir`` instead of training one.
@@ -50,6 +53,7 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     from lmforge.data import prepare_lm_data, read_documents, split_documents
     from lmforge.models import build_model
     from lmforge.tokenizers import load_tokenizer, train_tokenizer
+    from lmforge.training.distributed import current_dist, main_first, shared_tokenizer
 
     if config.task != "lm":
         raise ConfigError(f"task {config.task!r} is not a language-model run; use --task translate for translation")
@@ -57,24 +61,28 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     docs = read_documents(config.data.path)
     train_docs, val_docs = split_documents(docs, config.data.val_fraction)
     saved = run_dir / ckpt.TOKENIZER_FILE
-    if resume:
-        if not saved.is_file():
-            raise CheckpointError(f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
-        tokenizer = load_tokenizer(saved)
-    elif config.tokenizer.path:
-        tokenizer = load_tokenizer(config.tokenizer.path)
-    else:
-        tk = config.tokenizer
-        tokenizer = train_tokenizer(tk.kind, train_docs, vocab_size=tk.vocab_size, min_frequency=tk.min_frequency,
-                                    lowercase=tk.lowercase)
-    if config.model.vocab_size != tokenizer.vocab_size:
+    info = current_dist()
+    with main_first(info):
         if resume:
-            raise CheckpointError(
-                f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
-                f"model.vocab_size={config.model.vocab_size}; the run folder is inconsistent"
-            )
-        config = config.with_overrides({"model.vocab_size": tokenizer.vocab_size})
-    data = prepare_lm_data(train_docs, val_docs, tokenizer, _cache_dir(config, run_dir))
+            if not saved.is_file():
+                raise CheckpointError(
+                    f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
+            tokenizer = load_tokenizer(saved)
+        elif config.tokenizer.path:
+            tokenizer = load_tokenizer(config.tokenizer.path)
+        else:
+            tk = config.tokenizer
+            fit = lambda: train_tokenizer(tk.kind, train_docs, vocab_size=tk.vocab_size,  # noqa: E731
+                                          min_frequency=tk.min_frequency, lowercase=tk.lowercase)
+            tokenizer = shared_tokenizer(info, _cache_dir(config, run_dir) / ckpt.TOKENIZER_FILE, fit)
+        if config.model.vocab_size != tokenizer.vocab_size:
+            if resume:
+                raise CheckpointError(
+                    f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
+                    f"model.vocab_size={config.model.vocab_size}; the run folder is inconsistent"
+                )
+            config = config.with_overrides({"model.vocab_size": tokenizer.vocab_size})
+        data = prepare_lm_data(train_docs, val_docs, tokenizer, _cache_dir(config, run_dir))
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
     return LMRun(config=config, tokenizer=tokenizer, data=data, model=model, run_dir=run_dir)
@@ -94,15 +102,18 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
     Returns:
         The summary (as in ``summary.json``), plus ``run_dir`` and ``sample``.
     """
+    from lmforge.training.distributed import process_group
+    from lmforge.training.precision import resolve_device
     from lmforge.training.tasks import LMTask
     from lmforge.training.trainer import Trainer
 
-    run = prepare_lm_run(config, resume=resume)
-    cfg = run.config
-    task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
-                  val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing)
-    trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)
-    summary = trainer.fit(resume=resume)
+    with process_group(resolve_device(config.train.device)):  # joined before the data: rank 0 prepares it
+        run = prepare_lm_run(config, resume=resume)
+        cfg = run.config
+        task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
+                      val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing)
+        trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)
+        summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
     if sample_prompt is not None and cfg.train.sample_tokens > 0 and trainer.dist.is_main:
         summary["sample"] = sample_text(trainer.raw, run.tokenizer, sample_prompt, cfg.train.sample_tokens,

@@ -63,6 +63,8 @@ def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 def _tokenizers(config: RunConfig, train: list[tuple[str, str]], run_dir: Path, resume: bool) -> tuple[Any, Any]:
     from lmforge.tokenizers import load_tokenizer, train_tokenizer
+    from lmforge.training.distributed import current_dist, shared_tokenizer
+    from lmforge.training.lm_run import _cache_dir
 
     if resume:
         run = run_dir / ckpt.TOKENIZER_FILE
@@ -76,12 +78,16 @@ def _tokenizers(config: RunConfig, train: list[tuple[str, str]], run_dir: Path, 
     if tk.path:
         tok = load_tokenizer(tk.path)
         return tok, tok
-    fit = lambda texts: train_tokenizer(tk.kind, texts, vocab_size=tk.vocab_size,  # noqa: E731
-                                        min_frequency=tk.min_frequency, lowercase=tk.lowercase)
+    info, shared = current_dist(), _cache_dir(config, run_dir)
+
+    def fit(name: str, texts: list[str]) -> Any:  # under torchrun rank 0 trains, the others load (main_first)
+        return shared_tokenizer(info, shared / name, lambda: train_tokenizer(
+            tk.kind, texts, vocab_size=tk.vocab_size, min_frequency=tk.min_frequency, lowercase=tk.lowercase))
+
     if config.data.joint_vocab:
-        tok = fit([s for s, _ in train] + [t for _, t in train])
+        tok = fit(ckpt.TOKENIZER_FILE, [s for s, _ in train] + [t for _, t in train])
         return tok, tok
-    return fit([s for s, _ in train]), fit([t for _, t in train])
+    return fit(ckpt.SRC_TOKENIZER_FILE, [s for s, _ in train]), fit(ckpt.TGT_TOKENIZER_FILE, [t for _, t in train])
 
 
 def prepare_translation_run(config: RunConfig, resume: bool = False) -> TranslationRun:
@@ -92,6 +98,7 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
     """
     from lmforge.data.pair_batching import encode_pairs, filter_pairs
     from lmforge.models import build_model
+    from lmforge.training.distributed import current_dist, main_first
     from lmforge.training.tasks_translate import TranslationTask
 
     if config.task != "translate":
@@ -102,7 +109,8 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
         # resolved config records it, so the run folder says what was trained.
         config = config.with_overrides({"tokenizer.kind": "bpe"})
     train, val = _pairs(config)
-    src_tok, tgt_tok = _tokenizers(config, train, run_dir, resume)
+    with main_first(current_dist()):
+        src_tok, tgt_tok = _tokenizers(config, train, run_dir, resume)
     if config.model.family == "seq2seq_transformer" and config.model.share_embeddings and src_tok is not tgt_tok:
         raise ConfigError("model.share_embeddings needs one joint tokenizer; set data.joint_vocab=true")
     sizes = {"model.src_vocab_size": src_tok.vocab_size, "model.tgt_vocab_size": tgt_tok.vocab_size,
@@ -141,12 +149,15 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
         The trainer's summary (``val_loss``, ``val_ppl``, ``val_bleu``, ``val_chrf`` (greedy, on the validation
         pairs), ...), plus ``run_dir`` and ``sample`` (a few validation translations).
     """
+    from lmforge.training.distributed import process_group
+    from lmforge.training.precision import resolve_device
     from lmforge.training.trainer import Trainer
 
-    run = prepare_translation_run(config, resume=resume)
-    trainer = Trainer(run.config, run.model, run.task, run_dir=run.run_dir, tokenizers=run.tokenizer_files,
-                      progress=progress)
-    summary = trainer.fit(resume=resume)
+    with process_group(resolve_device(config.train.device)):  # joined first: rank 0 alone trains the tokenizers
+        run = prepare_translation_run(config, resume=resume)
+        trainer = Trainer(run.config, run.model, run.task, run_dir=run.run_dir, tokenizers=run.tokenizer_files,
+                          progress=progress)
+        summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
     summary["train_pairs"] = len(run.task.train_src)
     summary["train_target_tokens"] = sum(len(t) + 1 for t in run.task.train_tgt)  # per epoch, with <eos>
