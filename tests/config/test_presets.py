@@ -36,6 +36,13 @@ def test_every_preset_validates(name):
     assert PRESETS[name]["description"]
 
 
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if PRESETS[n].get("task") == "translate"))
+def test_translation_presets_name_bpe_explicitly(name):
+    cfg = RunConfig.parse(get_preset(name), source=name)
+    assert cfg.tokenizer.kind == "bpe"
+    assert "kind" in cfg.tokenizer.model_fields_set  # said by the preset, not left to translation's fallback
+
+
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if PRESETS[n].get("task", "lm") == "lm"))
 def test_every_lm_preset_builds(name):
     assert _count(name, 5000) > 0

@@ -129,6 +129,20 @@ def test_separate_vocabularies_and_input_errors(tmp_path) -> None:
         train_translation(cfg.with_overrides({"data.src": None}))
 
 
+def test_a_user_config_without_a_tokenizer_kind_still_gets_bpe(tmp_path) -> None:
+    from lmforge.tokenizers import BPETokenizer
+    from lmforge.training.translate_run import prepare_translation_run
+
+    pairs = _reverse_pairs(60, 5)
+    cfg = RunConfig.parse({"task": "translate", "out_dir": str(tmp_path / "run"), "tokenizer": {"vocab_size": 300},
+                           "model": {"family": "seq2seq_lstm", "emb_dim": 16, "hidden_dim": 16, "num_layers": 1},
+                           "data": {"src": _write(tmp_path / "s.txt", [s for s, _ in pairs]),
+                                    "tgt": _write(tmp_path / "t.txt", [t for _, t in pairs])}})
+    assert cfg.tokenizer.kind != "bpe"  # the general default (char) ...
+    run = prepare_translation_run(cfg)
+    assert run.config.tokenizer.kind == "bpe" and isinstance(run.src_tokenizer, BPETokenizer)  # ... not for translation
+
+
 def test_cli_train_translate_then_eval(tmp_path, capsys) -> None:
     from lmforge.cli.main import main
 
@@ -141,7 +155,7 @@ def test_cli_train_translate_then_eval(tmp_path, capsys) -> None:
                  "tokenizer.vocab_size=300"])
     assert code == 0
     assert "run folder:" in capsys.readouterr().out
-    assert RunConfig.from_yaml(run / "config.yaml").tokenizer.kind == "bpe"  # translation's default tokenizer
+    assert RunConfig.from_yaml(run / "config.yaml").tokenizer.kind == "bpe"  # the preset's tokenizer
     assert main(["eval", str(run), "--src", src, "--ref", tgt, "--beam", "2", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"bleu"' in out and '"bleu_signature"' in out and (run / "eval" / "s.txt.beam2.hyp").is_file()

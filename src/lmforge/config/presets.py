@@ -28,6 +28,11 @@ def _lstm(emb: int, hidden: int, layers: int, dropout: float = 0.2, **extra: Any
     return {"family": "lstm", "embedding_dim": emb, "hidden_dim": hidden, "num_layers": layers, "dropout": dropout, **extra}
 
 
+# Translation presets name their tokenizer: byte-level BPE (a run config without a tokenizer kind still gets BPE
+# for translation, see lmforge.training.translate_run; the preset says it outright).
+_TRANSLATE: dict[str, Any] = {"task": "translate", "tokenizer": {"kind": "bpe"}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # --- decoder-only Transformer sizes (RMSNorm + RoPE + SwiGLU + GQA, tied embeddings) ---
     "transformer-tiny": {"description": "about 0.5M parameters; for tests and demos",
@@ -58,28 +63,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                       tie_embeddings=True, residual_scaled_init=False),
     },
     # --- translation sizes ---
-    "seq2seq_transformer-tiny": {"task": "translate", "description": "for tests",
+    "seq2seq_transformer-tiny": {**_TRANSLATE, "description": "for tests",
                                  "model": {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
                                            "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}},
-    "seq2seq_transformer-small": {"task": "translate", "description": "about 15M parameters at a 10,000-token vocabulary",
+    "seq2seq_transformer-small": {**_TRANSLATE, "description": "about 15M parameters at a 10,000-token vocabulary",
                                   "model": {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4, "num_encoder_layers": 3,
                                             "num_decoder_layers": 3, "d_ff": 1280}},
-    "seq2seq_transformer-medium": {"task": "translate",
+    "seq2seq_transformer-medium": {**_TRANSLATE,
                                    "description": "about 65M parameters (Transformer-base layout with a 3072-wide FFN)",
                                    "model": {"family": "seq2seq_transformer", "d_model": 512, "num_heads": 8, "num_encoder_layers": 6,
                                              "num_decoder_layers": 6, "d_ff": 3072}},
-    "seq2seq_transformer-large": {"task": "translate", "description": "about 200M parameters (Transformer-big)",
+    "seq2seq_transformer-large": {**_TRANSLATE, "description": "about 200M parameters (Transformer-big)",
                                   "model": {"family": "seq2seq_transformer", "d_model": 1024, "num_heads": 16, "num_encoder_layers": 6,
                                             "num_decoder_layers": 6, "d_ff": 4096, "dropout": 0.3}},
-    "seq2seq_lstm-tiny": {"task": "translate", "description": "for tests",
+    "seq2seq_lstm-tiny": {**_TRANSLATE, "description": "for tests",
                           "model": {"family": "seq2seq_lstm", "emb_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
                                     "attention": "dot"}},
-    "seq2seq_lstm-small": {"task": "translate", "description": "with Luong general attention",
+    "seq2seq_lstm-small": {**_TRANSLATE, "description": "with Luong general attention",
                            "model": {"family": "seq2seq_lstm", "emb_dim": 256, "hidden_dim": 512, "num_layers": 2, "attention": "general"}},
-    "seq2seq_lstm-medium": {"task": "translate", "description": "bidirectional encoder, Bahdanau attention",
+    "seq2seq_lstm-medium": {**_TRANSLATE, "description": "bidirectional encoder, Bahdanau attention",
                             "model": {"family": "seq2seq_lstm", "emb_dim": 512, "hidden_dim": 512, "num_layers": 2,
                                       "attention": "additive", "bidirectional_encoder": True}},
-    "seq2seq_lstm-large": {"task": "translate", "description": "bidirectional encoder, Bahdanau attention",
+    "seq2seq_lstm-large": {**_TRANSLATE, "description": "bidirectional encoder, Bahdanau attention",
                            "model": {"family": "seq2seq_lstm", "emb_dim": 512, "hidden_dim": 1024, "num_layers": 4,
                                      "attention": "additive", "bidirectional_encoder": True}},
     # --- whole-run presets ---
