@@ -3,6 +3,7 @@ folder is used through Translator, evaluate_translation (BLEU) and `lmforge tran
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -159,3 +160,14 @@ def test_cli_train_translate_then_eval(tmp_path, capsys) -> None:
     assert main(["eval", str(run), "--src", src, "--ref", tgt, "--beam", "2", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"bleu"' in out and '"bleu_signature"' in out and (run / "eval" / "s.txt.beam2.hyp").is_file()
+    figs = json.loads(out)
+    assert main(["eval", str(run), "--src", src, "--ref", tgt, "--beam", "2"]) == 0  # the text table
+    table = capsys.readouterr().out
+    hyps = (run / "eval" / "s.txt.beam2.hyp").read_text(encoding="utf-8").split("\n")[:-1]
+    refs = [t for _, t in pairs]
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()  # the reference library's own signatures for these settings
+    bleu.corpus_score(hyps, [refs])
+    chrf.corpus_score(hyps, [refs])
+    assert f"BLEU signature     {bleu.get_signature()}" in table
+    assert f"chrF signature     {chrf.get_signature()}" in table
+    assert f"{figs['bleu']:.2f}" in table and str(bleu.get_signature()).startswith("nrefs:1")

@@ -34,6 +34,9 @@ def _print_table(figs: dict) -> None:
     for name, value, spec in rows:
         if value is not None:
             print(f"  {name:<18} {format(value, spec)}")
+    for name, key in (("BLEU signature", "bleu_signature"), ("chrF signature", "chrf_signature")):
+        if figs.get(key):  # sacreBLEU's settings, which make the scores reproducible
+            print(f"  {name:<18} {figs[key]}")
 
 
 def run(args: argparse.Namespace) -> int:
