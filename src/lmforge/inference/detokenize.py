@@ -1,0 +1,70 @@
+"""Text out of generated token ids, piece by piece: an incremental detokenizer and the stop-string checks.
+
+:class:`IncrementalDetokenizer` decodes only the newest tokens at each step (a few, not the whole text) and never
+splits a UTF-8 character; :func:`find_stop` finds a stop string in the text so far and :func:`held_back` says how
+much of its end a stream must hold back because it could still grow into one. :mod:`lmforge.inference.generation`
+drives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = ["IncrementalDetokenizer", "find_stop", "held_back"]
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text pieces without re-decoding the whole text.
+
+    Each ``push`` decodes only the tokens since the last emitted piece (plus the piece before, for context),
+    and holds back text while it ends in an incomplete UTF-8 character (U+FFFD from a byte-level BPE), so a
+    piece never splits a character.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special=self.skip_special) if ids else ""
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Adds tokens; returns the new complete text (possibly empty)."""
+        self.ids.extend(int(i) for i in ids)
+        prefix_text = self._decode(self.ids[self.prefix:self.read])
+        new_text = self._decode(self.ids[self.prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (at the end of generation)."""
+        prefix_text = self._decode(self.ids[self.prefix:self.read])
+        new_text = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return new_text[len(prefix_text):]
+
+
+def find_stop(text: str, stops: Sequence[str], start: int) -> int:
+    """Index of the earliest stop string that ends at or after ``start``, or -1."""
+    best = -1
+    for s in stops:
+        i = text.find(s, max(0, start - len(s) + 1))
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
+    n = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), n, -1):
+            if text.endswith(s[:k]):
+                n = k
+                break
+    return n
