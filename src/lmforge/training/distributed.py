@@ -66,7 +66,7 @@ def init_distributed(device: torch.device) -> DistInfo:
         A :class:`DistInfo` (rank 0 of 1 when not distributed).
     """
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        return current_dist()
     world = env_world_size()
     if world <= 1 or not dist.is_available():
         return DistInfo()
