@@ -58,6 +58,20 @@ def test_generate_compile_gives_the_eager_text(run_dir, capsys):
     assert compiled.out == eager.out and "note:" not in compiled.err
 
 
+def test_compile_note_for_engines_that_cannot_use_it(capsys):
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from lmforge.cli.generate import apply_compile
+
+    apply_compile(SimpleNamespace(translate=lambda s: s), Namespace(compile=True))  # a translator: no such method
+    assert "note: --compile applies to" in capsys.readouterr().err
+    apply_compile(SimpleNamespace(compile_decoding=lambda: False), Namespace(compile=True))  # an LSTM, a GPU
+    assert "note: --compile applies to" in capsys.readouterr().err
+    apply_compile(SimpleNamespace(), Namespace(compile=False))
+    assert capsys.readouterr().err == ""
+
+
 def test_chat_reads_one_message_per_line_when_not_a_terminal(run_dir, capsys, monkeypatch, tmp_path):
     save = tmp_path / "c.json"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"hi there\n/save {save}\nhow are you\n"))

@@ -9,7 +9,7 @@ from typing import Any
 
 DESCRIPTION = "Generate text from a trained language model (streamed; greedy with --temperature 0)."
 
-__all__ = ["DESCRIPTION", "configure", "run", "add_sampling_args", "apply_compile", "sampling_kwargs"]
+__all__ = ["DESCRIPTION", "configure", "run", "add_compile_arg", "add_sampling_args", "apply_compile", "sampling_kwargs"]
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
@@ -26,14 +26,21 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 200
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    add_compile_arg(parser)
+
+
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    """``--compile``, shared by ``generate``, ``chat`` and ``serve``; :func:`apply_compile` acts on it."""
     parser.add_argument("--compile", action="store_true",
                         help="compile the decoding step with torch.compile (Llama-style Transformers on a CPU): "
-                             "seconds to compile once, then about twice the tokens/s")
+                             "seconds to compile at the first generation, then about twice the tokens/s")
 
 
-def apply_compile(lm: Any, args: argparse.Namespace) -> None:
-    """Turns on compiled decoding when ``--compile`` asks for it, with a note when the model cannot use it."""
-    if getattr(args, "compile", False) and not lm.compile_decoding():
+def apply_compile(engine: Any, args: argparse.Namespace) -> None:
+    """Turns on compiled decoding when ``--compile`` asks for it, with a note when the engine cannot use it (a
+    model other than a Llama-style Transformer, a GPU, a translation run)."""
+    compile_decoding = getattr(engine, "compile_decoding", None)
+    if args.compile and not (compile_decoding is not None and compile_decoding()):
         print("note: --compile applies to Llama-style Transformers (RMSNorm, RoPE, SwiGLU) in float32 on a CPU; "
               "decoding without it", file=sys.stderr)
 

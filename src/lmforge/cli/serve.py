@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 
+from lmforge.cli.generate import add_compile_arg, apply_compile
 from lmforge.errors import LMForgeError
 
 DESCRIPTION = (
@@ -34,9 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting for a free slot before the server answers 429 (default 64)")
     parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
                         help="largest request body accepted, in KiB (default 1024)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the decoding step with torch.compile (Llama-style Transformers on a CPU): "
-                             "seconds to compile at the first request, then about twice the tokens/s")
+    add_compile_arg(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -70,11 +69,9 @@ def run(args: argparse.Namespace) -> int:
     engine: object = args.run
     if args.compile:
         from lmforge.api import load
-        from lmforge.cli.generate import apply_compile
 
         engine = load(args.run)
-        if hasattr(engine, "compile_decoding"):
-            apply_compile(engine, args)
+        apply_compile(engine, args)
     app = create_app(engine, api_key=args.api_key, max_concurrency=args.max_concurrency,
                      max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024)
     print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "

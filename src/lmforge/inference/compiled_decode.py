@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmforge.inference.fast_decode import _bias
+
 __all__ = ["CompiledStep", "compile_supported"]
 
 
@@ -41,10 +43,6 @@ def _matvec(x: Tensor, w: Tensor) -> Tensor:
     if x.shape[0] == 1:
         return (x * w).sum(-1).unsqueeze(0)
     return torch.mm(x, w.t())
-
-
-def _bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
-    return x if b is None else x + b
 
 
 def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor], vcs: list[Tensor],

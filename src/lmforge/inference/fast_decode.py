@@ -248,9 +248,9 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
     """The fast path for ``model`` (built once, reused while its weights do not change), or ``None`` when the
     model is not a Llama-compatible Transformer.
 
-    With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run a ``torch.compile``'d step
-    (:class:`~lmforge.inference.compiled_decode.CompiledLlamaDecoder`) where it is supported (CPU, float32/64);
-    elsewhere the eager fast path is returned."""
+    With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run
+    a ``torch.compile``'d step (:class:`~lmforge.inference.compiled_decode.CompiledLlamaDecoder`) where it is
+    supported (CPU, float32/64); elsewhere the eager fast path is returned."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
         return None
