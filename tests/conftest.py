@@ -25,6 +25,21 @@ TINY_TEXT = (
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread in every test (set above at import too, for module-level work), restored afterwards so
+    that a test which changes it (``--threads``) cannot leak its setting into the next."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     random.seed(0)
     try:

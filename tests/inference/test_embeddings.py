@@ -21,15 +21,6 @@ from lmforge.inference.retrieval import (
 from lmforge.models import build_model
 from lmforge.tokenizers import train_tokenizer
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models run fastest on one thread, and far faster when other processes share the CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TEXTS = ["a", "the quick brown fox", "jumps over the lazy dog again and again", "hello world", "zz", "quick"]
 
 

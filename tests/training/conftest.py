@@ -1,23 +1,14 @@
-"""Fixtures for the training tests: tiny token arrays, tiny run configs and one CPU thread (the tests are tiny;
-a second thread only adds synchronisation, and other test processes share the machine)."""
+"""Fixtures for the training tests: tiny token arrays and tiny run configs (one CPU thread comes from
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lmforge.config import RunConfig
 
 VOCAB = 40
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def token_arrays(n_train: int = 4000, n_val: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import ConfigError, DataError
@@ -28,14 +27,6 @@ def _reverse_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 8))) for _ in range(n)]
     return [(w, w[::-1]) for w in words]
-
-
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models run faster on one thread, and the result is reproducible
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture
@@ -66,7 +57,7 @@ def _exact(run: Path, files: dict[str, str], beam: int) -> float:
 
 
 @pytest.mark.slow
-def test_transformer_learns_to_reverse_and_the_run_folder_works(reverse_files, tmp_path, one_thread, capsys) -> None:
+def test_transformer_learns_to_reverse_and_the_run_folder_works(reverse_files, tmp_path, capsys) -> None:
     model = {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
              "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}
     run = tmp_path / "run"
@@ -98,7 +89,7 @@ def test_transformer_learns_to_reverse_and_the_run_folder_works(reverse_files, t
 
 
 @pytest.mark.slow
-def test_lstm_with_attention_learns_to_reverse(reverse_files, tmp_path, one_thread) -> None:
+def test_lstm_with_attention_learns_to_reverse(reverse_files, tmp_path) -> None:
     model = {"family": "seq2seq_lstm", "emb_dim": 32, "hidden_dim": 64, "num_layers": 1, "dropout": 0.0,
              "attention": "general", "bidirectional_encoder": True}
     run = tmp_path / "run"
