@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from lmforge.errors import ConfigError
 
@@ -83,12 +83,30 @@ def _model_choice(data: dict, family: str | None, size: str | None) -> dict:
     return {**data, "model": get_preset(f"{family}-{size or 'small'}")["model"]}
 
 
-def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any, bool]:
-    """Resolves the run config from the options; returns ``(config, resume)``."""
+def _translation_choice(args: argparse.Namespace, torch_cuda: Any) -> Any:
+    """The budget-aware default (``lmforge.config.translate_defaults``) when ``--task translate`` names no preset,
+    config file or model size; else ``None`` (what the user chose is obeyed)."""
+    if args.task != "translate" or args.preset or args.config or args.model_size or args.resume is not None:
+        return None
+    from lmforge.config.translate_defaults import choose_translation_preset
+
+    device = args.device or "auto"
+    if device == "auto":
+        device = "cuda" if torch_cuda is not None and torch_cuda.is_available() else "cpu"
+    return choose_translation_preset(args.time_budget, device=device, family=args.model or "transformer",
+                                     step_budget=bool(args.max_steps or args.epochs))
+
+
+def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any, bool, Optional[str]]:
+    """Resolves the run config from the options.
+
+    Returns:
+        ``(config, resume, note)``: ``note`` says which preset the translation default chose and why (else ``None``).
+    """
     from lmforge.config import RunConfig, get_preset, parse_overrides, read_config_file
     from lmforge.config.presets import DEFAULT_PRESET
 
-    resume = args.resume is not None
+    resume, note = args.resume is not None, None
     if resume:
         run_dir = Path(args.resume if isinstance(args.resume, str) else (args.out or "runs/latest"))
         if not (run_dir / "config.yaml").is_file():
@@ -96,17 +114,19 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
         data = read_config_file(run_dir / "config.yaml")
         data["out_dir"] = str(run_dir)
     else:
-        if args.preset:
+        choice = _translation_choice(args, torch_cuda)
+        if choice is not None:
+            data, note = choice.config, choice.reason
+        elif args.preset:
             data = get_preset(args.preset)
-        elif args.config or args.task == "translate":
-            data = get_preset("seq2seq_transformer-small") if args.task == "translate" and not args.config else {}
         else:
-            data = get_preset(DEFAULT_PRESET)
+            data = {} if args.config or args.task == "translate" else get_preset(DEFAULT_PRESET)
         if args.config:
             data = _deep_merge(data, read_config_file(args.config))
         if args.task:
             data["task"] = args.task
-        data = _model_choice(data, args.model, args.model_size)
+        if choice is None:
+            data = _model_choice(data, args.model, args.model_size)
     sets: dict[str, Any] = {}
     for flag, key in (("data", "data.path"), ("src", "data.src"), ("tgt", "data.tgt"), ("tokenizer", "tokenizer.kind"),
                       ("tokenizer_file", "tokenizer.path"), ("vocab_size", "tokenizer.vocab_size"),
@@ -127,7 +147,7 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
 
     data = apply_overrides(data, sets)
     data = apply_overrides(data, parse_overrides(args.overrides))
-    return RunConfig.parse(data, source=args.config or args.preset or "config"), resume
+    return RunConfig.parse(data, source=args.config or args.preset or "config"), resume, note
 
 
 def _is_main_process() -> bool:
@@ -232,8 +252,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config, resume = build_config(args, torch.cuda)
+    config, resume, note = build_config(args, torch.cuda)
     bar = _ProgressBar(args.quiet or args.json)
+    if note and _is_main_process():
+        bar.console.print(note, highlight=False, soft_wrap=True)
     if not resume and (Path(config.out_dir) / "trainer_state.pt").is_file() and _is_main_process():
         bar.console.print(f"note: replacing the run in {config.out_dir} (use --resume to continue it, --out DIR to keep it)")
     try:

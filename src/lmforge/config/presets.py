@@ -3,7 +3,8 @@
 A preset is a partial :class:`~lmforge.config.run.RunConfig` dict. Model-size presets are named
 ``<family>-<size>`` (``transformer-small``, ``lstm-medium``, ``seq2seq_transformer-small``); the names
 ``lstm-classic`` and ``transformer-classic`` are the matched pair used by ``lmforge compare``; ``shakespeare-char``
-is what ``lmforge train`` runs with no arguments. :data:`PARAMETER_COUNTS` documents each preset's size and the
+is what ``lmforge train`` runs with no arguments; the ``translate-*`` presets are what ``lmforge train --task
+translate`` chooses by budget and device (:mod:`lmforge.config.translate_defaults`). :data:`PARAMETER_COUNTS` documents each preset's size and the
 vocabulary it is quoted at; ``lmforge list presets`` computes the real counts.
 """
 
@@ -32,6 +33,30 @@ def _lstm(emb: int, hidden: int, layers: int, dropout: float = 0.2, **extra: Any
 # for translation, see lmforge.training.translate_run; the preset says it outright).
 _TRANSLATE: dict[str, Any] = {"task": "translate", "tokenizer": {"kind": "bpe"}}
 
+
+
+def _s2s_tfm(d_model: int, layers: int, d_ff: int) -> dict[str, Any]:
+    return {"family": "seq2seq_transformer", "d_model": d_model, "num_heads": 4, "num_encoder_layers": layers,
+            "num_decoder_layers": layers, "d_ff": d_ff, "dropout": 0.1, "share_embeddings": True}
+
+
+def _s2s_lstm(emb: int, hidden: int, attention: str = "general", layers: int = 1) -> dict[str, Any]:
+    return {"family": "seq2seq_lstm", "emb_dim": emb, "hidden_dim": hidden, "num_layers": layers, "dropout": 0.2,
+            "attention": attention, "bidirectional_encoder": True}
+
+
+def _translate_run(description: str, model: dict[str, Any], lr: float, max_tokens: int, budget: float,
+                   vocab: int = 6000, warmup: int = 100) -> dict[str, Any]:
+    return {**_TRANSLATE, "description": description, "model": model,
+            "tokenizer": {"kind": "bpe", "vocab_size": vocab},
+            "data": {"max_tokens": max_tokens, "max_len": 128, "joint_vocab": True},
+            "train": {"lr": lr, "warmup_steps": warmup, "schedule": "cosine", "min_lr_ratio": 0.05,
+                      "label_smoothing": 0.1, "weight_decay": 0.01, "beta2": 0.98, "time_budget": budget,
+                      "eval_interval": 100, "eval_iters": 5, "seed": 1}}
+
+
+_S2S_SMALL: dict[str, Any] = {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4,
+                                     "num_encoder_layers": 3, "num_decoder_layers": 3, "d_ff": 1280}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # --- decoder-only Transformer sizes (RMSNorm + RoPE + SwiGLU + GQA, tied embeddings) ---
@@ -67,8 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                  "model": {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
                                            "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}},
     "seq2seq_transformer-small": {**_TRANSLATE, "description": "about 15M parameters at a 10,000-token vocabulary",
-                                  "model": {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4, "num_encoder_layers": 3,
-                                            "num_decoder_layers": 3, "d_ff": 1280}},
+                                  "model": dict(_S2S_SMALL)},
     "seq2seq_transformer-medium": {**_TRANSLATE,
                                    "description": "about 65M parameters (Transformer-base layout with a 3072-wide FFN)",
                                    "model": {"family": "seq2seq_transformer", "d_model": 512, "num_heads": 8, "num_encoder_layers": 6,
@@ -113,6 +137,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.3,
                   "min_lr_ratio": 0.0, "time_budget": 60.0, "eval_interval": 500, "compile": True},
     },
+    # --- whole-run translation presets, chosen by lmforge.config.translate_defaults for `lmforge train --task
+    # translate` (BENCHMARKS.md, "Translation"): a joint 6,000-token byte-level BPE with shared embeddings,
+    # token-budget batches, label smoothing 0.1 (arXiv:1512.00567), AdamW with beta2 0.98 and a cosine schedule
+    # whose decay ends when the time budget does. The -fast tiers trade size for steps under short budgets.
+    "translate-cpu": _translate_run("Transformer, 7M parameters: 10 minutes on a 2-core CPU (32.6 BLEU on "
+                                    "Multi30k test2016 after 20 minutes)", _s2s_tfm(256, 3, 1024), 2e-3, 2048, 600.0),
+    "translate-cpu-fast": _translate_run("Transformer, 2.5M parameters, for CPU budgets under 5 minutes",
+                                         _s2s_tfm(192, 2, 768), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
+    "translate-cpu-lstm": _translate_run("LSTM + Luong attention, 6M parameters: 10 minutes on a 2-core CPU",
+                                         _s2s_lstm(256, 256), 3e-3, 2048, 600.0),
+    "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2M parameters, for CPU budgets under 5 minutes",
+                                              _s2s_lstm(128, 256), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
+    "translate-gpu": _translate_run("Transformer, 15M parameters (the -small layout), 8,192-token batches: 15 "
+                                    "minutes on one GPU (not yet measured)",
+                                    {**_S2S_SMALL, "dropout": 0.1, "share_embeddings": True}, 1e-3, 8192, 900.0,
+                                    warmup=400),
+    "translate-gpu-lstm": _translate_run("LSTM, bidirectional encoder + Bahdanau attention, 8,192-token batches: 15 "
+                                         "minutes on one GPU (not yet measured)",
+                                         _s2s_lstm(512, 512, "additive", 2), 1e-3, 8192, 900.0, warmup=400),
 }
 
 
