@@ -19,7 +19,7 @@ from lmforge.tokenizers import (
     train_tokenizer,
 )
 
-KINDS = ["char", "word", "bpe"]
+KINDS = ["char", "word", "bpe", "unigram"]
 EXPECTED_SPECIALS = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3,
                      "<|system|>": 4, "<|user|>": 5, "<|assistant|>": 6, "<|end|>": 7}
 

@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            description="Train a tokenizer on FILES (text files, folders of .txt/.md files or .jsonl "
                                        "files with a 'text' field; default: the bundled Tiny Shakespeare).")
     train.add_argument("files", nargs="*", metavar="FILES", help="corpus files or folders")
-    train.add_argument("--kind", choices=["char", "bpe", "word"], default="bpe", help="tokenizer kind (default: bpe)")
+    train.add_argument("--kind", choices=["char", "bpe", "word", "unigram"], default="bpe", help="tokenizer kind (default: bpe)")
     train.add_argument("--vocab-size", type=int, default=5000, help="vocabulary size, special tokens included (default: 5000)")
     train.add_argument("--min-frequency", type=int, default=1, help="drop merges/words seen fewer times (default: 1)")
     train.add_argument("--lowercase", action="store_true", help="word only: lowercase the text")

@@ -38,9 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="PATH", help="text file, folder of .txt/.md, or .jsonl with a 'text' field (default: bundled Tiny Shakespeare)")
     g.add_argument("--src", metavar="FILE", help="translate: source sentences, one a line (or a TSV of pairs)")
     g.add_argument("--tgt", metavar="FILE", help="translate: target sentences aligned with --src")
-    g.add_argument("--tokenizer", choices=["char", "bpe", "word"], help="tokenizer kind, trained on the training split")
+    g.add_argument("--tokenizer", choices=["char", "bpe", "word", "unigram"],
+                   help="tokenizer kind, trained on the training split (unigram: SentencePiece-style subwords)")
     g.add_argument("--tokenizer-file", metavar="FILE", help="use this tokenizer.json instead of training one")
-    g.add_argument("--vocab-size", type=int, help="bpe/word vocabulary size")
+    g.add_argument("--vocab-size", type=int, help="bpe/unigram/word vocabulary size")
+    g.add_argument("--separate-vocab", action="store_true",
+                   help="translate: one tokenizer per language instead of a joint one (no shared embeddings)")
     b = parser.add_argument_group("budget and optimisation")
     b.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     b.add_argument("--epochs", type=float, help="stop after this many passes over the training tokens")
@@ -138,6 +141,10 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
             sets[key] = str(Path(value)) if flag in ("data", "src", "tgt", "tokenizer_file") else value
     if args.compile:
         sets["train.compile"] = True
+    if args.separate_vocab:
+        sets["data.joint_vocab"] = False
+        if (data.get("model") or {}).get("family") == "seq2seq_transformer":
+            sets["model.share_embeddings"] = False  # one embedding needs one vocabulary
     if args.mixed_precision:
         sets["train.precision"] = "fp16" if torch_cuda is not None and torch_cuda.is_available() \
             and not torch_cuda.is_bf16_supported() else "bf16"

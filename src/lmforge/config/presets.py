@@ -55,9 +55,6 @@ def _translate_run(description: str, model: dict[str, Any], lr: float, max_token
                       "eval_interval": 100, "eval_iters": 5, "seed": 1}}
 
 
-_S2S_SMALL: dict[str, Any] = {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4,
-                                     "num_encoder_layers": 3, "num_decoder_layers": 3, "d_ff": 1280}
-
 PRESETS: dict[str, dict[str, Any]] = {
     # --- decoder-only Transformer sizes (RMSNorm + RoPE + SwiGLU + GQA, tied embeddings) ---
     "transformer-tiny": {"description": "about 0.5M parameters; for tests and demos",
@@ -92,7 +89,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                                  "model": {"family": "seq2seq_transformer", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
                                            "num_decoder_layers": 2, "d_ff": 128, "dropout": 0.0}},
     "seq2seq_transformer-small": {**_TRANSLATE, "description": "about 15M parameters at a 10,000-token vocabulary",
-                                  "model": dict(_S2S_SMALL)},
+                                  "model": {"family": "seq2seq_transformer", "d_model": 320, "num_heads": 4, "num_encoder_layers": 3,
+                                            "num_decoder_layers": 3, "d_ff": 1280}},
     "seq2seq_transformer-medium": {**_TRANSLATE,
                                    "description": "about 65M parameters (Transformer-base layout with a 3072-wide FFN)",
                                    "model": {"family": "seq2seq_transformer", "d_model": 512, "num_heads": 8, "num_encoder_layers": 6,
@@ -149,9 +147,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                                          _s2s_lstm(256, 256), 3e-3, 2048, 600.0),
     "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2M parameters, for CPU budgets under 5 minutes",
                                               _s2s_lstm(128, 256), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
-    "translate-gpu": _translate_run("Transformer, 15M parameters (the -small layout), 8,192-token batches: 15 "
-                                    "minutes on one GPU (not yet measured)",
-                                    {**_S2S_SMALL, "dropout": 0.1, "share_embeddings": True}, 1e-3, 8192, 900.0,
+    "translate-gpu": _translate_run("Transformer d_model 512, 4+4 layers, 32M parameters, 8,192-token batches: "
+                                    "15 minutes on one GPU (not yet measured)",
+                                    {**_s2s_tfm(512, 4, 2048), "num_heads": 8, "dropout": 0.2}, 1e-3, 8192, 900.0,
                                     warmup=400),
     "translate-gpu-lstm": _translate_run("LSTM, bidirectional encoder + Bahdanau attention, 8,192-token batches: 15 "
                                          "minutes on one GPU (not yet measured)",

@@ -10,14 +10,14 @@ from lmforge.config.base import StrictModel
 
 __all__ = ["TokenizerConfig", "TokenizerKind"]
 
-TokenizerKind = Literal["char", "bpe", "word"]
+TokenizerKind = Literal["char", "bpe", "word", "unigram"]
 
 
 class TokenizerConfig(StrictModel):
     """Which tokenizer to train on the training split (or which file to load)."""
 
     kind: TokenizerKind = "char"
-    vocab_size: int = Field(5000, ge=16, description="bpe: merges up to this size; word: most frequent words kept")
+    vocab_size: int = Field(5000, ge=16, description="bpe: merges up to this size; unigram: pieces kept; word: most frequent words kept")
     min_frequency: int = Field(1, ge=1, description="word/bpe: drop words or merges seen fewer times")
     lowercase: bool = Field(False, description="word only: lowercase before splitting")
     path: Optional[str] = Field(None, description="use this tokenizer.json instead of training one")

@@ -4,7 +4,7 @@ device, and why (torch-free; the caller says whether a GPU is there).
 A CPU gets the ``translate-cpu`` presets (the settings that reached 32.6 BLEU on Multi30k in 20 CPU-minutes,
 BENCHMARKS.md), or their ``-fast`` tier, half the size, under :data:`FAST_BELOW` seconds; with no budget at all
 it trains for :data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
-gets the ``translate-gpu`` presets (the 15M-parameter layout, 4x larger batches). The schedule's decay ends when
+gets the ``translate-gpu`` presets (a 32M-parameter Transformer, 4x larger batches; not yet measured on a GPU). The schedule's decay ends when
 the budget does (``train.time_budget``; see :mod:`lmforge.training.schedule`).
 
 Example:

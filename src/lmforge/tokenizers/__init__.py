@@ -1,4 +1,4 @@
-"""Tokenizers: ``char``, ``bpe`` (byte-level) and ``word``, each saved as one ``tokenizer.json``.
+"""Tokenizers: ``char``, ``bpe`` (byte-level), ``word`` and ``unigram`` (SentencePiece-style), each saved as one ``tokenizer.json``.
 
 Every kind shares the fixed special ids of :data:`SPECIAL_TOKENS` (``<pad>``=0 ... ``<|end|>``=7).
 
@@ -25,6 +25,7 @@ from lmforge.tokenizers.base import (
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
 from lmforge.tokenizers.io import TOKENIZERS, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from lmforge.tokenizers.unigram import UnigramTokenizer
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "CharTokenizer",
     "BPETokenizer",
     "WordTokenizer",
+    "UnigramTokenizer",
     "TOKENIZERS",
     "train_tokenizer",
     "load_tokenizer",

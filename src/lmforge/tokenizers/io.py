@@ -20,9 +20,10 @@ TOKENIZERS: Registry[Any] = Registry("tokenizer kind")
 def _register() -> None:
     from lmforge.tokenizers.bpe import BPETokenizer
     from lmforge.tokenizers.char import CharTokenizer
+    from lmforge.tokenizers.unigram import UnigramTokenizer
     from lmforge.tokenizers.word import WordTokenizer
 
-    for cls in (CharTokenizer, BPETokenizer, WordTokenizer):
+    for cls in (CharTokenizer, BPETokenizer, WordTokenizer, UnigramTokenizer):
         TOKENIZERS.add(cls.kind, cls)
 
 
@@ -31,7 +32,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 5000, min
     """Trains a tokenizer of ``kind`` on ``texts``.
 
     Args:
-        kind: ``"char"``, ``"bpe"`` or ``"word"``.
+        kind: ``"char"``, ``"bpe"``, ``"word"`` or ``"unigram"``.
         texts: training documents (an iterable of strings; it is read once).
         vocab_size: the vocabulary size, the eight special tokens included (an upper bound for char/word).
         min_frequency: word/bpe (and char): drop words, merges or characters seen fewer times.
