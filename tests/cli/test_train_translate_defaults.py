@@ -29,7 +29,9 @@ class _Cuda:
 def _config(argv: list[str], gpu: bool = False):
     parser, _ = build_parser("train")
     args = parser.parse_args(["--task", "translate", "--src", "a.en", "--tgt", "a.de", *argv])
-    return build_config(args, _Cuda(gpu))
+    config, resume, choice = build_config(args, _Cuda(gpu))
+    assert not resume
+    return config, choice, choice.reason if choice is not None else None
 
 
 def _params(config: RunConfig) -> int:
@@ -91,10 +93,20 @@ def test_the_cli_prints_the_choice_and_why(monkeypatch, capsys) -> None:
         return {"steps": 0, "parameters": 0, "run_dir": config.out_dir, "interrupted": False}
 
     monkeypatch.setattr(train_cli, "_translate_entry", lambda name: fake_train)
+    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert main(["train", "--task", "translate", "--src", "a.en", "--tgt", "a.de", "--time-budget", "90", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "chose preset translate-cpu-fast" in err and "90 s of training" in err and "--preset" in err
     assert seen["config"].train.time_budget == 90
+
+
+def test_a_busy_cpu_trains_with_one_thread_an_idle_one_with_the_default() -> None:
+    busy = choose_translation_preset(600.0, load=(9.2, 2))
+    idle = choose_translation_preset(600.0, load=(0.3, 2))
+    assert busy.threads == 1 and "1 thread" in busy.reason and "9.2" in busy.reason
+    assert idle.threads is None and "thread" not in idle.reason
+    assert choose_translation_preset(600.0, device="cuda", load=(9.2, 2)).threads is None
+    assert busy.config == idle.config  # the load changes threads, not the model
 
 
 def test_the_library_choice_checks_its_input() -> None:

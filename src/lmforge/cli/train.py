@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lmforge.errors import ConfigError
 
@@ -96,20 +96,24 @@ def _translation_choice(args: argparse.Namespace, torch_cuda: Any) -> Any:
     device = args.device or "auto"
     if device == "auto":
         device = "cuda" if torch_cuda is not None and torch_cuda.is_available() else "cpu"
+    load = None
+    if args.threads is None and hasattr(os, "getloadavg"):
+        load = (os.getloadavg()[0], os.cpu_count() or 1)
     return choose_translation_preset(args.time_budget, device=device, family=args.model or "transformer",
-                                     step_budget=bool(args.max_steps or args.epochs))
+                                     step_budget=bool(args.max_steps or args.epochs), load=load)
 
 
-def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any, bool, Optional[str]]:
+def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any, bool, Any]:
     """Resolves the run config from the options.
 
     Returns:
-        ``(config, resume, note)``: ``note`` says which preset the translation default chose and why (else ``None``).
+        ``(config, resume, choice)``: ``choice`` is the translation default's
+        :class:`~lmforge.config.translate_defaults.TranslationChoice` (preset, reason, threads), else ``None``.
     """
     from lmforge.config import RunConfig, get_preset, parse_overrides, read_config_file
     from lmforge.config.presets import DEFAULT_PRESET
 
-    resume, note = args.resume is not None, None
+    resume, choice = args.resume is not None, None
     if resume:
         run_dir = Path(args.resume if isinstance(args.resume, str) else (args.out or "runs/latest"))
         if not (run_dir / "config.yaml").is_file():
@@ -119,7 +123,7 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
     else:
         choice = _translation_choice(args, torch_cuda)
         if choice is not None:
-            data, note = choice.config, choice.reason
+            data = choice.config
         elif args.preset:
             data = get_preset(args.preset)
         else:
@@ -154,7 +158,7 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
 
     data = apply_overrides(data, sets)
     data = apply_overrides(data, parse_overrides(args.overrides))
-    return RunConfig.parse(data, source=args.config or args.preset or "config"), resume, note
+    return RunConfig.parse(data, source=args.config or args.preset or "config"), resume, choice
 
 
 def _is_main_process() -> bool:
@@ -259,10 +263,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config, resume, note = build_config(args, torch.cuda)
+    config, resume, choice = build_config(args, torch.cuda)
     bar = _ProgressBar(args.quiet or args.json)
-    if note and _is_main_process():
-        bar.console.print(note, highlight=False, soft_wrap=True)
+    if choice is not None:
+        if choice.threads:
+            torch.set_num_threads(choice.threads)
+        if _is_main_process():
+            bar.console.print(choice.reason, highlight=False, soft_wrap=True)
     if not resume and (Path(config.out_dir) / "trainer_state.pt").is_file() and _is_main_process():
         bar.console.print(f"note: replacing the run in {config.out_dir} (use --resume to continue it, --out DIR to keep it)")
     try:

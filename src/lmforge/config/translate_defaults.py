@@ -37,11 +37,13 @@ class TranslationChoice:
         preset: the preset's name.
         config: the preset as a partial RunConfig dict, its ``train.time_budget`` set to the budget.
         reason: one sentence saying what was chosen and why (the CLI prints it).
+        threads: CPU threads to train with (``None``: torch's default); 1 when the CPU is already busy.
     """
 
     preset: str
     config: dict[str, Any] = field(repr=False)
     reason: str
+    threads: Optional[int] = None
 
 
 def _describe(config: dict[str, Any]) -> str:
@@ -55,7 +57,8 @@ def _describe(config: dict[str, Any]) -> str:
 
 
 def choose_translation_preset(time_budget: Optional[float], *, device: Literal["cpu", "cuda", "mps"] = "cpu",
-                              family: str = "transformer", step_budget: bool = False) -> TranslationChoice:
+                              family: str = "transformer", step_budget: bool = False,
+                              load: Optional[tuple[float, int]] = None) -> TranslationChoice:
     """Chooses the translation preset that fits ``time_budget`` seconds of training on ``device``.
 
     Args:
@@ -64,6 +67,9 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
         device: where training runs (resolve ``auto`` first).
         family: ``transformer`` or ``lstm`` (a ``seq2seq_`` prefix is accepted).
         step_budget: a step or epoch budget was given, so no time budget is added.
+        load: ``(load average, CPU cores)`` of the machine, when known. A CPU already running at least one
+            process per core trains with one thread: torch's threads would spend the budget waiting for each
+            other while the other processes hold the cores (BENCHMARKS.md, "Translation").
 
     Returns:
         The choice: preset name, its config with the budget, and the reason.
@@ -93,9 +99,13 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
         if not gpu:
             why += f"; {'under' if fast else 'at least'} {FAST_BELOW:g} s picks the {'small' if fast else 'standard'} CPU tier"
     ends = "the cosine schedule ends with the budget" if budget is not None else "a cosine schedule over those steps"
+    threads = None
+    if not gpu and load is not None and load[1] > 1 and load[0] >= load[1]:
+        threads = 1
+        ends += f"; 1 thread, as the load average ({load[0]:.1f}) fills the {load[1]} cores"
     reason = (f"chose preset {name} ({_describe(config)}): {why}; {ends}. "
               "Pass --preset, --config or --model-size to choose yourself.")
-    return TranslationChoice(name, config, reason)
+    return TranslationChoice(name, config, reason, threads)
 
 
 def translation_presets() -> list[str]:
