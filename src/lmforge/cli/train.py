@@ -232,8 +232,9 @@ def _report(summary: dict, as_json: bool) -> None:
         figs = [f"val loss {_fmt(summary.get('val_loss'), '.4f')}", f"perplexity {_fmt(summary.get('val_ppl'), '.2f')}"]
         if summary.get("val_bits_per_char") is not None:
             figs.append(f"bits/char {summary['val_bits_per_char']:.4f}")
-        if summary.get("val_bleu") is not None:
-            figs.append(f"BLEU {summary['val_bleu']:.2f}")
+        for key, name in (("val_bleu", "BLEU"), ("val_chrf", "chrF"), ("val_ter", "TER")):
+            if summary.get(key) is not None:
+                figs.append(f"{name} {summary[key]:.2f}")
         print(" | ".join(figs) + f"  ({summary['steps']} steps, {summary.get('train_time', 0):.0f} s, "
               f"{summary.get('train_tokens_per_s', 0):,.0f} tok/s, {summary['parameters']:,} parameters)")
     if summary.get("sample"):

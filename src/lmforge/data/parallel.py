@@ -15,7 +15,7 @@ from typing import Optional
 from lmforge.data.corpus import read_text_file
 from lmforge.errors import DataError
 
-__all__ = ["read_parallel", "read_lines"]
+__all__ = ["read_parallel", "read_lines", "drop_empty_pairs"]
 
 
 def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
@@ -76,3 +76,15 @@ def read_parallel(src: str | os.PathLike, tgt: Optional[str | os.PathLike] = Non
             "the files must be aligned line by line (one sentence pair per line number)"
         )
     return [(s.strip(), t.strip()) for s, t in zip(src_lines, tgt_lines)]
+
+
+def drop_empty_pairs(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
+    """The pairs whose two sides both hold text, and how many were dropped (a pair with an empty side can be
+    neither learned from nor scored).
+
+    Example:
+        >>> drop_empty_pairs([("a", "b"), ("", ""), ("c", "")])
+        ([('a', 'b')], 2)
+    """
+    kept = [(s, t) for s, t in pairs if s and t]
+    return kept, len(pairs) - len(kept)

@@ -65,7 +65,9 @@ class Translator:
 
         run = load_run(run_dir, device=_resolve_device(device), weights=weights)
         if run.config.task != "translate":
-            raise CheckpointError(f"{run_dir} is a {run.config.task!r} run, not a translation run; load it with lmforge.api.LM.load")
+            raise CheckpointError(f"{run_dir} is a {run.config.task!r} run, not a translation run: translating needs a run "
+                                  "trained with --task translate (use a language model with `lmforge generate`, or "
+                                  "lmforge.api.LM.load)")
         if run.src_tokenizer is None:
             raise CheckpointError(f"{run_dir} has no tokenizer files; the run folder is incomplete (train it again)")
         return cls(run.model, run.src_tokenizer, run.tgt_tokenizer, alpha=alpha, name=Path(run_dir).name)

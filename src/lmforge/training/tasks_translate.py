@@ -5,7 +5,7 @@ epoch with ``seed + epoch``. One optimiser step takes the next ``world_size x gr
 micro-batch ``m`` of rank ``r`` is bucket ``m * world_size + r``, so every rank walks the same sequence and a
 data-parallel run sees the same data as a single process. The loss is token-level cross-entropy with optional
 label smoothing (arXiv:1512.00567), padding excluded. The final evaluation adds BLEU and chrF of greedy
-translations of (up to ``bleu_sentences`` of) the validation pairs.
+translations of (up to ``bleu_sentences`` of) the validation pairs, with TER.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class TranslationTask:
         translator = Translator(model, *self.tokenizers)
         hyps = translator.translate([s for s, _ in pairs], beam=self.bleu_beam, batch_size=64)
         scores = corpus_scores(hyps, [r for _, r in pairs])
-        return {"bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_signature": scores["bleu_signature"],
+        return {"bleu": scores["bleu"], "chrf": scores["chrf"], "ter": scores["ter"], "bleu_signature": scores["bleu_signature"],
                 "bleu_sentences": len(pairs), "bleu_beam": self.bleu_beam}
 
     def steps_per_epoch(self) -> float:

@@ -15,10 +15,11 @@ from typing import Any, Optional
 import torch
 
 from lmforge.config import RunConfig
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.training import checkpoint as ckpt
 
-__all__ = ["TranslationRun", "prepare_translation_run", "train_translation", "evaluate_translation"]
+__all__ = ["TranslationRun", "prepare_translation_run", "train_translation", "evaluate_translation",
+           "compare_translation"]
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,26 @@ class TranslationRun:
         return {ckpt.SRC_TOKENIZER_FILE: self.src_tokenizer, ckpt.TGT_TOKENIZER_FILE: self.tgt_tokenizer}
 
 
-def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    from lmforge.data.parallel import read_parallel
+def _read_pairs(src: str, tgt: Optional[str]) -> list[tuple[str, str]]:
+    """The non-empty pairs of two aligned files (or a TSV); empty line pairs are skipped and counted in the log."""
+    from lmforge.data.parallel import drop_empty_pairs, read_parallel
 
+    pairs, skipped = drop_empty_pairs(read_parallel(src, tgt))
+    if skipped:
+        log.warning("skipped %d empty line pair(s) of %d in %s%s", skipped, len(pairs) + skipped, src,
+                    f" / {tgt}" if tgt else "")
+    if not pairs:
+        raise DataError(f"{src}: every line pair has an empty side; nothing to train on or score")
+    return pairs
+
+
+def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     d = config.data
     if not d.src:
         raise ConfigError("a translation run needs parallel text: pass --src FILE --tgt FILE (or a TSV as --src)")
-    train = read_parallel(d.src, d.tgt)
+    train = _read_pairs(d.src, d.tgt)
     if d.val_src:
-        return train, read_parallel(d.val_src, d.val_tgt)
+        return train, _read_pairs(d.val_src, d.val_tgt)
     n_val = min(VAL_CAP, max(1, int(len(train) * d.val_fraction)))
     if len(train) - n_val < 1:
         raise ConfigError(f"{d.src} has only {len(train)} pairs: too few to split off validation; pass data.val_src/val_tgt")
@@ -173,33 +185,69 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
 def evaluate_translation(run_dir: str | Path, src: str | Path, ref: str | Path, beam: int = 5, device: str = "cpu",
                          batch_size: int = 32, out_dir: Optional[str | Path] = None,
                          progress: Any = None) -> dict[str, Any]:
-    """Translates ``src`` with a run and scores it against ``ref`` with sacreBLEU (BLEU and chrF).
+    """Translates ``src`` with a run and scores it against ``ref`` with sacreBLEU (BLEU, chrF and TER).
 
-    The hypotheses are kept beside the scores: ``<out_dir>/<src name>.beam<N>.hyp`` (one line each) and
-    ``<out_dir>/<src name>.beam<N>.json`` (scores, signatures and hypotheses); ``out_dir`` defaults to the run's
-    ``eval/`` folder.
+    Line pairs with an empty side are skipped (and counted). The hypotheses of the scored pairs are kept beside
+    the scores: ``<out_dir>/<src name>.beam<N>.hyp`` (one line each) and ``<out_dir>/<src name>.beam<N>.json``
+    (scores, signatures and hypotheses); ``out_dir`` defaults to the run's ``eval/`` folder.
 
     Returns:
-        ``bleu``, ``chrf``, ``bleu_signature``, ``chrf_signature``, ``bleu_details``, ``sentences``, ``beam``,
-        ``seconds``, ``run``, ``data``, ``split``, ``hypotheses_file`` and ``scores_file``.
+        ``bleu``, ``chrf``, ``ter``, their ``*_signature``, ``bleu_details``, ``sentences``,
+        ``skipped_empty_pairs``, ``beam``, ``seconds``, ``run``, ``data``, ``split``, ``hypotheses_file`` and
+        ``scores_file``.
 
     Raises:
         CheckpointError: not a translation run folder. DataError: unreadable or misaligned files.
     """
-    from lmforge.data.parallel import read_parallel
+    return _translate_and_score(run_dir, src, ref, beam, device, batch_size, out_dir, progress)[0]
+
+
+def _translate_and_score(run_dir: str | Path, src: str | Path, ref: str | Path, beam: int, device: str,
+                         batch_size: int, out_dir: Optional[str | Path],
+                         progress: Any) -> tuple[dict[str, Any], list[str], list[str]]:
+    from lmforge.data.parallel import drop_empty_pairs, read_parallel
     from lmforge.evaluation.translation import evaluate_translator
     from lmforge.inference.translate import Translator
     from lmforge.utils.io import atomic_write_json, atomic_write_text
 
     translator = Translator.load(run_dir, device=device)
-    pairs = read_parallel(src, ref)
-    figs = evaluate_translator(translator, [s for s, _ in pairs], [r for _, r in pairs], beam=beam,
-                               batch_size=batch_size, progress=progress)
+    pairs, skipped = drop_empty_pairs(read_parallel(src, ref))
+    if not pairs:
+        raise DataError(f"{src} / {ref}: every line pair has an empty side; nothing to score")
+    refs = [r for _, r in pairs]
+    figs = evaluate_translator(translator, [s for s, _ in pairs], refs, beam=beam, batch_size=batch_size,
+                               progress=progress)
     hyps = figs.pop("hypotheses")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "eval"
     stem = f"{Path(src).name}.beam{beam}"
     hyp_file, scores_file = out / f"{stem}.hyp", out / f"{stem}.json"
-    figs.update(run=str(run_dir), data=str(src), split="file", hypotheses_file=str(hyp_file), scores_file=str(scores_file))
+    figs.update(run=str(run_dir), data=str(src), split="file", skipped_empty_pairs=skipped,
+                hypotheses_file=str(hyp_file), scores_file=str(scores_file))
     atomic_write_text(hyp_file, "".join(h.replace("\n", " ") + "\n" for h in hyps))
     atomic_write_json(scores_file, {**figs, "reference": str(ref), "hypotheses": hyps})
-    return figs
+    return figs, hyps, refs
+
+
+def compare_translation(run_dir: str | Path, other_run: str | Path, src: str | Path, ref: str | Path, beam: int = 5,
+                        device: str = "cpu", batch_size: int = 32, n_samples: int = 1000,
+                        progress: Any = None) -> dict[str, Any]:
+    """Translates ``src`` with two runs and compares them with sacreBLEU's paired bootstrap resampling.
+
+    Args:
+        run_dir: the baseline run.
+        other_run: the run compared with it.
+        src, ref: aligned source and reference files (line pairs with an empty side are skipped).
+        beam, device, batch_size, progress: as in :func:`evaluate_translation` (each run keeps its hypotheses).
+        n_samples: bootstrap resamples.
+
+    Returns:
+        :func:`~lmforge.evaluation.translation.paired_bootstrap`'s figures (each system's BLEU, chrF and TER with
+        mean, 95% confidence interval and, for ``other_run``, the p-value), plus ``runs`` (each run's
+        :func:`evaluate_translation` figures), ``beam``, ``data`` and ``reference``.
+    """
+    from lmforge.evaluation.translation import paired_bootstrap
+
+    base, base_hyps, refs = _translate_and_score(run_dir, src, ref, beam, device, batch_size, None, progress)
+    other, other_hyps, _ = _translate_and_score(other_run, src, ref, beam, device, batch_size, None, progress)
+    figs = paired_bootstrap([(str(run_dir), base_hyps), (str(other_run), other_hyps)], refs, n_samples=n_samples)
+    return {**figs, "runs": [base, other], "beam": beam, "data": str(src), "reference": str(ref)}
