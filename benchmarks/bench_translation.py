@@ -2,14 +2,15 @@
 
 Usage:
     python benchmarks/bench_translation.py [--family transformer lstm] [--minutes 20] [--beam 5]
-        [--data ../shared/data/multi30k] [--out runs/bench_translation] [--device auto] [--vocab-size 8000]
-        [--max-tokens 4096] [--threads N] [key=value ...]
+        [--data ../shared/data/multi30k] [--out runs/bench_translation] [--device auto] [--vocab-size N]
+        [--max-tokens N] [--threads N] [key=value ...]
 
-Each model trains through ``train_translation`` (the code behind ``lmforge train --task translate``) with a
-joint byte-level BPE vocabulary, label smoothing 0.1 and a cosine schedule fitted to the time budget
-(``train.time_budget``: training seconds, periodic evaluation excluded). The run is then scored on the
-1,000-sentence test2016 set with ``evaluate_translation`` (the code behind ``lmforge eval RUN --src --ref``):
-sacreBLEU BLEU and chrF on detokenised output, with beam search. ``key=value`` overrides apply to every run
+Each model trains through ``train_translation`` (the code behind ``lmforge train --task translate``) with the
+library's budget-aware default (:func:`lmforge.config.translate_defaults.choose_translation_preset`: on a CPU
+the ``translate-cpu`` presets, a joint 6,000-token byte-level BPE, 2,048-token batches, label smoothing 0.1 and
+a cosine schedule fitted to the time budget), plus Multi30k's own validation files. The run is then scored on
+the 1,000-sentence test2016 set with ``evaluate_translation`` (the code behind ``lmforge eval RUN --src --ref``):
+sacreBLEU BLEU, chrF and TER on detokenised output, with beam search. ``key=value`` overrides apply to every run
 (e.g. ``model.d_model=512``). Multi30k is read from the shared data folder and never copied into the package.
 Prints one JSON line per model and a Markdown table for BENCHMARKS.md.
 """
@@ -29,14 +30,7 @@ from lmforge.config import RunConfig, apply_overrides, parse_overrides
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
-# Settings chosen for a small CPU budget (override with key=value; GPU runs can afford the larger presets).
-MODELS = {
-    "transformer": {"family": "seq2seq_transformer", "d_model": 256, "num_heads": 4, "num_encoder_layers": 3,
-                    "num_decoder_layers": 3, "d_ff": 1024, "dropout": 0.1, "share_embeddings": True},
-    "lstm": {"family": "seq2seq_lstm", "emb_dim": 256, "hidden_dim": 256, "num_layers": 1, "dropout": 0.2,
-             "attention": "general", "bidirectional_encoder": True, "tie_output": False},
-}
-LR = {"transformer": 2e-3, "lstm": 3e-3}
+FAMILIES = ("transformer", "lstm")
 
 
 def _cpu_name() -> str:
@@ -50,21 +44,20 @@ def _cpu_name() -> str:
 
 def run_one(family: str, args: argparse.Namespace) -> dict:
     """Trains one family for ``args.minutes`` and scores it on test2016; returns the figures."""
+    from lmforge.config.translate_defaults import choose_translation_preset
     from lmforge.training.translate_run import evaluate_translation, train_translation
 
     data = Path(args.data)
     out = Path(args.out) / family
-    cfg = {
-        "task": "translate", "out_dir": str(out), "model": MODELS[family],
-        "tokenizer": {"kind": "bpe", "vocab_size": args.vocab_size},
-        "data": {"src": str(data / "train.en"), "tgt": str(data / "train.de"), "val_src": str(data / "val.en"),
-                 "val_tgt": str(data / "val.de"), "max_tokens": args.max_tokens, "max_len": 128, "joint_vocab": True},
-        "train": {"time_budget": args.minutes * 60, "lr": LR[family], "warmup_steps": args.warmup,
-                  "schedule": "cosine", "min_lr_ratio": 0.05, "label_smoothing": 0.1, "weight_decay": 0.01,
-                  "beta2": 0.98, "eval_interval": args.eval_interval, "eval_iters": 5, "device": args.device,
-                  "seed": 1},
-    }
-    cfg = apply_overrides(cfg, parse_overrides(args.overrides))
+    choice = choose_translation_preset(args.minutes * 60, device=args.device, family=family)
+    print(choice.reason, flush=True)
+    sets = {"out_dir": str(out), "data.src": str(data / "train.en"), "data.tgt": str(data / "train.de"),
+            "data.val_src": str(data / "val.en"), "data.val_tgt": str(data / "val.de"), "train.device": args.device}
+    for key, value in (("tokenizer.vocab_size", args.vocab_size), ("data.max_tokens", args.max_tokens),
+                       ("train.warmup_steps", args.warmup), ("train.eval_interval", args.eval_interval)):
+        if value is not None:
+            sets[key] = value
+    cfg = apply_overrides(apply_overrides(choice.config, sets), parse_overrides(args.overrides))
     config = RunConfig.parse(cfg, source="bench_translation")
     t0 = time.perf_counter()
     summary = train_translation(config)
@@ -79,6 +72,7 @@ def run_one(family: str, args: argparse.Namespace) -> dict:
         "train_pairs": summary["train_pairs"],
         "tokens_seen": summary["tokens_seen"], "val_loss": summary.get("val_loss"),
         "val_bleu_greedy": summary.get("val_bleu"), "test_bleu": figs["bleu"], "test_chrf": figs["chrf"],
+        "test_ter": figs["ter"], "preset": choice.preset, "tokens_per_s": summary.get("train_tokens_per_s"),
         "beam": args.beam, "decode_s": round(time.perf_counter() - t1, 1), "bleu_signature": figs["bleu_signature"],
         "device": summary.get("device"), "run_dir": str(out),
     }
@@ -86,16 +80,16 @@ def run_one(family: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", nargs="+", default=["transformer", "lstm"], choices=sorted(MODELS))
+    p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--minutes", type=float, default=20.0, help="training time per model")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench_translation")
     p.add_argument("--device", default="auto")
-    p.add_argument("--vocab-size", type=int, default=6000)
-    p.add_argument("--max-tokens", type=int, default=2048)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--eval-interval", type=int, default=100)
+    p.add_argument("--vocab-size", type=int, help="default: the chosen preset's")
+    p.add_argument("--max-tokens", type=int, help="default: the chosen preset's")
+    p.add_argument("--warmup", type=int, help="default: the chosen preset's")
+    p.add_argument("--eval-interval", type=int, help="default: the chosen preset's")
     p.add_argument("--threads", type=int)
     p.add_argument("overrides", nargs="*", help="key=value settings applied to every run")
     args = p.parse_args()
@@ -111,11 +105,13 @@ def main() -> None:
         print(json.dumps(res), flush=True)
         rows.append(res)
     print(f"\nmachine: {machine}; torch {torch.__version__}; {args.minutes:g} min of training per model\n")
-    print("| model | parameters | steps | epochs | train s | val loss | val BLEU (greedy) | test BLEU (beam %d) | test chrF | decode s |" % args.beam)
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | preset | parameters | steps | epochs | train s | val loss | val BLEU (greedy) | test BLEU (beam %d) "
+          "| test chrF | test TER | decode s |" % args.beam)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['family']} | {r['parameters']:,} | {r['steps']} | {r['epochs']} | {r['train_time_s']:.0f} | {r['val_loss']:.3f} | "
-              f"{r['val_bleu_greedy']:.2f} | {r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r['decode_s']:.0f} |")
+        print(f"| {r['family']} | {r['preset']} | {r['parameters']:,} | {r['steps']} | {r['epochs']} | {r['train_time_s']:.0f} | "
+              f"{r['val_loss']:.3f} | {r['val_bleu_greedy']:.2f} | {r['test_bleu']:.2f} | {r['test_chrf']:.2f} | "
+              f"{r['test_ter']:.2f} | {r['decode_s']:.0f} |")
 
 
 if __name__ == "__main__":
