@@ -21,6 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences translated together (default 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = parser.add_argument_group("attention heatmaps")
+    a.add_argument("--attention-plot", metavar="DIR", help="also write one attention heatmap per sentence (PNG, source "
+                   "tokens across, target tokens down) into DIR")
+    a.add_argument("--layer", type=int, help="Transformer: the decoder layer to show, from 1 (default: the last)")
+    a.add_argument("--head", type=int, help="Transformer: the head to show, from 1 (default: the mean of the layer's heads)")
 
 
 def _interactive(translator, args: argparse.Namespace) -> int:
@@ -37,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.beam < 1:
         raise ConfigError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
+    if (args.layer is not None or args.head is not None) and not args.attention_plot:
+        raise ConfigError("--layer and --head choose what --attention-plot DIR draws; pass --attention-plot too")
     translator = Translator.load(args.run_dir, device=args.device)
     if args.input is None and args.output is None and sys.stdin.isatty():
         return _interactive(translator, args)
@@ -48,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
         lines = sys.stdin.read().split("\n")
         if lines and lines[-1] == "":
             lines.pop()
+    if args.attention_plot:
+        from lmforge.evaluation.attention_plot import plot_translation_attention
+
+        out, files = plot_translation_attention(translator, lines, args.attention_plot, beam=args.beam, layer=args.layer,
+                                                head=args.head, max_len=args.max_len, batch_size=args.batch_size)
+        print(f"wrote {len(files)} attention heatmap(s) to {args.attention_plot}", file=sys.stderr)
+        return _write(out, args.output)
     progress, bar = None, None
     if not args.quiet and len(lines) >= PROGRESS_MIN_LINES:
         from rich.console import Console
@@ -64,11 +78,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.stop()
-    text = "".join(t.replace("\n", " ") + "\n" for t in out)
-    if args.output is not None:
+    return _write(out, args.output)
+
+
+def _write(translations: list[str], output: str | None) -> int:
+    text = "".join(t.replace("\n", " ") + "\n" for t in translations)
+    if output is not None:
         from lmforge.utils.io import atomic_write_text
 
-        atomic_write_text(args.output, text)
+        atomic_write_text(output, text)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

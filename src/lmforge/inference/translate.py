@@ -120,6 +120,12 @@ class Translator:
         Returns:
             One translation per input, in order (an empty input gives an empty output).
         """
+        out = self.translate_ids(texts, beam=beam, max_len=max_len, batch_size=batch_size, progress=progress)
+        return [self.tgt_tokenizer.decode(ids) if ids else "" for ids in out]
+
+    def translate_ids(self, texts: Sequence[str] | str, beam: int = 5, max_len: Optional[int] = None,
+                      batch_size: int = 32, progress: Optional[Callable[[int], None]] = None) -> list[list[int]]:
+        """As :meth:`translate`, but each translation's target token ids (without ``<bos>``/``<eos>``)."""
         def search(src: torch.Tensor) -> list[list[int]]:
             n = max_len  # None: each sentence's own default budget
             if beam <= 1:
@@ -128,8 +134,7 @@ class Translator:
                                **self._ids)
             return [h[0].tokens if h else [] for h in hyps]
 
-        out = self._run(texts, batch_size, progress, search)
-        return ["" if ids is None else self.tgt_tokenizer.decode(ids) for ids in out]
+        return [[] if ids is None else list(ids) for ids in self._run(texts, batch_size, progress, search)]
 
     def translate_nbest(self, texts: Sequence[str] | str, beam: int = 5, n: int = 5, max_len: Optional[int] = None,
                         batch_size: int = 32) -> list[list[tuple[str, float]]]:
