@@ -137,3 +137,54 @@ def test_a_language_model_run_is_refused_in_one_line(runs, tmp_path, capsys) -> 
         assert main(argv) != 0
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "not a translation run" in err, argv
+
+
+def _check_map(m, translator, text: str) -> None:
+    from lmforge.data.pair_batching import encode_source
+    from lmforge.evaluation.attention_plot import plot_attention
+
+    src_ids = encode_source(translator.src_tokenizer, text)
+    hyp = translator.translate_ids([text], beam=1)[0]
+    assert m.weights.shape == (len(hyp) + 1, len(src_ids))  # a row per predicted token (+ <eos>), a column per source token
+    assert len(m.target_tokens) == len(hyp) + 1 and m.target_tokens[-1] == "<eos>" and len(m.source_tokens) == len(src_ids)
+    assert (m.weights >= 0).all() and abs(m.weights.sum(axis=1) - 1).max() < 1e-5  # softmax rows
+    shown = plot_attention(m.weights, m.source_tokens, m.target_tokens, Path(translator.name + ".png"))
+    assert shown.shape == m.weights.shape and abs(shown - m.weights).max() < 1e-6  # what matplotlib was given
+    # rows line up with the target tokens: teacher-forcing <bos> + the greedy output predicts that output
+    tgt = translator.tgt_tokenizer
+    with torch.no_grad():
+        logits = translator.model(torch.tensor([src_ids]), torch.tensor([[tgt.bos_id, *hyp]]))[0]
+    logits[:, [tgt.pad_id, tgt.bos_id]] = -float("inf")
+    assert logits.argmax(-1).tolist()[: len(hyp)] == hyp
+
+
+def test_lstm_attention_heatmaps(runs, tmp_path, capsys, monkeypatch) -> None:
+    from lmforge.inference.attention_maps import attention_maps
+    from lmforge.inference.translate import Translator
+
+    monkeypatch.chdir(tmp_path)
+    tr = Translator.load(runs["b"], device="cpu")
+    maps = attention_maps(tr, SOURCES[:4], beam=1)
+    for m, text in zip(maps, SOURCES[:4]):
+        _check_map(m, tr, text)
+        assert m.what == "attention over the encoder outputs"
+    # the weights are the model's own: its attention module on the decoder outputs gives the same numbers
+    src = torch.tensor([[*tr.src_tokenizer.encode(SOURCES[1]), tr.src_tokenizer.eos_id]])
+    hyp = tr.translate_ids([SOURCES[1]], beam=1)[0]
+    tgt_in = torch.tensor([[tr.tgt_tokenizer.bos_id, *hyp]])
+    with torch.no_grad():
+        memory = tr.model.encode(src)
+        out, _ = tr.model.decoder(tr.model.tgt_embed(tgt_in), memory.hidden)
+        _, direct = tr.model.attention(out, tr.model.attention.keys(memory.outputs), memory.outputs, memory.src_mask)
+    assert abs(direct[0].numpy() - maps[1].weights).max() < 1e-6
+    out_dir = tmp_path / "plots"
+    assert main(["translate", runs["b"], "--input", runs["src"], "--beam", "2", "--attention-plot", str(out_dir),
+                 "--output", str(tmp_path / "hyp.txt")]) == 0
+    assert "wrote 30 attention heatmap(s)" in capsys.readouterr().err
+    files = sorted(out_dir.glob("*.png"))
+    assert len(files) == 30 and files[0].name.startswith("0001_abc") and files[0].read_bytes()[:4] == b"\x89PNG"
+    plain = tmp_path / "plain.txt"
+    assert main(["translate", runs["b"], "--input", runs["src"], "--beam", "2", "--output", str(plain)]) == 0
+    assert (tmp_path / "hyp.txt").read_text() == plain.read_text()  # the same translations either way
+    assert main(["translate", runs["b"], "--input", runs["src"], "--attention-plot", str(out_dir), "--head", "2"]) != 0
+    assert "out of range" in capsys.readouterr().err

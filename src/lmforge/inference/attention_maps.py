@@ -90,7 +90,7 @@ def attention_maps(translator: Any, texts: Sequence[str], beam: int = 5, layer: 
 
     model = translator.model
     if not hasattr(model, "cross_attention_weights"):
-        raise ConfigError(f"{type(model).__name__} cannot report attention weights (an LSTM without attention has none)")
+        raise ConfigError(f"{type(model).__name__} cannot report attention weights")
     src_tok, tgt_tok = translator.src_tokenizer, translator.tgt_tokenizer
     hyps = translator.translate_ids(texts, beam=beam, max_len=max_len, batch_size=batch_size)
     maps = []

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.config.seq2seq import Seq2SeqLSTMConfig
+from lmforge.errors import ConfigError
 from lmforge.models.seq2seq.attention import padding_mask
 from lmforge.models.seq2seq.rnn_attention import RNNAttention
 
@@ -173,14 +174,32 @@ class Seq2SeqLSTM(nn.Module):
         """Encodes ``src`` (B, S) and prepares the decoder state (attention keys computed once)."""
         return self._state(self.encode(src))
 
+    def _decode(self, tgt: Tensor, state: LSTMDecodeState) -> tuple[Tensor, Hidden, Optional[Tensor]]:
+        """Logits (B, T, V), the new ``(h, c)`` and the attention weights (B, T, S) (``None`` without attention)."""
+        out, hidden = self.decoder(self.drop(self.tgt_embed(tgt)), state.hidden)  # (B, T, H)
+        weights = None
+        if self.attention is not None:
+            ctx, weights = self.attention(out, state.keys, state.outputs, state.src_mask)  # (B, T, H), (B, T, S)
+            out = torch.tanh(self.combine(torch.cat((ctx, out), dim=-1)))
+        return self.output(self.drop(out)), hidden, weights
+
     def decode_step(self, tgt: Tensor, state: LSTMDecodeState) -> tuple[Tensor, LSTMDecodeState]:
         """Feeds ``tgt`` (B, T) after what ``state`` has seen -> logits (B, T, V) and the new state."""
-        out, hidden = self.decoder(self.drop(self.tgt_embed(tgt)), state.hidden)  # (B, T, H)
-        if self.attention is not None:
-            ctx, _ = self.attention(out, state.keys, state.outputs, state.src_mask)  # (B, T, H)
-            out = torch.tanh(self.combine(torch.cat((ctx, out), dim=-1)))
-        logits = self.output(self.drop(out))
+        logits, hidden, _ = self._decode(tgt, state)
         return logits, LSTMDecodeState(hidden, state.outputs, state.keys, state.src_mask, state.length + tgt.size(1))
+
+    def cross_attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """The attention over the source of each target position, teacher-forced: (B, 1, 1, T, S), one "layer"
+        and one "head", in the layout every seq2seq family reports (for attention heatmaps).
+
+        Raises:
+            ConfigError: the model has no attention (``attention: none``).
+        """
+        if self.attention is None:
+            raise ConfigError("this LSTM has no attention (model.attention is 'none'), so there are no attention "
+                              "weights to show; train one with attention dot, general or additive")
+        _, _, weights = self._decode(tgt_in, self._state(self.encode(src)))
+        return weights[:, None, None]
 
     def decode(self, tgt_in: Tensor, memory: LSTMMemory) -> Tensor:
         """Decodes ``tgt_in`` (B, T) (starting with ``<bos>``) from :meth:`encode`'s memory -> logits (B, T, V)."""
