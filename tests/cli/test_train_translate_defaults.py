@@ -26,6 +26,13 @@ class _Cuda:
         return True
 
 
+@pytest.fixture(autouse=True)
+def _idle_machine(monkeypatch):
+    from lmforge.cli import train as train_cli
+
+    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # the choice must not depend on the CI's load
+
+
 def _config(argv: list[str], gpu: bool = False):
     parser, _ = build_parser("train")
     args = parser.parse_args(["--task", "translate", "--src", "a.en", "--tgt", "a.de", *argv])
@@ -93,20 +100,31 @@ def test_the_cli_prints_the_choice_and_why(monkeypatch, capsys) -> None:
         return {"steps": 0, "parameters": 0, "run_dir": config.out_dir, "interrupted": False}
 
     monkeypatch.setattr(train_cli, "_translate_entry", lambda name: fake_train)
-    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert main(["train", "--task", "translate", "--src", "a.en", "--tgt", "a.de", "--time-budget", "90", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "chose preset translate-cpu-fast" in err and "90 s of training" in err and "--preset" in err
     assert seen["config"].train.time_budget == 90
 
 
-def test_a_busy_cpu_trains_with_one_thread_an_idle_one_with_the_default() -> None:
-    busy = choose_translation_preset(600.0, load=(9.2, 2))
+def test_a_busy_cpu_counts_for_its_share_and_trains_with_one_thread() -> None:
+    busy = choose_translation_preset(600.0, load=(9.0, 2))  # about 600 * 2 / 10 = 120 s of an idle machine
     idle = choose_translation_preset(600.0, load=(0.3, 2))
-    assert busy.threads == 1 and "1 thread" in busy.reason and "9.2" in busy.reason
+    assert busy.threads == 1 and "1 thread" in busy.reason and "9.0" in busy.reason and "120 s" in busy.reason
     assert idle.threads is None and "thread" not in idle.reason
-    assert choose_translation_preset(600.0, device="cuda", load=(9.2, 2)).threads is None
-    assert busy.config == idle.config  # the load changes threads, not the model
+    assert busy.preset == "translate-cpu-fast" and idle.preset == "translate-cpu"
+    assert busy.config["train"]["time_budget"] == idle.config["train"]["time_budget"] == 600  # still 600 s of training
+    assert choose_translation_preset(600.0, load=(1.5, 2)).preset == "translate-cpu"  # 480 s of compute: standard
+    gpu = choose_translation_preset(600.0, device="cuda", load=(9.0, 2))
+    assert gpu.threads is None and gpu.preset == "translate-gpu"
+
+
+def test_the_cli_reads_the_load(monkeypatch) -> None:
+    from lmforge.cli import train as train_cli
+
+    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (30.0, 30.0, 30.0))
+    monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
+    cfg, choice, note = _config(["--time-budget", "600"])
+    assert choice.preset == "translate-cpu-fast" and choice.threads == 1 and "load average 30.0 on 2 cores" in note
 
 
 def test_the_library_choice_checks_its_input() -> None:

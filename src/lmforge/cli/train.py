@@ -96,9 +96,7 @@ def _translation_choice(args: argparse.Namespace, torch_cuda: Any) -> Any:
     device = args.device or "auto"
     if device == "auto":
         device = "cuda" if torch_cuda is not None and torch_cuda.is_available() else "cpu"
-    load = None
-    if args.threads is None and hasattr(os, "getloadavg"):
-        load = (os.getloadavg()[0], os.cpu_count() or 1)
+    load = (os.getloadavg()[0], os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
     return choose_translation_preset(args.time_budget, device=device, family=args.model or "transformer",
                                      step_budget=bool(args.max_steps or args.epochs), load=load)
 
@@ -267,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     config, resume, choice = build_config(args, torch.cuda)
     bar = _ProgressBar(args.quiet or args.json)
     if choice is not None:
-        if choice.threads:
+        if choice.threads and not args.threads:  # --threads wins
             torch.set_num_threads(choice.threads)
         if _is_main_process():
             bar.console.print(choice.reason, highlight=False, soft_wrap=True)

@@ -2,8 +2,8 @@
 device, and why (torch-free; the caller says whether a GPU is there).
 
 A CPU gets the ``translate-cpu`` presets (the settings that reached 32.6 BLEU on Multi30k in 20 CPU-minutes,
-BENCHMARKS.md), or their ``-fast`` tier, half the size, under :data:`FAST_BELOW` seconds; with no budget at all
-it trains for :data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
+BENCHMARKS.md), or their ``-fast`` tier, a third of the size, under :data:`FAST_BELOW` seconds (of an idle
+machine's compute: a CPU busy with other processes counts for its share); with no budget at all it trains for :data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
 gets the ``translate-gpu`` presets (a 32M-parameter Transformer, 4x larger batches; not yet measured on a GPU). The schedule's decay ends when
 the budget does (``train.time_budget``; see :mod:`lmforge.training.schedule`).
 
@@ -67,12 +67,13 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
         device: where training runs (resolve ``auto`` first).
         family: ``transformer`` or ``lstm`` (a ``seq2seq_`` prefix is accepted).
         step_budget: a step or epoch budget was given, so no time budget is added.
-        load: ``(load average, CPU cores)`` of the machine, when known. A CPU already running at least one
-            process per core trains with one thread: torch's threads would spend the budget waiting for each
-            other while the other processes hold the cores (BENCHMARKS.md, "Translation").
+        load: ``(load average, CPU cores)`` of the machine, when known. On a CPU already busy with other
+            processes the run can expect about ``cores / (load + 1)`` of the machine, so the tier is chosen for
+            that share of the budget; and it trains with one thread, since torch's threads would spend the
+            budget waiting for each other while other processes hold the cores (BENCHMARKS.md, "Translation").
 
     Returns:
-        The choice: preset name, its config with the budget, and the reason.
+        The choice: preset name, its config with the budget, the reason and the thread count.
 
     Raises:
         ConfigError: an unknown family or a non-positive budget.
@@ -86,7 +87,9 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
     budget = time_budget
     if budget is None and not step_budget:
         budget = DEFAULT_GPU_BUDGET if gpu else DEFAULT_CPU_BUDGET
-    fast = not gpu and budget is not None and budget < FAST_BELOW
+    busy = not gpu and load is not None and load[1] > 1 and load[0] + 1 > load[1]
+    share = load[1] / (load[0] + 1) if busy else 1.0  # of the machine's cores this run can expect
+    fast = not gpu and budget is not None and budget * share < FAST_BELOW
     name = "translate-" + ("gpu" if gpu else "cpu") + ("-lstm" if family == "lstm" else "") + ("-fast" if fast else "")
     config = get_preset(name)
     config["train"]["time_budget"] = budget
@@ -94,18 +97,18 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
     if budget is None:
         why = f"a step or epoch budget on {where}"
     else:
-        given = "given" if time_budget is not None else "the default when none is given"
-        why = f"{budget:g} s of training ({given}) on {where}"
+        why = f"{budget:g} s of training ({'given' if time_budget is not None else 'the default when none is given'}) on {where}"
+        if busy:
+            why += (f" busy with other work (load average {load[0]:.1f} on {load[1]} cores: about "
+                    f"{budget * share:.0f} s of an idle machine's compute)")
         if not gpu:
             why += f"; {'under' if fast else 'at least'} {FAST_BELOW:g} s picks the {'small' if fast else 'standard'} CPU tier"
     ends = "the cosine schedule ends with the budget" if budget is not None else "a cosine schedule over those steps"
-    threads = None
-    if not gpu and load is not None and load[1] > 1 and load[0] >= load[1]:
-        threads = 1
-        ends += f"; 1 thread, as the load average ({load[0]:.1f}) fills the {load[1]} cores"
+    if busy:
+        ends += "; 1 thread, as the other processes hold the cores"
     reason = (f"chose preset {name} ({_describe(config)}): {why}; {ends}. "
               "Pass --preset, --config or --model-size to choose yourself.")
-    return TranslationChoice(name, config, reason, threads)
+    return TranslationChoice(name, config, reason, 1 if busy else None)
 
 
 def translation_presets() -> list[str]:
