@@ -141,18 +141,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # whose decay ends when the time budget does. The -fast tiers trade size for steps under short budgets.
     "translate-cpu": _translate_run("Transformer, 7M parameters: 10 minutes on a 2-core CPU (32.6 BLEU on "
                                     "Multi30k test2016 after 20 minutes)", _s2s_tfm(256, 3, 1024), 2e-3, 2048, 600.0),
-    "translate-cpu-fast": _translate_run("Transformer, 2.5M parameters, for CPU budgets under 5 minutes",
+    "translate-cpu-fast": _translate_run("Transformer, 2.9M parameters, for CPU budgets under 5 minutes (or a busy CPU)",
                                          _s2s_tfm(192, 2, 768), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
     "translate-cpu-lstm": _translate_run("LSTM + Luong attention, 6M parameters: 10 minutes on a 2-core CPU",
                                          _s2s_lstm(256, 256), 3e-3, 2048, 600.0),
-    "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2M parameters, for CPU budgets under 5 minutes",
+    "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2.9M parameters, for CPU budgets under 5 minutes (or a busy CPU)",
                                               _s2s_lstm(128, 256), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
     "translate-gpu": _translate_run("Transformer d_model 512, 4+4 layers, 32M parameters, 8,192-token batches: "
                                     "15 minutes on one GPU (not yet measured)",
                                     {**_s2s_tfm(512, 4, 2048), "num_heads": 8, "dropout": 0.2}, 1e-3, 8192, 900.0,
                                     warmup=400),
-    "translate-gpu-lstm": _translate_run("LSTM, bidirectional encoder + Bahdanau attention, 8,192-token batches: 15 "
-                                         "minutes on one GPU (not yet measured)",
+    "translate-gpu-lstm": _translate_run("LSTM, 18M parameters, bidirectional encoder + Bahdanau attention, "
+                                         "8,192-token batches: 15 minutes on one GPU (not yet measured)",
                                          _s2s_lstm(512, 512, "additive", 2), 1e-3, 8192, 900.0, warmup=400),
 }
 
