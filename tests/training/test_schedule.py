@@ -51,3 +51,14 @@ def test_lr_schedule_sets_groups_and_rejects_unknown():
     assert opt.param_groups[1]["lr"] == pytest.approx(0.075)
     with pytest.raises(ConfigError, match="choose one of"):
         LRSchedule(opt, "exponential", 0)
+
+
+def test_warmup_fraction_ends_warmup_by_time_on_a_slow_machine():
+    # 100 warm-up steps, but only 10% of the time budget for warming up: a machine that reached only step 4
+    # after 5% of the budget is half-way through warm-up, and at 10% it is at the peak.
+    cos = lambda p: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))  # noqa: E731
+    assert lr_factor("cosine", 4, 0.05, 100, min_ratio=0.05, warmup_fraction=0.1) == pytest.approx(cos(0.05) * 0.5)
+    assert lr_factor("cosine", 9, 0.10, 100, min_ratio=0.05, warmup_fraction=0.1) == pytest.approx(cos(0.10))
+    # a fast machine finishes its 100 steps first: the step count decides, as without warmup_fraction
+    assert lr_factor("cosine", 49, 0.01, 100, min_ratio=0.05, warmup_fraction=0.1) == pytest.approx(cos(0.01) * 0.5)
+    assert lr_factor("cosine", 49, 0.01, 100, min_ratio=0.05) == pytest.approx(cos(0.01) * 0.5)

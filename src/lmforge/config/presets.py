@@ -50,7 +50,7 @@ def _translate_run(description: str, model: dict[str, Any], lr: float, max_token
     return {**_TRANSLATE, "description": description, "model": model,
             "tokenizer": {"kind": "bpe", "vocab_size": vocab},
             "data": {"max_tokens": max_tokens, "max_len": 128, "joint_vocab": True},
-            "train": {"lr": lr, "warmup_steps": warmup, "schedule": "cosine", "min_lr_ratio": 0.05,
+            "train": {"lr": lr, "warmup_steps": warmup, "warmup_fraction": 0.1, "schedule": "cosine", "min_lr_ratio": 0.05,
                       "label_smoothing": 0.1, "weight_decay": 0.01, "beta2": 0.98, "time_budget": budget,
                       "eval_interval": 100, "eval_iters": 5, "seed": 1}}
 

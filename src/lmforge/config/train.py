@@ -23,6 +23,9 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="the schedule decays to lr * min_lr_ratio")
     warmup_steps: int = Field(100, ge=0)
+    warmup_fraction: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="with a time budget: warm-up also ends once this fraction of it has passed "
+        "(so a slow or busy machine does not spend most of the budget warming up)")
     schedule: Schedule = "cosine"
     decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: the final fraction of steps that decays")
     weight_decay: float = Field(0.1, ge=0.0, description="applied to matrices only, not to biases, norms or 1-D tensors")

@@ -10,7 +10,7 @@ schedule ends its decay when the time runs out (time-aware decay). ``SCHEDULES``
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 from lmforge.registry import Registry
 
@@ -55,7 +55,7 @@ def _inverse_sqrt(p: float, step: int, warmup: int, min_ratio: float, decay_frac
 
 
 def lr_factor(name: str, step: int, progress: float, warmup_steps: int, min_ratio: float = 0.1,
-              decay_fraction: float = 0.2) -> float:
+              decay_fraction: float = 0.2, warmup_fraction: Optional[float] = None) -> float:
     """The multiplier of the peak learning rate at optimiser step ``step`` (0-based).
 
     Args:
@@ -65,6 +65,8 @@ def lr_factor(name: str, step: int, progress: float, warmup_steps: int, min_rati
         warmup_steps: linear warm-up length in steps (0 for none).
         min_ratio: where decaying schedules end, as a fraction of the peak.
         decay_fraction: ``wsd`` only: the final fraction of the budget that decays.
+        warmup_fraction: warm-up also ends once ``progress`` reaches this fraction: with a time budget, a slow
+            (or busy) machine that reaches few steps does not spend most of its budget warming up.
 
     Returns:
         A float in ``(0, 1]``.
@@ -73,7 +75,10 @@ def lr_factor(name: str, step: int, progress: float, warmup_steps: int, min_rati
     p = min(1.0, max(0.0, progress))
     factor = shape(p, step, warmup_steps, min_ratio, decay_fraction)
     if warmup_steps and step < warmup_steps:
-        factor *= (step + 1) / warmup_steps
+        warm = (step + 1) / warmup_steps
+        if warmup_fraction:
+            warm = max(warm, p / warmup_fraction)
+        factor *= min(1.0, warm)
     return factor
 
 
@@ -82,24 +87,26 @@ class LRSchedule:
 
     Args:
         optimizer: a ``torch.optim.Optimizer``; each group's peak is stored as ``initial_lr``.
-        name, warmup_steps, min_ratio, decay_fraction: as in :func:`lr_factor`.
+        name, warmup_steps, min_ratio, decay_fraction, warmup_fraction: as in :func:`lr_factor`.
     """
 
     def __init__(self, optimizer, name: str, warmup_steps: int, min_ratio: float = 0.1,
-                 decay_fraction: float = 0.2) -> None:
+                 decay_fraction: float = 0.2, warmup_fraction: Optional[float] = None) -> None:
         SCHEDULES.get(name)  # fail early on an unknown name
         self.optimizer = optimizer
         self.name = name
         self.warmup_steps = warmup_steps
         self.min_ratio = min_ratio
         self.decay_fraction = decay_fraction
+        self.warmup_fraction = warmup_fraction
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.last_factor = 1.0
 
     def set(self, step: int, progress: float) -> float:
         """Sets every group's learning rate for ``step`` and returns the first group's new rate."""
-        self.last_factor = lr_factor(self.name, step, progress, self.warmup_steps, self.min_ratio, self.decay_fraction)
+        self.last_factor = lr_factor(self.name, step, progress, self.warmup_steps, self.min_ratio, self.decay_fraction,
+                                     self.warmup_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.last_factor
         return self.optimizer.param_groups[0]["lr"]
@@ -107,7 +114,8 @@ class LRSchedule:
     def state_dict(self) -> dict:
         """What is needed to check a resumed run uses the same schedule."""
         return {"name": self.name, "warmup_steps": self.warmup_steps, "min_ratio": self.min_ratio,
-                "decay_fraction": self.decay_fraction, "last_factor": self.last_factor}
+                "decay_fraction": self.decay_fraction, "warmup_fraction": self.warmup_fraction,
+                "last_factor": self.last_factor}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores the last factor (the schedule itself is recomputed from step and progress)."""

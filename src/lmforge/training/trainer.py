@@ -228,7 +228,8 @@ class Trainer:
         self.task.setup(device=self.device, rank=self.dist.rank, world_size=self.dist.world_size, grad_accum=tc.grad_accum)
         self.precision = resolve_precision(tc.precision, self.device)
         self.optimizer = build_optimizer(self.raw, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), self.device.type)
-        self.schedule = LRSchedule(self.optimizer, tc.schedule, tc.warmup_steps, tc.min_lr_ratio, tc.decay_fraction)
+        self.schedule = LRSchedule(self.optimizer, tc.schedule, tc.warmup_steps, tc.min_lr_ratio, tc.decay_fraction,
+                                   tc.warmup_fraction)
         self.scaler = self.precision.grad_scaler()
         self.max_steps = self._budget()
         self.step, self.elapsed, self.wall_before, self.tokens_seen = 0, 0.0, 0.0, 0
