@@ -4,8 +4,8 @@ A preset is a partial :class:`~lmforge.config.run.RunConfig` dict. Model-size pr
 ``<family>-<size>`` (``transformer-small``, ``lstm-medium``, ``seq2seq_transformer-small``); the names
 ``lstm-classic`` and ``transformer-classic`` are the matched pair used by ``lmforge compare``; ``shakespeare-char``
 is what ``lmforge train`` runs with no arguments; the ``translate-*`` presets are what ``lmforge train --task
-translate`` chooses by budget and device (:mod:`lmforge.config.translate_defaults`). :data:`PARAMETER_COUNTS` documents each preset's size and the
-vocabulary it is quoted at; ``lmforge list presets`` computes the real counts.
+translate`` chooses by budget and device (:mod:`lmforge.config.translate_defaults`). :data:`PARAMETER_COUNTS`
+documents each preset's size and the vocabulary it is quoted at; ``lmforge list presets`` computes the real counts.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _translate_run(description: str, model: dict[str, Any], lr: float, max_token
     return {**_TRANSLATE, "description": description, "model": model,
             "tokenizer": {"kind": "bpe", "vocab_size": vocab},
             "data": {"max_tokens": max_tokens, "max_len": 128, "joint_vocab": True},
-            "train": {"lr": lr, "warmup_steps": warmup, "warmup_fraction": 0.1, "schedule": "cosine", "min_lr_ratio": 0.05,
+            "train": {"lr": lr, "warmup_steps": warmup, "warmup_fraction": 0.1, "schedule": "cosine",
+                      "min_lr_ratio": 0.05,
                       "label_smoothing": 0.1, "weight_decay": 0.01, "beta2": 0.98, "time_budget": budget,
                       "eval_interval": 100, "eval_iters": 5, "seed": 1}}
 
@@ -145,7 +146,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                                          _s2s_tfm(192, 2, 768), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
     "translate-cpu-lstm": _translate_run("LSTM + Luong attention, 6M parameters: 10 minutes on a 2-core CPU",
                                          _s2s_lstm(256, 256), 3e-3, 2048, 600.0),
-    "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2.9M parameters, for CPU budgets under 5 minutes (or a busy CPU)",
+    "translate-cpu-lstm-fast": _translate_run("LSTM + Luong attention, 2.9M parameters, for CPU budgets under 5 "
+                                              "minutes (or a busy CPU)",
                                               _s2s_lstm(128, 256), 3e-3, 1536, 180.0, vocab=4000, warmup=50),
     "translate-gpu": _translate_run("Transformer d_model 512, 4+4 layers, 32M parameters, 8,192-token batches: "
                                     "15 minutes on one GPU (not yet measured)",

@@ -3,9 +3,11 @@ device, and why (torch-free; the caller says whether a GPU is there).
 
 A CPU gets the ``translate-cpu`` presets (the settings that reached 32.6 BLEU on Multi30k in 20 CPU-minutes,
 BENCHMARKS.md), or their ``-fast`` tier, a third of the size, under :data:`FAST_BELOW` seconds (of an idle
-machine's compute: a CPU busy with other processes counts for its share); with no budget at all it trains for :data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
-gets the ``translate-gpu`` presets (a 32M-parameter Transformer, 4x larger batches; not yet measured on a GPU). The schedule's decay ends when
-the budget does (``train.time_budget``; see :mod:`lmforge.training.schedule`).
+machine's compute: a CPU busy with other processes counts for its share); with no budget at all it trains for
+:data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
+gets the ``translate-gpu`` presets (a 32M-parameter Transformer, 4x larger batches; not yet measured on a GPU).
+The schedule's decay ends when the budget does (``train.time_budget``; see :mod:`lmforge.training.schedule`),
+and warm-up ends after at most a tenth of it (``train.warmup_fraction``).
 
 Example:
     >>> choice = choose_translation_preset(120.0, device="cpu")
@@ -97,7 +99,8 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
     if budget is None:
         why = f"a step or epoch budget on {where}"
     else:
-        why = f"{budget:g} s of training ({'given' if time_budget is not None else 'the default when none is given'}) on {where}"
+        given = "given" if time_budget is not None else "the default when none is given"
+        why = f"{budget:g} s of training ({given}) on {where}"
         if busy:
             why += (f" busy with other work (load average {load[0]:.1f} on {load[1]} cores: about "
                     f"{budget * share:.0f} s of an idle machine's compute)")
