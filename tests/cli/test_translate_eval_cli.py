@@ -188,3 +188,43 @@ def test_lstm_attention_heatmaps(runs, tmp_path, capsys, monkeypatch) -> None:
     assert (tmp_path / "hyp.txt").read_text() == plain.read_text()  # the same translations either way
     assert main(["translate", runs["b"], "--input", runs["src"], "--attention-plot", str(out_dir), "--head", "2"]) != 0
     assert "out of range" in capsys.readouterr().err
+
+
+def test_transformer_cross_attention_heatmaps(runs, tmp_path, capsys, monkeypatch) -> None:
+    from lmforge.inference.attention_maps import attention_maps
+    from lmforge.inference.translate import Translator
+
+    monkeypatch.chdir(tmp_path)
+    tr = Translator.load(runs["a"], device="cpu")
+    text = SOURCES[3]
+    src = torch.tensor([[*tr.src_tokenizer.encode(text), tr.src_tokenizer.eos_id]])
+    hyp = tr.translate_ids([text], beam=1)[0]
+    tgt_in = torch.tensor([[tr.tgt_tokenizer.bos_id, *hyp]])
+    with torch.no_grad():
+        plain = tr.model(src, tgt_in)  # the fused kernel, no weights
+        weights = tr.model.cross_attention_weights(src, tgt_in)  # (B, layers, heads, T, S), explicit softmax
+        again = tr.model(src, tgt_in)
+    assert weights.shape == (1, 1, 2, len(hyp) + 1, src.size(1))
+    assert torch.allclose(again, plain)  # capturing leaves the model as it was
+    # the captured weights are the ones the model uses: its cross-attention output recomputed from them
+    layer = tr.model.decoder_layers[0].cross_attn
+    assert layer.capture_weights is False and getattr(layer, "last_weights", None) is None
+    layer.capture_weights = True
+    try:
+        with torch.no_grad():
+            explicit = tr.model(src, tgt_in)
+    finally:
+        layer.capture_weights, layer.last_weights = False, None
+    assert torch.allclose(explicit, plain, atol=1e-5)
+    mean_map = attention_maps(tr, [text], beam=1)[0]
+    _check_map(mean_map, tr, text)
+    assert mean_map.what == "cross-attention, layer 1 of 1, mean of 2 heads"
+    assert abs(mean_map.weights - weights[0, 0].mean(0).numpy()).max() < 1e-6
+    head2 = attention_maps(tr, [text], beam=1, layer=1, head=2)[0]
+    assert abs(head2.weights - weights[0, 0, 1].numpy()).max() < 1e-6 and "head 2 of 2" in head2.what
+    out_dir = tmp_path / "plots"
+    assert main(["translate", runs["a"], "--input", runs["src"], "--attention-plot", str(out_dir), "--layer", "1",
+                 "--head", "1", "--output", str(tmp_path / "hyp.txt")]) == 0
+    assert len(list(out_dir.glob("*.png"))) == 30
+    assert main(["translate", runs["a"], "--input", runs["src"], "--attention-plot", str(out_dir), "--layer", "3"]) != 0
+    assert "--layer 3 is out of range: this model has 1 attention layer(s)" in capsys.readouterr().err
