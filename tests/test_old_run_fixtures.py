@@ -51,7 +51,7 @@ def test_old_translation_runs_load_and_translate(name: str) -> None:
 
 
 def test_old_model_folder_loads() -> None:
-    from lmforge.models.io import load_model
+    from lmforge.models.run_folder import load_model
 
     tensors, _ = _expected("model_folder_lstm")
     model = load_model(OLD / "model_folder_lstm")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.config import Seq2SeqLSTMConfig, Seq2SeqTransformerConfig
-from lmforge.inference.search import beam_search, greedy_search, length_penalty, sample_search
+from lmforge.inference.beam_search import beam_search, greedy_search, length_penalty, sample_search
 from lmforge.models import build_model
 
 BOS, EOS, A, B = 0, 1, 2, 3  # ids of the table model

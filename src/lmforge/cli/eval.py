@@ -57,13 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if is_translation:
         if not (args.src and args.ref):
             raise ConfigError("a translation run is evaluated on aligned files: pass --src FILE --ref FILE")
-        try:
-            from lmforge.training import translate_run
-        except ImportError:
-            raise ConfigError("translation evaluation is not available (lmforge.training.translate_run is missing)") from None
-        figs = translate_run.evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
+        from lmforge.workflows.translate_run import evaluate_translation
+
+        figs = evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
     else:
-        from lmforge.training.lm_run import evaluate_run
+        from lmforge.workflows.lm_run import evaluate_run
 
         figs = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device)
     if args.json:

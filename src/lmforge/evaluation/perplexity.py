@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lmforge.data import IGNORE_INDEX, iter_eval_batches
 
 __all__ = ["evaluate_lm", "lm_figures"]
 
@@ -71,7 +72,6 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
         >>> figs = evaluate_lm(model, data.val, data.meta["val"], 64, 32)  # doctest: +SKIP
         >>> round(figs["bits_per_char"], 3)  # doctest: +SKIP
     """
-    from lmforge.data import IGNORE_INDEX, iter_eval_batches
 
     if device is None:
         device = next(model.parameters()).device

@@ -23,7 +23,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.inference.generation import Completion, TextChunk, generate, stream
 from lmforge.inference.sampling import SamplingParams
 from lmforge.registry import Registry
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
 __all__ = [
     "ChatTemplate",

@@ -16,7 +16,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from lmforge.inference.search import beam_search, greedy_search, sample_search
+from lmforge.data.pair_batching import encode_source
+from lmforge.errors import CheckpointError
+from lmforge.inference.beam_search import beam_search, greedy_search, sample_search
+from lmforge.training.checkpoint import load_run
 
 __all__ = ["Translator"]
 
@@ -60,8 +63,6 @@ class Translator:
         Raises:
             CheckpointError: the folder is missing, damaged, or not a translation run.
         """
-        from lmforge.errors import CheckpointError
-        from lmforge.training.checkpoint import load_run
 
         run = load_run(run_dir, device=_resolve_device(device), weights=weights)
         if run.config.task != "translate":
@@ -76,7 +77,6 @@ class Translator:
         return next(self.model.parameters()).device
 
     def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
-        from lmforge.data.pair_batching import encode_source
 
         ids = [encode_source(self.src_tokenizer, t) for t in texts]
         order = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: len(ids[i]))

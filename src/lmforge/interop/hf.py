@@ -19,7 +19,8 @@ from torch import nn
 
 from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import ConfigError
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.models.run_folder import load_model
+from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = ["llama_incompatibilities", "llama_config", "llama_state_dict", "export_hf", "export_model_dir"]
 
@@ -155,7 +156,6 @@ def export_hf(model: nn.Module, out_dir: str | Path, dtype: torch.dtype = torch.
 
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Exports a model folder (``save_model``) or a run folder to a Llama-format folder; see :func:`export_hf`."""
-    from lmforge.models.io import load_model
 
     model = load_model(model_dir)
     return export_hf(model, out_dir, dtype)

@@ -32,7 +32,10 @@ from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.models import build_model
+from lmforge.models.run_folder import load_weights, save_weights
+from lmforge.tokenizers import load_tokenizer
+from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = [
     "Run", "save_run", "load_run", "save_trainer_state", "load_trainer_state", "file_sha256",
@@ -96,16 +99,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# --- weights (through lmforge.models.io: safetensors, tied weights kept, family/vocab checks) ---
+# --- weights (through lmforge.models.run_folder: safetensors, tied weights kept, family/vocab checks) ---
 
 def _save_weights(model: nn.Module, path: Path) -> None:
-    from lmforge.models.io import save_weights
 
     save_weights(unwrap_model(model), path)
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
-    from lmforge.models.io import load_weights
 
     load_weights(model, path)
 
@@ -219,7 +220,6 @@ def _load_config(run_dir: Path) -> RunConfig:
 
 
 def _load_tokenizer_file(path: Path) -> Any:
-    from lmforge.tokenizers import load_tokenizer
 
     return load_tokenizer(path)
 
@@ -239,7 +239,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         CheckpointError: a missing folder or file, a damaged config, truncated or corrupted weights, or weights
             from another model family or vocabulary.
     """
-    from lmforge.models import build_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -18,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.data import sample_batch
+from lmforge.data.lm_dataset import _check
 from lmforge.errors import ConfigError
+from lmforge.evaluation.perplexity import evaluate_lm, lm_figures
 
 __all__ = ["Task", "LMTask", "micro_batch_rows"]
 
@@ -89,7 +92,6 @@ class LMTask:
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
                  label_smoothing: float = 0.0) -> None:
-        from lmforge.data.lm_dataset import _check
 
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
         _check(val_tokens, block_size, 1, 2, "validation split")
@@ -112,7 +114,6 @@ class LMTask:
         self.rows = micro_batch_rows(self.batch_size, world_size, grad_accum)
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from lmforge.data import sample_batch
 
         x, y = sample_batch(self.train_tokens, self.block_size, self.batch_size, self.generator)  # (B, T) global
         self.steps_drawn += 1
@@ -140,7 +141,6 @@ class LMTask:
 
     def evaluate(self, model: torch.nn.Module, max_batches: Optional[int] = None,
                  autocast: Any = None) -> dict[str, Any]:
-        from lmforge.evaluation.perplexity import evaluate_lm, lm_figures
 
         if max_batches is None:
             return evaluate_lm(model, self.val_tokens, self.val_meta, self.block_size, self.eval_batch_size,

@@ -31,12 +31,14 @@ import torch
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.training import checkpoint as ckpt
-from lmforge.training.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, wrap_ddp
-from lmforge.training.logging import MetricsLog
+from lmforge.training.distributed import all_reduce_sum, cleanup, DistInfo, init_distributed, wrap_ddp
+from lmforge.training.metrics_log import MetricsLog
 from lmforge.training.optim import build_optimizer
+from lmforge.training.plots import plot_losses
 from lmforge.training.precision import resolve_device, resolve_precision
 from lmforge.training.schedule import LRSchedule
-from lmforge.training.tasks import Task, epochs_to_steps
+from lmforge.training.tasks import epochs_to_steps, Task
+from lmforge.utils.files import atomic_write_json
 
 __all__ = ["Trainer", "TrainingError", "count_parameters"]
 
@@ -381,12 +383,10 @@ class Trainer:
         if tb is not None:
             tb.close()
         if self.run_dir is not None:
-            from lmforge.utils.io import atomic_write_json
 
             atomic_write_json(self.run_dir / ckpt.SUMMARY_FILE, summary)
             if metrics is not None:
                 try:
-                    from lmforge.training.plots import plot_losses
 
                     plot_losses(metrics.records(), self.run_dir / "loss.png", title=f"{self.config.model.family}")
                 except Exception as err:  # a figure must never lose a finished run

@@ -13,7 +13,7 @@ import sacrebleu
 from lmforge.config import RunConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.inference.translate import Translator
-from lmforge.training.translate_run import evaluate_translation, train_translation
+from lmforge.workflows.translate_run import evaluate_translation, train_translation
 
 LETTERS = "abcdefghijklmnop"
 
@@ -123,7 +123,7 @@ def test_separate_vocabularies_and_input_errors(tmp_path) -> None:
 
 def test_a_user_config_without_a_tokenizer_kind_still_gets_bpe(tmp_path) -> None:
     from lmforge.tokenizers import BPETokenizer
-    from lmforge.training.translate_run import prepare_translation_run
+    from lmforge.workflows.translate_run import prepare_translation_run
 
     pairs = _reverse_pairs(60, 5)
     cfg = RunConfig.parse({"task": "translate", "out_dir": str(tmp_path / "run"), "tokenizer": {"vocab_size": 300},

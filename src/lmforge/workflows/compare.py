@@ -7,7 +7,7 @@ that loads the saved run, so the peak memory of one phase or one model never lea
 process's allocator keeps freed memory, and the RSS high-water mark is per process). ``isolate=False`` runs
 everything in this process instead (faster, for debugging; the memory figures then depend on the order).
 
-The per-model work (training, measuring) lives in :mod:`lmforge.evaluation.compare_workers`. The result is a
+The per-model work (training, measuring) lives in :mod:`lmforge.workflows.compare_workers`. The result is a
 plain dict (see :mod:`lmforge.evaluation.report`), written by
 :func:`~lmforge.evaluation.report.write_report`.
 """
@@ -23,9 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lmforge.config import PRESETS, RunConfig, get_preset, read_config_file
+from lmforge.config import get_preset, PRESETS, read_config_file, RunConfig
+from lmforge.data import prepare_lm_data, read_documents, split_documents
 from lmforge.errors import ConfigError
-from lmforge.evaluation.compare_workers import capped_warmup, measure_worker, run_job, train_worker
+from lmforge.evaluation.metrics import machine_info
+from lmforge.tokenizers import train_tokenizer
+from lmforge.training.precision import resolve_device
+from lmforge.workflows.compare_workers import capped_warmup, measure_worker, run_job, train_worker
 
 __all__ = ["CompareSettings", "ALIASES", "resolve_models", "run_compare", "shared_target"]
 
@@ -139,8 +143,6 @@ def _time_to(points: list[dict], target: float) -> Optional[dict]:
 
 # ------------------------------------------------------------------------------------------------ the driver
 def _prepare(settings: CompareSettings, out_dir: Path, val_fraction: float) -> tuple[Any, list[str], dict]:
-    from lmforge.data import prepare_lm_data, read_documents, split_documents
-    from lmforge.tokenizers import train_tokenizer
 
     docs = read_documents(settings.data)
     train_docs, val_docs = split_documents(docs, val_fraction=val_fraction)
@@ -168,8 +170,6 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
     Returns:
         The report (see :mod:`lmforge.evaluation.report`); the runs are under ``out_dir/runs/<name>``.
     """
-    from lmforge.evaluation.metrics import machine_info
-    from lmforge.training.precision import resolve_device
 
     if settings.budget_tokens is None and settings.budget_seconds is None:
         settings.budget_seconds = 300.0

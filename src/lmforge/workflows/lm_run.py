@@ -14,8 +14,18 @@ from typing import Any, Optional
 import torch
 
 from lmforge.config import RunConfig
+from lmforge.data import encode_documents, prepare_lm_data, read_documents, split_documents
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.evaluation.perplexity import evaluate_lm
+from lmforge.inference.generation import generate
+from lmforge.inference.sampling import SamplingParams
+from lmforge.models import build_model
+from lmforge.tokenizers import load_tokenizer, train_tokenizer
 from lmforge.training import checkpoint as ckpt
+from lmforge.training.distributed import current_dist, main_first, process_group, shared_tokenizer
+from lmforge.training.precision import resolve_device
+from lmforge.training.tasks import LMTask
+from lmforge.training.trainer import Trainer
 
 __all__ = ["LMRun", "prepare_lm_run", "train_lm", "evaluate_run", "sample_text"]
 
@@ -50,10 +60,6 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     Returns:
         An :class:`LMRun` whose ``config`` is the resolved one that will be saved.
     """
-    from lmforge.data import prepare_lm_data, read_documents, split_documents
-    from lmforge.models import build_model
-    from lmforge.tokenizers import load_tokenizer, train_tokenizer
-    from lmforge.training.distributed import current_dist, main_first, shared_tokenizer
 
     if config.task != "lm":
         raise ConfigError(f"task {config.task!r} is not a language-model run; use --task translate for translation")
@@ -102,10 +108,6 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
     Returns:
         The summary (as in ``summary.json``), plus ``run_dir`` and ``sample``.
     """
-    from lmforge.training.distributed import process_group
-    from lmforge.training.precision import resolve_device
-    from lmforge.training.tasks import LMTask
-    from lmforge.training.trainer import Trainer
 
     with process_group(resolve_device(config.train.device)):  # joined before the data: rank 0 prepares it
         run = prepare_lm_run(config, resume=resume)
@@ -123,12 +125,7 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
 
 def sample_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float = 0.8,
                 top_k: Optional[int] = 40, seed: int = 0) -> str:
-    """A sample continuation of ``prompt`` (through ``lmforge.inference`` when available)."""
-    try:
-        from lmforge.inference.generation import generate
-        from lmforge.inference.sampling import SamplingParams
-    except ImportError:
-        return _sample_simple(model, tokenizer, prompt, max_new_tokens, temperature, top_k, seed)
+    """A sample continuation of ``prompt``."""
     params = SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
     was_training = model.training
     model.eval()
@@ -139,32 +136,6 @@ def sample_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tok
 
 
 @torch.no_grad()
-def _sample_simple(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float,
-                   top_k: Optional[int], seed: int) -> str:
-    # Plain re-encoding sampler used only when lmforge.inference is not installed.
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    ids = tokenizer.encode(prompt) or [tokenizer.bos_id]
-    context = getattr(model, "max_context", None) or 256
-    out: list[int] = []
-    try:
-        for _ in range(max_new_tokens):
-            x = torch.tensor([(ids + out)[-context:]], device=device)  # (1, T)
-            logits = model(x)[0][0, -1].float().cpu() / max(temperature, 1e-6)  # (V,)
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                logits[logits < kth] = -float("inf")
-            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-            if nxt == tokenizer.eos_id:
-                break
-            out.append(nxt)
-    finally:
-        model.train(was_training)
-    return tokenizer.decode(out)
-
-
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, split: str = "val", batch_size: Optional[int] = None,
                  device: str = "cpu") -> dict:
     """Scores a language-model run: loss, perplexity, bits per character and per byte, tokens and tokens/s.
@@ -180,8 +151,6 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, split: str = "
     Returns:
         The figures of :func:`~lmforge.evaluation.perplexity.evaluate_lm` plus ``run``, ``data`` and ``split``.
     """
-    from lmforge.data import encode_documents, read_documents, split_documents
-    from lmforge.evaluation.perplexity import evaluate_lm
 
     run = ckpt.load_run(run_dir, device=device)
     cfg = run.config

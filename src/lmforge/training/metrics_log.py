@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lmforge.utils.io import atomic_write_text
+from lmforge.utils.files import atomic_write_text
 
 __all__ = ["MetricsLog", "read_metrics"]
 

@@ -1,4 +1,4 @@
-"""Tests of ``lmforge compare`` (lmforge.evaluation.compare and the CLI): model resolution, the shared target,
+"""Tests of ``lmforge compare`` (lmforge.workflows.compare and the CLI): model resolution, the shared target,
 and the whole command end to end on the bundled corpus with tiny presets."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 
 from lmforge.cli.main import main
 from lmforge.errors import ConfigError
-from lmforge.evaluation.compare import resolve_models, shared_target
-from lmforge.evaluation.compare import _time_to as time_to
+from lmforge.workflows.compare import resolve_models, shared_target
+from lmforge.workflows.compare import _time_to as time_to
 from lmforge.evaluation.report import METRICS
 
 

@@ -31,8 +31,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lmforge.config.base import read_config_file
+from lmforge.config.model import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.models.registry import _resolve, build_model, MODELS
+from lmforge.tokenizers import load_tokenizer
+from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = [
     "save_weights",
@@ -330,7 +334,6 @@ def save_model(model: nn.Module, directory: str | Path, tokenizer: Any = None) -
 
 def _read_model_config(directory: Path) -> Any:
     """The model config in ``directory``: config.json, or config.yaml (a bare model config or a RunConfig)."""
-    from lmforge.config.base import read_config_file
 
     for name in (CONFIG_FILE, "config.yaml", "config.yml"):
         if (directory / name).is_file():
@@ -352,8 +355,6 @@ def config_class_for(family: str) -> type:
     """
     import typing
 
-    from lmforge.config.model import ModelConfig
-    from lmforge.models.registry import MODELS, _resolve
 
     config_class = getattr(_resolve(MODELS.get(family)), "config_class", None)
     if config_class is not None:
@@ -385,7 +386,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     Raises:
         CheckpointError: a missing folder or file, or weights that do not match the config.
     """
-    from lmforge.models.registry import build_model
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -399,7 +399,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     model.eval()
     tokenizer = None
     if (directory / TOKENIZER_FILE).is_file():
-        from lmforge.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
     model.tokenizer = tokenizer

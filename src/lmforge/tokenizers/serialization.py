@@ -9,7 +9,10 @@ from typing import Any, Iterable
 
 from lmforge.errors import ConfigError, TokenizerError
 from lmforge.registry import Registry
-from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, Tokenizer, resolve_tokenizer_path
+from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, resolve_tokenizer_path, Tokenizer
+from lmforge.tokenizers.bpe import BPETokenizer
+from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = ["TOKENIZERS", "train_tokenizer", "load_tokenizer", "tokenizer_from_dict"]
 
@@ -18,9 +21,6 @@ TOKENIZERS: Registry[Any] = Registry("tokenizer kind")
 
 
 def _register() -> None:
-    from lmforge.tokenizers.bpe import BPETokenizer
-    from lmforge.tokenizers.char import CharTokenizer
-    from lmforge.tokenizers.word import WordTokenizer
 
     for cls in (CharTokenizer, BPETokenizer, WordTokenizer):
         TOKENIZERS.add(cls.kind, cls)

@@ -2,7 +2,7 @@
 
 :func:`run_job` runs :func:`train_worker` or :func:`measure_worker` in a fresh process (``spawn``) when isolated,
 so that one phase's or one model's peak memory never leaks into another's figure (see
-:mod:`lmforge.evaluation.compare`, which builds the jobs). A job is a plain, picklable dict.
+:mod:`lmforge.workflows.compare`, which builds the jobs). A job is a plain, picklable dict.
 """
 
 from __future__ import annotations
@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmforge.config import RunConfig
+from lmforge.data import prepare_lm_data, read_documents, split_documents
+from lmforge.evaluation import metrics as M
+from lmforge.evaluation.metrics import _sync, PeakMemory, time_call
+from lmforge.inference.generation import generate
+from lmforge.inference.sampling import SamplingParams
+from lmforge.models import build_model
+from lmforge.tokenizers import load_tokenizer
+from lmforge.training.checkpoint import load_run
+from lmforge.training.precision import resolve_device
+from lmforge.training.tasks import LMTask
+from lmforge.training.trainer import Trainer
 
 __all__ = ["train_worker", "measure_worker", "run_job", "capped_warmup"]
 
@@ -35,8 +46,6 @@ def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
     """The shared tokenizer, the token cache, and the (possibly shortened) validation split with its lengths."""
     import numpy as np
 
-    from lmforge.data import prepare_lm_data, read_documents, split_documents
-    from lmforge.tokenizers import load_tokenizer
 
     tok = load_tokenizer(job["tokenizer_path"])
     train_docs, val_docs = split_documents(read_documents(job["data"]), val_fraction=job["val_fraction"])
@@ -53,7 +62,6 @@ def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> 
     """Median seconds of a forward + backward pass on a training batch (weights are not changed)."""
     import time
 
-    from lmforge.evaluation.metrics import _sync
 
     model.to(device).train()
     task.setup(device=device, rank=0, world_size=1, grad_accum=1)
@@ -80,11 +88,6 @@ def train_worker(job: dict) -> dict:
     """Trains one model (in its own process when isolated) and returns its training figures and curve."""
     import torch
 
-    from lmforge.evaluation.metrics import PeakMemory
-    from lmforge.models import build_model
-    from lmforge.training.precision import resolve_device
-    from lmforge.training.tasks import LMTask
-    from lmforge.training.trainer import Trainer
 
     _setup_worker(job)
     name = job["name"]
@@ -122,9 +125,6 @@ def train_worker(job: dict) -> dict:
 
 def measure_worker(job: dict) -> dict:
     """Loads a trained run (in its own process when isolated) and measures latency, generation and memory."""
-    from lmforge.evaluation import metrics as M
-    from lmforge.training.checkpoint import load_run
-    from lmforge.training.precision import resolve_device
 
     _setup_worker(job)
     device = resolve_device(job["device"])
@@ -159,9 +159,6 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 def _generation_speed(model: Any, tok: Any, batch: int, job: dict, device: Any) -> float:
-    from lmforge.evaluation.metrics import time_call
-    from lmforge.inference.generation import generate
-    from lmforge.inference.sampling import SamplingParams
 
     params = SamplingParams(temperature=1.0, max_new_tokens=job["gen_tokens"], ignore_eos=True, seed=job["seed"])
     prompts = [job["prompts"][0]] * batch
@@ -175,8 +172,6 @@ def _generation_speed(model: Any, tok: Any, batch: int, job: dict, device: Any) 
 
 
 def _samples(model: Any, tok: Any, job: dict) -> list[dict]:
-    from lmforge.inference.generation import generate
-    from lmforge.inference.sampling import SamplingParams
 
     params = SamplingParams(temperature=0.8, top_k=None, max_new_tokens=job["sample_tokens"], seed=job["seed"])
     done = generate(model, tok, job["prompts"], params)

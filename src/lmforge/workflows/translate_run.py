@@ -15,8 +15,20 @@ from typing import Any, Optional
 import torch
 
 from lmforge.config import RunConfig
+from lmforge.data.pair_batching import encode_pairs, filter_pairs
+from lmforge.data.parallel import read_parallel
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.evaluation.translation import evaluate_translator
+from lmforge.inference.translate import Translator
+from lmforge.models import build_model
+from lmforge.tokenizers import load_tokenizer, train_tokenizer
 from lmforge.training import checkpoint as ckpt
+from lmforge.training.distributed import current_dist, main_first, process_group, shared_tokenizer
+from lmforge.training.precision import resolve_device
+from lmforge.training.tasks_translate import TranslationTask
+from lmforge.training.trainer import Trainer
+from lmforge.utils.files import atomic_write_json, atomic_write_text
+from lmforge.workflows.lm_run import _cache_dir
 
 __all__ = ["TranslationRun", "prepare_translation_run", "train_translation", "evaluate_translation"]
 
@@ -47,7 +59,6 @@ class TranslationRun:
 
 
 def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    from lmforge.data.parallel import read_parallel
 
     d = config.data
     if not d.src:
@@ -62,9 +73,6 @@ def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 
 def _tokenizers(config: RunConfig, train: list[tuple[str, str]], run_dir: Path, resume: bool) -> tuple[Any, Any]:
-    from lmforge.tokenizers import load_tokenizer, train_tokenizer
-    from lmforge.training.distributed import current_dist, shared_tokenizer
-    from lmforge.training.lm_run import _cache_dir
 
     if resume:
         run = run_dir / ckpt.TOKENIZER_FILE
@@ -96,10 +104,6 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
     The model's vocabulary sizes (and ``pad_idx``) are set from the tokenizers; training pairs longer than
     ``data.max_len`` tokens (or the model's ``max_len``) on either side are dropped.
     """
-    from lmforge.data.pair_batching import encode_pairs, filter_pairs
-    from lmforge.models import build_model
-    from lmforge.training.distributed import current_dist, main_first
-    from lmforge.training.tasks_translate import TranslationTask
 
     if config.task != "translate":
         raise ConfigError(f"task {config.task!r} is not a translation run; pass --task translate")
@@ -149,9 +153,6 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
         The trainer's summary (``val_loss``, ``val_ppl``, ``val_bleu``, ``val_chrf`` (greedy, on the validation
         pairs), ...), plus ``run_dir`` and ``sample`` (a few validation translations).
     """
-    from lmforge.training.distributed import process_group
-    from lmforge.training.precision import resolve_device
-    from lmforge.training.trainer import Trainer
 
     with process_group(resolve_device(config.train.device)):  # joined first: rank 0 alone trains the tokenizers
         run = prepare_translation_run(config, resume=resume)
@@ -162,7 +163,6 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
     summary["train_pairs"] = len(run.task.train_src)
     summary["train_target_tokens"] = sum(len(t) + 1 for t in run.task.train_tgt)  # per epoch, with <eos>
     if trainer.dist.is_main and not summary.get("interrupted"):
-        from lmforge.inference.translate import Translator
 
         shown = run.val_pairs[:3]
         hyps = Translator(trainer.raw, run.src_tokenizer, run.tgt_tokenizer).translate([s for s, _ in shown], beam=1)
@@ -186,10 +186,6 @@ def evaluate_translation(run_dir: str | Path, src: str | Path, ref: str | Path, 
     Raises:
         CheckpointError: not a translation run folder. DataError: unreadable or misaligned files.
     """
-    from lmforge.data.parallel import read_parallel
-    from lmforge.evaluation.translation import evaluate_translator
-    from lmforge.inference.translate import Translator
-    from lmforge.utils.io import atomic_write_json, atomic_write_text
 
     translator = Translator.load(run_dir, device=device)
     pairs = read_parallel(src, ref)

@@ -8,7 +8,7 @@ Each class here *is* an lmforge model (a subclass), built from keyword arguments
 * :class:`SimpleTransformer_LM` -> :class:`~lmforge.models.transformer.Transformer` (the ``transformer-classic``
   preset's layout: sinusoidal positions, post-norm LayerNorm, ReLU MLP, embeddings scaled by sqrt(d_model))
 
-So everything lmforge does with its models (``lmforge.models.io``, generation, ``Embedder``) works on them, and
+So everything lmforge does with its models (``lmforge.models.run_folder``, generation, ``Embedder``) works on them, and
 ``torch.save(model.state_dict())`` / ``load_state_dict`` and ``model.to(device)`` behave as for any module. The
 two language-model classes change only ``forward`` to the classic signatures; lmforge's generation and embedding
 code use the protocol methods (``init_state``/``step``/``hidden_states``), which they inherit unchanged.
@@ -31,6 +31,7 @@ from lmforge.config.lstm import LSTMConfig
 from lmforge.config.presets import get_preset
 from lmforge.config.seq2seq import Seq2SeqTransformerConfig
 from lmforge.config.transformer import TransformerConfig
+from lmforge.inference.generation import generate_ids
 from lmforge.models.lstm import LSTMLanguageModel, LSTMState
 from lmforge.models.seq2seq.lstm import Seq2SeqLSTM
 from lmforge.models.seq2seq.transformer import Seq2SeqTransformer
@@ -45,7 +46,6 @@ _TRANSFORMER_OVERRIDES = {"d_model": "d_model", "n_heads": "num_heads", "num_enc
 
 
 def _generate_ids(model: Any, start_tokens: Sequence[int], max_length: int, sampling: dict) -> list[int]:
-    from lmforge.inference.generation import generate_ids
 
     return generate_ids(model, list(start_tokens), max_new_tokens=max_length, **sampling)
 
@@ -57,7 +57,7 @@ class SimpleTransformer(Seq2SeqTransformer):
     ``[batch, src_len, d_model]``; ``model.decode(tgt, memory)`` -> logits. Padding (``pad_idx``) in the source is
     masked. It is a :class:`~lmforge.models.seq2seq.transformer.Seq2SeqTransformer` (RoPE in self-attention,
     pre-norm LayerNorm, tied target embedding and output layer by default), so lmforge's beam search and
-    ``lmforge.models.io`` work on it.
+    ``lmforge.models.run_folder`` work on it.
 
     Args:
         src_vocab_size: source vocabulary size.
