@@ -58,3 +58,15 @@ def test_old_model_folder_loads() -> None:
     with torch.no_grad():
         logits = model(tensors["input"])[0]
     torch.testing.assert_close(logits, tensors["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_one_loader_reads_a_model_folder_too() -> None:
+    """load_run (and so api.load) reads a save_model folder (config.json) as well as a run folder."""
+    from lmforge.models.run_folder import load_run
+
+    tensors, _ = _expected("model_folder_lstm")
+    run = load_run(OLD / "model_folder_lstm")
+    assert run.config.task == "lm" and run.config.model.family == "lstm" and run.tokenizer is not None
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(tensors["input"])[0], tensors["logits"], rtol=1e-5, atol=1e-5)
+    assert isinstance(api.load(OLD / "model_folder_lstm", device="cpu").generate("the", max_new_tokens=3), str)

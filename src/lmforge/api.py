@@ -32,7 +32,8 @@ from lmforge.inference.generation import generate, stream
 from lmforge.inference.retrieval import load_or_build_index, read_texts as _read, SearchIndex
 from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.translate import Translator
-from lmforge.training.checkpoint import load_run
+from lmforge.models.run_folder import load_run
+from lmforge.utils.device import resolve_device as _resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -45,17 +46,9 @@ __all__ = ["LM", "load", "resolve_device", "Translator", "chat_repl", "read_text
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"mps"`` when available, else ``"cpu"``."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    """``"auto"`` -> ``"cuda"`` when available, else ``"mps"`` when available, else ``"cpu"``; see
+    :func:`lmforge.utils.device.resolve_device`."""
+    return str(_resolve_device(device))
 
 
 class LM:

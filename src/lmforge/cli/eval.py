@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates the run and prints the figures."""
     from pathlib import Path
 
-    from lmforge.training.checkpoint import CONFIG_FILE
+    from lmforge.models.run_folder import RUN_CONFIG_FILE as CONFIG_FILE
 
     config_path = Path(args.run_dir) / CONFIG_FILE
     is_translation = bool(args.src or args.ref)

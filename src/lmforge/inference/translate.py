@@ -19,18 +19,13 @@ import torch
 from lmforge.data.pair_batching import encode_source
 from lmforge.errors import CheckpointError
 from lmforge.inference.beam_search import beam_search, greedy_search, sample_search
-from lmforge.training.checkpoint import load_run
+from lmforge.models.run_folder import load_run
+from lmforge.utils.device import resolve_device
 
 __all__ = ["Translator"]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    return torch.device(device)
+
 
 
 class Translator:
@@ -64,7 +59,7 @@ class Translator:
             CheckpointError: the folder is missing, damaged, or not a translation run.
         """
 
-        run = load_run(run_dir, device=_resolve_device(device), weights=weights)
+        run = load_run(run_dir, device=resolve_device(device), weights=weights)
         if run.config.task != "translate":
             raise CheckpointError(f"{run_dir} is a {run.config.task!r} run, not a translation run; load it with lmforge.api.LM.load")
         if run.src_tokenizer is None:

@@ -1,300 +1,100 @@
-"""Saving and loading models: safetensors weights plus a ``config.json``; nothing is ever unpickled.
+"""The run-folder format, in one place: what a saved model folder holds and the one loader, :func:`load_run`.
 
-A model folder holds::
+Two kinds of folder, both loaded by :func:`load_run`:
 
-    config.json          the model config (``{"family": ..., ...}``)
-    model.safetensors    the weights; its metadata records the family, the config and a checksum
-    tokenizer.json       when a tokenizer was attached
+* a **run folder** (``lmforge train``, ``lmforge finetune``, :func:`save_run`)::
 
-Tied weights (one tensor under two names) are stored once and their other names are recorded in the metadata;
-the model being loaded into ties them itself, so they stay tied. Loading checks the family, the vocabulary and
-every tensor's shape first, and turns each mismatch into a :class:`~lmforge.errors.CheckpointError` that names
-both sides and the fix. The functions work for any ``nn.Module`` with a ``config`` attribute, so a family added
-through ``MODELS.add`` saves and loads without changes here.
+      config.yaml          the full resolved RunConfig (task, model, tokenizer, data, train)
+      model.safetensors    the last weights; best.safetensors: the best validation loss, when it differs
+      tokenizer.json       or src_tokenizer.json + tgt_tokenizer.json (a translation run with two vocabularies)
+      summary.json         the figures (``chat_template`` for fine-tuned chat models)
+      trainer_state.pt     optimizer, schedule and RNG states (written and read by lmforge.training.checkpoint)
+      metrics.jsonl, loss.png
+
+* a **model folder** (:func:`save_model`; what the chatbot entry points write)::
+
+      config.json          the model config (``{"family": ..., ...}``)
+      model.safetensors    the weights; their metadata records the family, the config and a checksum
+      tokenizer.json       when a tokenizer was attached
+
+Every file is written atomically (temporary file, then rename). Weights go through safetensors
+(:mod:`lmforge.models.weights`); nothing is ever unpickled here.
 
 Example:
-    >>> from lmforge.config import LSTMConfig
-    >>> from lmforge.models import build_model
-    >>> model = build_model(LSTMConfig(vocab_size=50, embedding_dim=16, hidden_dim=16, num_layers=1))
-    >>> save_model(model, "my-model")  # doctest: +SKIP
-    >>> same = load_model("my-model")  # doctest: +SKIP
+    >>> run = load_run("runs/latest")  # doctest: +SKIP
+    >>> run.model, run.tokenizer.vocab_size, run.summary["val_loss"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
+from lmforge.config import RunConfig
 from lmforge.config.base import read_config_file
 from lmforge.config.model import ModelConfig
-from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models.registry import _resolve, build_model, MODELS
+from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.models.registry import MODELS, _resolve, build_model
+from lmforge.models.weights import (
+    config_dict,
+    count_parameters,
+    file_sha256,
+    load_weights,
+    read_metadata,
+    save_weights,
+    unwrap_model,
+)
 from lmforge.tokenizers import load_tokenizer
+from lmforge.utils.device import resolve_device
 from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = [
-    "save_weights",
-    "load_weights",
-    "save_model",
-    "load_model",
-    "count_parameters",
-    "read_metadata",
-    "config_class_for",
-    "CONFIG_FILE",
-    "WEIGHTS_FILE",
-    "TOKENIZER_FILE",
+    "Run", "load_run", "save_run", "read_summary", "save_model", "load_model", "config_class_for",
+    "save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256",
+    "CONFIG_FILE", "RUN_CONFIG_FILE", "WEIGHTS_FILE", "BEST_WEIGHTS_FILE", "TOKENIZER_FILE", "SRC_TOKENIZER_FILE",
+    "TGT_TOKENIZER_FILE", "SUMMARY_FILE", "STATE_FILE",
 ]
 
-
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # a model folder's model config
+RUN_CONFIG_FILE = "config.yaml"  # a run folder's RunConfig
 WEIGHTS_FILE = "model.safetensors"
+BEST_WEIGHTS_FILE = "best.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
-_FORMAT = "lmforge"
+SRC_TOKENIZER_FILE = "src_tokenizer.json"
+TGT_TOKENIZER_FILE = "tgt_tokenizer.json"
+SUMMARY_FILE = "summary.json"
+STATE_FILE = "trainer_state.pt"  # written by lmforge.training.checkpoint
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+@dataclass
+class Run:
+    """A loaded run folder.
 
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """The number of parameters, each shared (tied) tensor counted once; works on the meta device too."""
-    return sum(p.numel() for p in _unwrap(model).parameters() if p.requires_grad or not trainable_only)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under ``torch.compile`` (``_orig_mod``) or DistributedDataParallel (``module``)."""
-    while True:
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def _config_dict(model: nn.Module) -> Optional[dict[str, Any]]:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if hasattr(config, "model_dump"):
-        return config.model_dump(mode="json")
-    return None
-
-
-def _describe(family: Optional[str], cfg: Optional[dict[str, Any]]) -> str:
-    """'an lstm model (vocab 65)' / 'a seq2seq_transformer model (vocab 8000 -> 8000)'."""
-    fam = family or "unknown-family"
-    article = "an" if fam[:1].lower() in "aeiou" or fam.lower().startswith(("lstm", "rnn")) else "a"  # "an LSTM"
-    return f"{article} {fam} model ({_vocab_text(cfg or {})})"
-
-
-def _vocab_text(cfg: dict[str, Any]) -> str:
-    if "vocab_size" in cfg:
-        return f"vocab {cfg['vocab_size']}"
-    if "src_vocab_size" in cfg:
-        return f"vocab {cfg['src_vocab_size']} -> {cfg.get('tgt_vocab_size')}"
-    return "vocab unknown"
-
-
-def _vocab_key(cfg: dict[str, Any]) -> Any:
-    return cfg.get("vocab_size", (cfg.get("src_vocab_size"), cfg.get("tgt_vocab_size")))
-
-
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    """The raw bytes of a contiguous CPU tensor of any dtype (bfloat16 included)."""
-    flat = t.reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_as_bytes(t))
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- weights
-
-
-def save_weights(model: nn.Module, path: str | Path, extra_metadata: Optional[dict[str, str]] = None) -> None:
-    """Writes the model's weights to a ``.safetensors`` file, atomically.
-
-    Tensors that share memory (tied weights) are written once; the metadata records their other names, the
-    model family, its config and a SHA-256 of the tensor data.
-
-    Args:
-        model: any ``nn.Module`` (a ``torch.compile``-d or DDP-wrapped one is unwrapped first).
-        path: the file to write.
-        extra_metadata: more string key/values for the safetensors header.
+    Attributes:
+        config: the run's :class:`RunConfig` (for a model folder, one built around its model config).
+        model: the model in eval mode on the requested device.
+        tokenizer: the tokenizer (for translation runs, the target-side one).
+        src_tokenizer: translation runs: the source-side tokenizer (the same object as ``tgt_tokenizer`` for a
+            joint vocabulary); ``None`` for language models.
+        tgt_tokenizer: translation runs: the target-side tokenizer; ``None`` for language models.
+        path: the run folder.
+        summary: the contents of ``summary.json``, or ``None`` when the run has none yet.
     """
-    from safetensors.torch import save_file
 
-    model = _unwrap(model)
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    for name, t in model.state_dict().items():
-        if t.device.type == "meta":
-            raise CheckpointError(f"cannot save {name}: the model is on the meta device; materialise it first (to_empty)")
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
-    cfg = _config_dict(model)
-    metadata = {
-        "format": _FORMAT,
-        "family": str((cfg or {}).get("family") or type(model).__name__),
-        "config": json.dumps(cfg) if cfg is not None else "null",
-        "aliases": json.dumps(aliases),
-        "sha256": _checksum(tensors),
-        **(extra_metadata or {}),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    config: RunConfig
+    model: nn.Module
+    tokenizer: Any
+    path: Path
+    summary: Optional[dict] = None
+    src_tokenizer: Any = None
+    tgt_tokenizer: Any = None
 
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The safetensors header metadata of ``path``, after checking that the file is complete.
-
-    Raises:
-        CheckpointError: the file is missing, not safetensors, truncated or has a corrupted header.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found; check the path, or train/save a model there first")
-    size = path.stat().st_size
-    fix = "re-save the model, or restore the file from a backup"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is truncated ({size} bytes, not even a safetensors header); {fix}")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise CheckpointError(
-                f"{path} is truncated or not a safetensors file (header claims {n:,} bytes, file has {size:,}); {fix}"
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a mapping")
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path} has a corrupted safetensors header ({err}); {fix}") from None
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise CheckpointError(f"{path} has a corrupted safetensors header (entry {name!r}); {fix}") from None
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path} is truncated: its tensors need {8 + n + end:,} bytes but the file has {size:,}; {fix}"
-        )
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
-
-
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Loads a ``.safetensors`` file written by :func:`save_weights` into ``model`` (in place) and returns it.
-
-    Args:
-        model: the model to fill; its parameters keep their device and dtype, and tied weights stay tied.
-        path: the weights file.
-        strict: every tensor of the model must be in the file and vice versa.
-
-    Raises:
-        CheckpointError: the file is missing, truncated or corrupted, holds another family or vocabulary, or
-            its tensors do not fit the model; the message names both sides and the fix.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta = read_metadata(path)
-    target = _unwrap(model)
-    want_cfg = _config_dict(target)
-    differs = _check_compatible(path, meta, want_cfg)
-    hint = f"it was saved with {differs}; " if differs else ""
-
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} could not be read ({err}); re-save the model or restore the file") from None
-    if "sha256" in meta and _checksum(tensors) != meta["sha256"]:
-        raise CheckpointError(f"{path} is corrupted (its checksum does not match its data); re-save the model or restore the file")
-    aliases = json.loads(meta.get("aliases", "{}") or "{}")
-    for alias, source in aliases.items():
-        if source in tensors:
-            tensors[alias] = tensors[source]
-
-    expected = target.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [
-        f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in expected
-        if k in tensors and tensors[k].shape != expected[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{path} does not fit this model: {len(wrong)} tensor(s) differ in shape, e.g. {'; '.join(wrong[:3])}; "
-            f"{hint}load it with the config it was saved with (config.json beside it)"
-        )
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(
-            f"{path} does not fit this model ({'; '.join(parts)}); {hint}load it with the config it was saved with"
-        )
-    target.load_state_dict(tensors, strict=strict)
-    return model
-
-
-def _check_compatible(path: Path, meta: dict[str, str], want_cfg: Optional[dict[str, Any]]) -> str:
-    """Raises on another family or vocabulary; returns the other config differences as text ('' if none)."""
-    if meta.get("format") != _FORMAT or want_cfg is None:
-        return ""  # a plain safetensors file, or a model without a config: the shape checks still apply
-    try:
-        have_cfg = json.loads(meta.get("config", "null"))
-    except ValueError:
-        raise CheckpointError(f"{path} has corrupted metadata (config); re-save the model") from None
-    have_family = meta.get("family")
-    want_family = want_cfg.get("family")
-    if have_cfg is None or not isinstance(have_cfg, dict):
-        return ""
-    if have_family != want_family or _vocab_key(have_cfg) != _vocab_key(want_cfg):
-        raise CheckpointError(
-            f"{path.name} holds {_describe(have_family, have_cfg)} but the config asks for "
-            f"{_describe(want_family, want_cfg)}; load it with its own config (config.json beside it, or "
-            f"`load_model` on its folder), or point to a checkpoint of the model you configured"
-        )
-    diffs = [
-        f"{k}={have_cfg[k]!r} (config: {want_cfg[k]!r})"
-        for k in sorted(set(have_cfg) & set(want_cfg))
-        if have_cfg[k] != want_cfg[k]
-    ]
-    return ", ".join(diffs)
-
-
-# ---------------------------------------------------------------------------------------------- folders
 
 
 def save_model(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
@@ -311,8 +111,8 @@ def save_model(model: nn.Module, directory: str | Path, tokenizer: Any = None) -
         The folder's path.
     """
     directory = Path(directory)
-    inner = _unwrap(model)
-    cfg = _config_dict(inner)
+    inner = unwrap_model(model)
+    cfg = config_dict(inner)
     if cfg is None:
         raise ConfigError(f"{type(inner).__name__} has no pydantic `config` attribute; save_model needs one (use save_weights)")
     if tokenizer is None:
@@ -334,7 +134,6 @@ def save_model(model: nn.Module, directory: str | Path, tokenizer: Any = None) -
 
 def _read_model_config(directory: Path) -> Any:
     """The model config in ``directory``: config.json, or config.yaml (a bare model config or a RunConfig)."""
-
     for name in (CONFIG_FILE, "config.yaml", "config.yml"):
         if (directory / name).is_file():
             data = read_config_file(directory / name)
@@ -353,9 +152,6 @@ def config_class_for(family: str) -> type:
         ConfigError: the family is not registered (the message lists the registered ones).
         CheckpointError: the family's module declares no ``config_class`` and is not built in.
     """
-    import typing
-
-
     config_class = getattr(_resolve(MODELS.get(family)), "config_class", None)
     if config_class is not None:
         return config_class
@@ -386,20 +182,126 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     Raises:
         CheckpointError: a missing folder or file, or weights that do not match the config.
     """
-
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} not found; check the path, or save/train a model there first")
     config = _read_model_config(directory)
     model = build_model(config)
     load_weights(model, directory / WEIGHTS_FILE)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to(resolve_device(device))
     model.eval()
     tokenizer = None
     if (directory / TOKENIZER_FILE).is_file():
-
         tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
     model.tokenizer = tokenizer
     return model
+
+
+def _tokenizer_files(tokenizers: Any) -> dict[str, Any]:
+    if tokenizers is None:
+        return {}
+    if isinstance(tokenizers, Mapping):
+        return dict(tokenizers)
+    return {TOKENIZER_FILE: tokenizers}
+
+
+def save_run(run_dir: str | Path, config: RunConfig, model: nn.Module, tokenizers: Any = None, *,
+             summary: Optional[dict] = None, weights_file: str = WEIGHTS_FILE) -> Path:
+    """Writes a run folder's config, tokenizer(s), weights and summary (each file atomically).
+
+    Args:
+        run_dir: the folder (created if missing).
+        config: the resolved run config, written to ``config.yaml``.
+        model: the model (DDP / compiled wrappers are unwrapped).
+        tokenizers: a tokenizer (written as ``tokenizer.json``) or a mapping file name -> tokenizer
+            (e.g. ``{"src_tokenizer.json": s, "tgt_tokenizer.json": t}``); ``None`` writes none.
+        summary: when given, written to ``summary.json``.
+        weights_file: the weights' file name (``best.safetensors`` for the best checkpoint).
+
+    Returns:
+        The run folder as a ``Path``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / RUN_CONFIG_FILE)
+    for name, tok in _tokenizer_files(tokenizers).items():
+        with atomic_path(run_dir / name) as tmp:
+            tok.save(tmp)
+    save_weights(unwrap_model(model), run_dir / weights_file)
+    if summary is not None:
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return run_dir
+
+
+def read_summary(run_dir: str | Path) -> Optional[dict]:
+    """``summary.json`` of a run folder, or ``None`` when missing or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _load_config(run_dir: Path) -> RunConfig:
+    path = run_dir / RUN_CONFIG_FILE
+    if not path.is_file():
+        if (run_dir / CONFIG_FILE).is_file():  # a model folder: its model config, as a run of its task
+            model = _read_model_config(run_dir)
+            task = "translate" if model.family.startswith("seq2seq") else "lm"
+            return RunConfig(task=task, model=model, out_dir=str(run_dir))
+        raise CheckpointError(f"{run_dir} is not an lmforge run folder (no {RUN_CONFIG_FILE}); pass a folder written by `lmforge train`")
+    try:
+        return RunConfig.from_yaml(path)
+    except ConfigError as err:
+        raise CheckpointError(f"{path} is not a valid run config ({err}); the run folder is damaged") from None
+
+
+def _tokenizers(run_dir: Path, task: str) -> tuple[Any, Any, Any]:
+    """(tokenizer, src_tokenizer, tgt_tokenizer) of a run folder."""
+    if (run_dir / SRC_TOKENIZER_FILE).is_file() or (run_dir / TGT_TOKENIZER_FILE).is_file():
+        src_tok = load_tokenizer(run_dir / SRC_TOKENIZER_FILE)
+        tgt_tok = load_tokenizer(run_dir / TGT_TOKENIZER_FILE)
+        return tgt_tok, src_tok, tgt_tok
+    if (run_dir / TOKENIZER_FILE).is_file():
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+        return (tokenizer, tokenizer, tokenizer) if task == "translate" else (tokenizer, None, None)
+    return None, None, None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "last") -> Run:
+    """Loads a run folder (``config.yaml``) or a model folder (``config.json``), as described above.
+
+    Args:
+        run_dir: the folder.
+        device: where to put the model (``"auto"``: see :func:`lmforge.utils.device.resolve_device`).
+        weights: ``"last"`` (``model.safetensors``) or ``"best"`` (``best.safetensors`` when present, else the last).
+
+    Returns:
+        A :class:`Run` with the model in eval mode.
+
+    Raises:
+        CheckpointError: a missing folder or file, a damaged config, truncated or corrupted weights, or weights
+            from another model family or vocabulary.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; pass a folder written by `lmforge train`")
+    config = _load_config(run_dir)
+    if weights not in ("last", "best"):
+        raise CheckpointError(f"unknown weights {weights!r}; choose 'last' or 'best'")
+    path = run_dir / WEIGHTS_FILE
+    if weights == "best" and (run_dir / BEST_WEIGHTS_FILE).is_file():
+        path = run_dir / BEST_WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {path.name}; the run did not save weights (train it again)")
+    tokenizer, src_tok, tgt_tok = _tokenizers(run_dir, config.task)
+    try:
+        model = build_model(config.model)
+    except LMForgeError:
+        raise
+    except Exception as err:  # a config that validates but cannot be built
+        raise CheckpointError(f"{run_dir}: the model in {RUN_CONFIG_FILE} cannot be built ({err})") from None
+    load_weights(model, path)
+    model.to(resolve_device(device))
+    model.eval()
+    return Run(config=config, model=model, tokenizer=tokenizer, path=run_dir, summary=read_summary(run_dir),
+               src_tokenizer=src_tok, tgt_tokenizer=tgt_tok)

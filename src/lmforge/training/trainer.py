@@ -30,6 +30,7 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.models.weights import count_parameters, load_weights
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import all_reduce_sum, cleanup, DistInfo, init_distributed, wrap_ddp
 from lmforge.training.metrics_log import MetricsLog
@@ -49,16 +50,6 @@ Progress = Callable[[dict], None]
 
 class TrainingError(LMForgeError):
     """Training cannot go on (for example, the loss keeps being NaN); the message says what to change."""
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Distinct trainable parameters (tied tensors counted once)."""
-    seen, n = set(), 0
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
 
 
 class _Interrupt:
@@ -174,7 +165,7 @@ class Trainer:
                 f"{self.run_dir} holds a {state.get('family')!r} run but the config asks for {self.config.model.family!r}; "
                 "resume with the run's own config.yaml"
             )
-        ckpt._load_weights(self.raw, weights)
+        load_weights(self.raw, weights)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
@@ -248,7 +239,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None) \
             if self.run_dir is not None and self.dist.is_main else None
         tb = self._tensorboard()
-        n_params = count_parameters(self.raw)
+        n_params = count_parameters(self.raw, trainable_only=True)
         self._emit("start", step=self.step, max_steps=self.max_steps, time_budget=tc.time_budget, parameters=n_params,
                    device=str(self.device), precision=self.precision.name, world_size=self.dist.world_size)
 

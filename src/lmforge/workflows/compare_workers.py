@@ -22,7 +22,7 @@ from lmforge.inference.generation import generate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
 from lmforge.tokenizers import load_tokenizer
-from lmforge.training.checkpoint import load_run
+from lmforge.models.run_folder import load_run
 from lmforge.training.precision import resolve_device
 from lmforge.training.tasks import LMTask
 from lmforge.training.trainer import Trainer

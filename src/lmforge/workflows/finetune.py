@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lmforge.errors import ConfigError
-from lmforge.training.checkpoint import load_run
+from lmforge.models.run_folder import load_run
 from lmforge.training.tasks_chat import ChatSFTTask, encode_conversations, read_conversations
 from lmforge.training.trainer import Trainer
 from lmforge.utils.files import atomic_write_json
