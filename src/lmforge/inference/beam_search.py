@@ -19,6 +19,8 @@ from typing import Any, Optional, Protocol, Sequence, Union
 import torch
 from torch import Tensor
 
+from lmforge.inference.sampling import filter_logits
+
 __all__ = [
     "Seq2SeqDecoder", "Hypothesis", "length_penalty", "greedy_search", "sample_search", "beam_search",
     "default_max_len",
@@ -138,19 +140,6 @@ def greedy_search(
     return out
 
 
-def _filter_logits(logits: Tensor, top_k: Optional[int], top_p: Optional[float]) -> Tensor:
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        # Nucleus sampling (arXiv:1904.09751): keep the smallest set of tokens whose mass reaches top_p.
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before a token already reaches top_p
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return logits
-
-
 @torch.no_grad()
 def sample_search(
     model: Any, src: Tensor, *, bos_id: int, eos_id: int, max_len: MaxLen = None,
@@ -170,7 +159,7 @@ def sample_search(
     alive = list(range(src.size(0)))
     for _ in range(max(limits, default=0)):
         logp, state = _step_logprobs(model, tok, state, banned_ids)
-        probs = _filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
+        probs = filter_logits(logp / temperature, top_k, top_p).softmax(dim=-1)
         nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(src.device)
         keep = [row for row, t in enumerate(nxt.tolist())
                 if t != eos_id and len(out[alive[row]]) < limits[alive[row]]]

@@ -12,7 +12,7 @@ data-parallel run follows the single-process run (to float tolerance).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lmforge.data import sample_batch
 from lmforge.data.lm_dataset import _check
 from lmforge.errors import ConfigError
-from lmforge.evaluation.perplexity import evaluate_lm, lm_figures
+from lmforge.evaluation.perplexity import evaluate_lm, lm_figures, score_batches
 
 __all__ = ["Task", "LMTask", "micro_batch_rows"]
 
@@ -147,31 +147,20 @@ class LMTask:
                                device=self.device, autocast=autocast)
         return self._quick_eval(model, max_batches, autocast, lm_figures)
 
-    @torch.no_grad()
     def _quick_eval(self, model: torch.nn.Module, max_batches: int, autocast: Any, lm_figures: Any) -> dict[str, Any]:
         # A fixed set of windows spread evenly over the validation split, so successive evaluations compare.
         n = len(self.val_tokens) - 1
         T = min(self.block_size, n)
         windows = min(max_batches * self.eval_batch_size, max(1, n // T))
         starts = np.linspace(0, n - T, windows).astype(np.int64)
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        try:
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for b in range(0, windows, self.eval_batch_size):
-                s = starts[b:b + self.eval_batch_size]
-                index = s[:, None] + np.arange(T + 1)[None, :]  # (B, T+1)
-                w = torch.from_numpy(np.asarray(self.val_tokens[index], dtype=np.int64)).to(self.device)
-                x, y = w[:, :-1], w[:, 1:]  # (B, T)
-                if autocast is not None:
-                    with autocast():
-                        logits, _ = model(x)
-                else:
-                    logits, _ = model(x)
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"))
-                count += y.numel()
-        finally:
-            model.train(was_training)
+                index = starts[b:b + self.eval_batch_size, None] + np.arange(T + 1)[None, :]  # (B, T+1)
+                w = torch.from_numpy(np.asarray(self.val_tokens[index], dtype=np.int64))
+                yield w[:, :-1], w[:, 1:]  # (B, T)
+
+        total, count = score_batches(model, batches(), self.device, autocast)
         return lm_figures(total, count, n, self.val_meta)
 
     def steps_per_epoch(self) -> float:
