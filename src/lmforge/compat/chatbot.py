@@ -32,11 +32,10 @@ from typing import Any, Iterable, Optional, TextIO, Union
 
 import torch
 
-from lmforge.config import RunConfig
 from lmforge.config.lstm import LSTMConfig
 from lmforge.config.presets import get_preset
 from lmforge.config.transformer import TransformerConfig as _TransformerConfig
-from lmforge.data import prepare_lm_data, read_documents, split_documents
+from lmforge.data import read_documents
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.inference.chat import ChatInterface as _ChatInterface, run_chat_repl
 from lmforge.inference.generation import generate
@@ -51,10 +50,9 @@ from lmforge.models.run_folder import (
     WEIGHTS_FILE,
 )
 from lmforge.models.transformer import Transformer
+from lmforge.compat.chatbot_parts import SIZES, BPETokenizer, TransformerConfig, Vocabulary, _unwrap_tokenizer
 from lmforge.tokenizers import load_tokenizer, train_tokenizer
-from lmforge.training.precision import resolve_device
-from lmforge.training.tasks import epochs_to_steps, LMTask
-from lmforge.training.trainer import Trainer
+from lmforge.workflows.chatbot_training import train_chatbot_model
 
 __all__ = ["TransformerConfig", "TransformerModel", "CustomAIModel", "BPETokenizer", "Vocabulary", "DatasetLoader",
            "TrainingPipeline", "ChatInterface", "DEFAULT_CHECKPOINT_DIR"]
@@ -62,127 +60,6 @@ __all__ = ["TransformerConfig", "TransformerModel", "CustomAIModel", "BPETokeniz
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_DIR = "models"
-_SIZES = ("tiny", "small", "medium", "large")
-
-
-# ---------------------------------------------------------------------------------------------- configs
-
-
-class TransformerConfig(_TransformerConfig):
-    """lmforge's :class:`~lmforge.config.TransformerConfig` with named sizes.
-
-    Parameter counts at a 5,000-token vocabulary (tied embeddings; RMSNorm, RoPE, SwiGLU, grouped-query
-    attention): ``tiny`` 496,704 (d_model 64, 4 layers), ``small`` 2,026,624 (d_model 128, 8 layers), ``medium``
-    8,207,616 (d_model 256, 10 layers), ``large`` 30,136,832 (d_model 512, 10 layers). Keyword ``overrides`` replace top-level
-    fields (``num_layers=2``); nested ones go through ``.with_overrides({"attention.num_heads": 2})``.
-    """
-
-    @classmethod
-    def _sized(cls, size: str, vocab_size: int, overrides: dict[str, Any]) -> "TransformerConfig":
-        data = get_preset(f"transformer-{size}")["model"]
-        data.update(overrides, vocab_size=vocab_size)
-        return cls.parse(data, source=f"TransformerConfig.{size}()")
-
-    @classmethod
-    def tiny(cls, vocab_size: int = 5000, **overrides: Any) -> "TransformerConfig":
-        """About 0.5M parameters at 5,000 tokens (for tests and demos)."""
-        return cls._sized("tiny", vocab_size, overrides)
-
-    @classmethod
-    def small(cls, vocab_size: int = 5000, **overrides: Any) -> "TransformerConfig":
-        """About 2M parameters at 5,000 tokens."""
-        return cls._sized("small", vocab_size, overrides)
-
-    @classmethod
-    def medium(cls, vocab_size: int = 5000, **overrides: Any) -> "TransformerConfig":
-        """About 8M parameters at 5,000 tokens."""
-        return cls._sized("medium", vocab_size, overrides)
-
-    @classmethod
-    def large(cls, vocab_size: int = 5000, **overrides: Any) -> "TransformerConfig":
-        """About 30M parameters at 5,000 tokens."""
-        return cls._sized("large", vocab_size, overrides)
-
-
-def _size_name(config: Any) -> str:
-    """The checkpoint folder name of a config: ``transformer-small``, ``lstm``, ``transformer-d96-l3``..."""
-    data = config.to_dict()
-    if config.family == "transformer":
-        for size in _SIZES:
-            if data == getattr(TransformerConfig, size)(vocab_size=config.vocab_size).to_dict():
-                return f"transformer-{size}"
-        return f"transformer-d{config.d_model}-l{config.num_layers}-h{config.attention.num_heads}"
-    if data == CustomAIModel.default_config(config.vocab_size).to_dict():
-        return "lstm"
-    return f"lstm-e{config.embedding_dim}-h{config.hidden_dim}-l{config.num_layers}"
-
-
-# ---------------------------------------------------------------------------------------------- tokenizers
-
-
-class _TextTokenizer:
-    """Trains an lmforge tokenizer of ``kind`` from text and then behaves as it (attributes are delegated)."""
-
-    kind = "bpe"
-
-    def __init__(self, vocab_size: int = 5000, min_frequency: int = 1, lowercase: bool = False) -> None:
-        self.requested_vocab_size = vocab_size
-        self.min_frequency = min_frequency
-        self.lowercase = lowercase
-        self._tok: Any = None
-
-    def build_from_text(self, text: Union[str, Iterable[str]]) -> "_TextTokenizer":
-        """Trains on ``text`` (a string, or an iterable of documents); returns ``self``."""
-
-        docs = [text] if isinstance(text, str) else list(text)
-        self._tok = train_tokenizer(self.kind, docs, vocab_size=self.requested_vocab_size,
-                                    min_frequency=self.min_frequency, lowercase=self.lowercase)
-        return self
-
-    @property
-    def tokenizer(self) -> Any:
-        """The trained lmforge tokenizer."""
-        if self._tok is None:
-            raise ConfigError(f"this {type(self).__name__} is empty; call build_from_text(text) first")
-        return self._tok
-
-    def __getattr__(self, name: str) -> Any:  # encode, decode, vocab_size, save, special ids...
-        if name.startswith("__") or name == "_tok":
-            raise AttributeError(name)
-        return getattr(self.tokenizer, name)
-
-    def __len__(self) -> int:
-        return int(self.tokenizer.vocab_size)
-
-    def __repr__(self) -> str:
-        size = f"vocab_size={self._tok.vocab_size}" if self._tok is not None else "empty: call build_from_text"
-        return f"{type(self).__name__}({size})"
-
-
-class BPETokenizer(_TextTokenizer):
-    """A byte-level BPE tokenizer (lmforge's :class:`~lmforge.tokenizers.BPETokenizer`, arXiv:1508.07909).
-
-    ``BPETokenizer(vocab_size=5000).build_from_text(text)`` trains it; afterwards ``encode``, ``decode``,
-    ``vocab_size``, ``save``... are the trained tokenizer's. The learned vocabulary may be smaller than asked
-    for on a small text. The special ids are lmforge's (``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3, chat
-    role tokens 4-7).
-    """
-
-    kind = "bpe"
-
-
-class Vocabulary(_TextTokenizer):
-    """A character vocabulary (lmforge's :class:`~lmforge.tokenizers.CharTokenizer`) for :class:`CustomAIModel`:
-    ``Vocabulary().build_from_text(text)`` gives one id per distinct character (plus the 8 special ids)."""
-
-    kind = "char"
-
-    def __init__(self, vocab_size: int = 100_000, min_frequency: int = 1, lowercase: bool = False) -> None:
-        super().__init__(vocab_size, min_frequency, lowercase)
-
-
-def _unwrap_tokenizer(tokenizer: Any) -> Any:
-    return tokenizer.tokenizer if isinstance(tokenizer, _TextTokenizer) else tokenizer
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -354,6 +231,19 @@ class CustomAIModel(_ChatbotModel, LSTMLanguageModel):
         return cls(config=config)
 
 
+def _size_name(config: Any) -> str:
+    """The checkpoint folder name of a config: ``transformer-small``, ``lstm``, ``transformer-d96-l3``..."""
+    data = config.to_dict()
+    if config.family == "transformer":
+        for size in SIZES:
+            if data == getattr(TransformerConfig, size)(vocab_size=config.vocab_size).to_dict():
+                return f"transformer-{size}"
+        return f"transformer-d{config.d_model}-l{config.num_layers}-h{config.attention.num_heads}"
+    if data == CustomAIModel.default_config(config.vocab_size).to_dict():
+        return "lstm"
+    return f"lstm-e{config.embedding_dim}-h{config.hidden_dim}-l{config.num_layers}"
+
+
 # ---------------------------------------------------------------------------------------------- data and training
 
 
@@ -398,15 +288,6 @@ class TrainingPipeline:
         self.seed = seed
         self.summary: Optional[dict] = None
 
-    def _precision(self, use_mixed_precision: bool, device: torch.device) -> str:
-        if not use_mixed_precision:
-            return "fp32"
-        if device.type == "cuda":
-            return "auto"  # bf16 where supported, else fp16 with loss scaling
-        warnings.warn(f"mixed precision needs a CUDA GPU; training on {device.type} in float32 instead",
-                      RuntimeWarning, stacklevel=3)
-        return "fp32"
-
     def train(self, epochs: float = 1, learning_rate: float = 1e-3, batch_size: int = 16,
               use_mixed_precision: bool = False, block_size: Optional[int] = None, max_steps: Optional[int] = None,
               time_budget: Optional[float] = None, save: bool = True, progress: Any = None) -> dict:
@@ -431,24 +312,11 @@ class TrainingPipeline:
 
         model = self.model
         tokenizer = model._need_tokenizer()
-        device = resolve_device(self.device)
-        train_docs, val_docs = split_documents(self.loader.documents(), self.val_fraction)
-        with tempfile.TemporaryDirectory(prefix="lmforge-chatbot-") as cache:
-            data = prepare_lm_data(train_docs, val_docs, tokenizer, cache)
-            context = getattr(model, "max_context", None) or 128
-            block = block_size or min(context, 128, len(data.train) - 1)
-            if block < 2:
-                raise DataError(f"the training text of {self.loader.path} is only {len(data.train)} tokens; "
-                                "add more text to the dataset folder")
-            task = LMTask(data.train, data.val, block, batch_size, seed=self.seed, val_meta=data.meta.get("val"))
-            steps = epochs_to_steps(epochs, task) if max_steps is None else min(max_steps, epochs_to_steps(epochs, task))
-            train = dict(batch_size=batch_size, lr=learning_rate, epochs=epochs, max_steps=max_steps,
-                         time_budget=time_budget, precision=self._precision(use_mixed_precision, device),
-                         warmup_steps=min(100, steps // 10), sample_tokens=0, seed=self.seed,
-                         eval_interval=max(1, min(250, steps)))
-            config = RunConfig.parse({"model": model.config.to_dict(), "data": {"block_size": block}, "train": train},
-                                     source="TrainingPipeline")
-            summary = Trainer(config, model, task, tokenizers=tokenizer, progress=progress, device=device).fit()
+        summary = train_chatbot_model(model, tokenizer, self.loader.documents(), source=self.loader.path,
+                                      val_fraction=self.val_fraction, device=self.device, seed=self.seed,
+                                      epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                                      use_mixed_precision=use_mixed_precision, block_size=block_size,
+                                      max_steps=max_steps, time_budget=time_budget, progress=progress)
         model.eval()
         if save:
             summary["checkpoint"] = str(model.save(self.checkpoint_dir / model.checkpoint_name))

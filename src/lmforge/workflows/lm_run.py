@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from lmforge.training.precision import resolve_device
 from lmforge.training.tasks import LMTask
 from lmforge.training.trainer import Trainer
 
-__all__ = ["LMRun", "prepare_lm_run", "train_lm", "evaluate_run", "sample_text"]
+__all__ = ["LMRun", "lm_task", "prepare_lm_run", "train_lm", "evaluate_run", "sample_text"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,29 @@ class LMRun:
 
 def _cache_dir(config: RunConfig, run_dir: Path) -> Path:
     return Path(config.data.cache_dir) if config.data.cache_dir else run_dir / ".lmforge_cache"
+
+
+def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache_dir: str | Path,
+            block_size: int | Callable[[int], int], batch_size: int, seed: int, **options: Any) -> tuple[LMTask, int]:
+    """The LM training set-up from documents: split, tokenize into the token cache, window.
+
+    Args:
+        documents: the corpus's documents; the last ``val_fraction`` of them is the validation split.
+        val_fraction: see ``documents``.
+        tokenizer: the (already trained) tokenizer.
+        cache_dir: where the token cache goes.
+        block_size: the training window, or a function of the training split's length in tokens giving it.
+        batch_size: windows per step.
+        seed: seeds batch sampling.
+        **options: other :class:`~lmforge.training.tasks.LMTask` settings (``label_smoothing``...).
+
+    Returns:
+        The task and its window.
+    """
+    train_docs, val_docs = split_documents(documents, val_fraction)
+    data = prepare_lm_data(train_docs, val_docs, tokenizer, cache_dir)
+    block = block_size(len(data.train)) if callable(block_size) else block_size
+    return LMTask(data.train, data.val, block, batch_size, seed=seed, val_meta=data.meta.get("val"), **options), block
 
 
 def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
