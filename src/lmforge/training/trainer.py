@@ -214,7 +214,9 @@ class Trainer:
         finally:
             cleanup(self.dist)
 
-    def _fit(self, resume: bool) -> dict:
+    def _setup(self, resume: bool) -> tuple[Any, list, Optional[MetricsLog], Any, int]:
+        """Optimizer, schedule, precision and budget; restores a resumed run. Returns the (wrapped) model, the
+        trainable parameters, the metrics log, the TensorBoard writer and the parameter count."""
         tc = self.tc
         self.raw = ckpt.unwrap_model(self.model).to(self.device)
         self.raw.train()
@@ -242,6 +244,11 @@ class Trainer:
         n_params = count_parameters(self.raw, trainable_only=True)
         self._emit("start", step=self.step, max_steps=self.max_steps, time_budget=tc.time_budget, parameters=n_params,
                    device=str(self.device), precision=self.precision.name, world_size=self.dist.world_size)
+        return model, params, metrics, tb, n_params
+
+    def _fit(self, resume: bool) -> dict:
+        tc = self.tc
+        model, params, metrics, tb, n_params = self._setup(resume)
 
         bad_steps, loss_acc, loss_n, step_time, stopped_by = 0, 0.0, 0, None, None
         last_eval: dict = {}
@@ -251,17 +258,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = self.schedule.set(self.step, self._progress_fraction(self.step, self.elapsed))
                 batches = self.task.next_batches()
-                loss_sum = torch.zeros((), device=self.device)
-                n_tokens = 0
-                for i, batch in enumerate(batches):
-                    sync = i == len(batches) - 1 or not self.dist.enabled
-                    ctx = contextlib.nullcontext() if sync else model.no_sync()
-                    with ctx:
-                        with self.precision.autocast():
-                            loss = self.task.loss(model, batch)
-                        self.scaler.scale(loss / len(batches)).backward()
-                    loss_sum += loss.detach().float()
-                    n_tokens += self.task.batch_tokens(batch)
+                loss_sum, n_tokens = self._accumulate(model, batches)
                 self.scaler.unscale_(self.optimizer)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
                 flags = torch.stack([loss_sum / len(batches),
@@ -316,6 +313,22 @@ class Trainer:
         if stopped_by is None:
             stopped_by = "max_steps" if self.max_steps and self.step >= self.max_steps else "time_budget"
         return self._finish(stopped_by, n_params, last_eval, metrics, tb)
+
+    def _accumulate(self, model: Any, batches: list) -> tuple[torch.Tensor, int]:
+        """Forward and backward over a step's micro-batches (gradients synchronised on the last one only);
+        returns the summed loss and the tokens seen."""
+        loss_sum = torch.zeros((), device=self.device)
+        n_tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else model.no_sync()
+            with ctx:
+                with self.precision.autocast():
+                    loss = self.task.loss(model, batch)
+                self.scaler.scale(loss / len(batches)).backward()
+            loss_sum += loss.detach().float()
+            n_tokens += self.task.batch_tokens(batch)
+        return loss_sum, n_tokens
 
     def _finished(self) -> bool:
         if self.max_steps is not None and self.step >= self.max_steps:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from lmforge.config import get_preset, PRESETS, read_config_file, RunConfig
 from lmforge.data import prepare_lm_data, read_documents, split_documents
 from lmforge.errors import ConfigError
@@ -207,33 +209,8 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
         report["notes"].append("All models ran in one process (--no-isolate): memory figures depend on the order.")
     results = {}
     for name, description, config in resolved:
-        train = {"batch_size": settings.batch_size, "seed": settings.seed, "device": settings.device,
-                 "eval_iters": settings.eval_iters, "max_steps": None, "time_budget": None, "epochs": None}
-        if settings.budget_tokens:
-            steps = max(1, math.ceil(settings.budget_tokens / (settings.batch_size * block)))
-            train.update(max_steps=steps, eval_interval=max(1, steps // settings.evals),
-                         warmup_steps=capped_warmup(config.train.warmup_steps, steps))
-        else:
-            train["time_budget"] = settings.budget_seconds / n
-        model_over = {"vocab_size": tok.vocab_size}
-        if config.model.family == "lstm":
-            model_over["block_size"] = block
-        data = config.to_dict()
-        data["model"].update(model_over)
-        data["train"].update(train)
-        data["data"].update({"block_size": block, "path": settings.data})
-        data["tokenizer"].update({"kind": settings.tokenizer, "vocab_size": settings.vocab_size,
-                                  "path": str(out_dir / "tokenizer.json")})
-        data["out_dir"] = str(out_dir / "runs" / name)
-        config = RunConfig.parse(data, source=name)
-        job = {"name": name, "config": config.to_dict(), "data": settings.data, "val_fraction": val_fraction,
-               "tokenizer_path": str(out_dir / "tokenizer.json"), "cache_dir": str(out_dir / "cache"),
-               "run_dir": str(out_dir / "runs" / name), "eval_tokens": settings.eval_tokens, "evals": settings.evals,
-               "log_level": logging.getLogger().getEffectiveLevel(), "device": str(device), "block_size": block,
-               "repeats": settings.repeats, "warmup": settings.warmup, "decode_length": decode_length,
-               "gen_tokens": min([settings.gen_tokens] + [c - len(tok.encode(prompts[0])) for c in contexts]),
-               "sample_tokens": settings.sample_tokens, "prompts": prompts, "seed": settings.seed,
-               "threads": settings.threads}
+        job = _job(settings, name, config, n, block, out_dir, tok, prompts, contexts, val_fraction, device,
+                   decode_length)
         log.info("%s: training (%s)", name, report["settings"]["budget_description"])
         trained = run_job(train_worker, job, settings.isolate)
         log.info("%s: measuring latency, generation and memory", name)
@@ -246,12 +223,43 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
     for name, (description, trained, measured) in results.items():
         report["models"][name] = _model_entry(description, trained, measured, target, out_dir / "runs" / name)
     if settings.threads:
-        import torch
-
         torch.set_num_threads(settings.threads)  # so that machine_info records the thread count the workers used
     report["machine"] = {**machine_info(device), "load_average_start": load_start,
                          "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     return report
+
+
+def _job(settings: CompareSettings, name: str, config: RunConfig, n: int, block: int, out_dir: Path, tok: Any,
+         prompts: list[str], contexts: list[int], val_fraction: float, device: Any, decode_length: int) -> dict:
+    """The worker job of one model: its run config under the shared budget, tokenizer, data and measurements."""
+    train = {"batch_size": settings.batch_size, "seed": settings.seed, "device": settings.device,
+             "eval_iters": settings.eval_iters, "max_steps": None, "time_budget": None, "epochs": None}
+    if settings.budget_tokens:
+        steps = max(1, math.ceil(settings.budget_tokens / (settings.batch_size * block)))
+        train.update(max_steps=steps, eval_interval=max(1, steps // settings.evals),
+                     warmup_steps=capped_warmup(config.train.warmup_steps, steps))
+    else:
+        train["time_budget"] = settings.budget_seconds / n
+    model_over = {"vocab_size": tok.vocab_size}
+    if config.model.family == "lstm":
+        model_over["block_size"] = block
+    data = config.to_dict()
+    data["model"].update(model_over)
+    data["train"].update(train)
+    data["data"].update({"block_size": block, "path": settings.data})
+    data["tokenizer"].update({"kind": settings.tokenizer, "vocab_size": settings.vocab_size,
+                              "path": str(out_dir / "tokenizer.json")})
+    data["out_dir"] = str(out_dir / "runs" / name)
+    config = RunConfig.parse(data, source=name)
+    job = {"name": name, "config": config.to_dict(), "data": settings.data, "val_fraction": val_fraction,
+           "tokenizer_path": str(out_dir / "tokenizer.json"), "cache_dir": str(out_dir / "cache"),
+           "run_dir": str(out_dir / "runs" / name), "eval_tokens": settings.eval_tokens, "evals": settings.evals,
+           "log_level": logging.getLogger().getEffectiveLevel(), "device": str(device), "block_size": block,
+           "repeats": settings.repeats, "warmup": settings.warmup, "decode_length": decode_length,
+           "gen_tokens": min([settings.gen_tokens] + [c - len(tok.encode(prompts[0])) for c in contexts]),
+           "sample_tokens": settings.sample_tokens, "prompts": prompts, "seed": settings.seed,
+           "threads": settings.threads}
+    return job
 
 
 def _model_entry(description: str, trained: dict, measured: dict, target: Optional[float], run_dir: Path) -> dict:
