@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from lmforge.config import RunConfig
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.inference.chat import (
     CHAT_TEMPLATES,
     ChatSession,
@@ -32,7 +32,10 @@ from lmforge.inference.generation import generate, stream
 from lmforge.inference.retrieval import load_or_build_index, read_texts as _read, SearchIndex
 from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.translate import Translator
+from lmforge.models.capabilities import model_capabilities
+from lmforge.models.protocol import CausalLM
 from lmforge.models.run_folder import load_run
+from lmforge.tokenizers.base import Tokenizer
 from lmforge.utils.device import resolve_device as _resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,7 +65,7 @@ class LM:
         path: the run folder, when loaded from one.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", chat_template: str = "plain",
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer, name: str = "model", chat_template: str = "plain",
                  path: Optional[Path] = None, summary: Optional[dict] = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -101,6 +104,11 @@ class LM:
         return getattr(self.model, "max_context", None)
 
     @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do (``causal_lm``, ``embeddings``, ``kv_cache``...), as its family declares."""
+        return model_capabilities(self.model)
+
+    @property
     def family(self) -> str:
         """The model family (``transformer`` or ``lstm``)."""
         return str(getattr(self.model.config, "family", type(self.model).__name__))
@@ -122,8 +130,15 @@ class LM:
 
         return generate(self.model, self.tokenizer, list(prompts), **sampling)
 
-    def generate(self, prompt: str, **sampling: Any) -> str:
-        """The text generated after ``prompt``."""
+    def generate(self, prompt: str | Sequence[int], **sampling: Any) -> str:
+        """The text generated after one prompt: a string, or a list of token ids.
+
+        Several prompts go to :meth:`complete` (batched, one ``Completion`` each); a list of strings here is a
+        :class:`~lmforge.errors.ConfigError` that says so, rather than being misread as token ids.
+        """
+        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+            raise ConfigError("LM.generate takes one prompt (a string or a list of token ids); for several prompts "
+                              "use lm.complete([...]) (one Completion each) or [lm.generate(p) for p in prompts]")
         return self.complete([prompt], **{**sampling, "num_samples": 1})[0].text
 
     def stream(self, prompt: Any, **sampling: Any) -> Iterator["TextChunk"]:
@@ -223,7 +238,7 @@ def default_index_path(run_dir: str | Path, docs_path: str | Path, pooling: str 
     return Path(run_dir) / ".lmforge_cache" / "search" / f"{docs_path.stem}-{tag}.npz"
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Any:
+def load(run_dir: str | Path, device: str = "auto") -> "LM | Translator":
     """Loads whatever the run folder holds: an :class:`LM`, or a ``Translator`` for a translation run."""
 
     cfg_path = Path(run_dir) / "config.yaml"

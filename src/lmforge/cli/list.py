@@ -86,7 +86,8 @@ def _presets(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _models() -> list[dict[str, Any]]:
     from lmforge.models.run_folder import config_class_for
-    from lmforge.models.registry import CAPABILITIES, MODELS
+    from lmforge.models.capabilities import family_capabilities
+    from lmforge.models.registry import MODELS
 
     out = []
     for family in MODELS.names():
@@ -99,7 +100,7 @@ def _models() -> list[dict[str, Any]]:
             config = config_class_for(family).__name__
         except (ImportError, AttributeError, LMForgeError):
             doc = "(module not available)"
-        out.append({"family": family, "capabilities": sorted(CAPABILITIES.get(family, set())), "class": target,
+        out.append({"family": family, "capabilities": sorted(family_capabilities(family)), "class": target,
                     "config": config, "description": doc})
     return out
 

@@ -19,7 +19,10 @@ import torch
 from lmforge.data.pair_batching import encode_source
 from lmforge.errors import CheckpointError
 from lmforge.inference.beam_search import beam_search, greedy_search, sample_search
+from lmforge.models.capabilities import model_capabilities
+from lmforge.models.protocol import Seq2SeqLM
 from lmforge.models.run_folder import load_run
+from lmforge.tokenizers.base import Tokenizer
 from lmforge.utils.device import resolve_device
 
 __all__ = ["Translator"]
@@ -39,7 +42,7 @@ class Translator:
         name: a display name (the run folder's name when loaded).
     """
 
-    def __init__(self, model: Any, src_tokenizer: Any, tgt_tokenizer: Any = None, *, alpha: float = 0.6,
+    def __init__(self, model: Seq2SeqLM, src_tokenizer: Tokenizer, tgt_tokenizer: Optional[Tokenizer] = None, *, alpha: float = 0.6,
                  name: str = "translator") -> None:
         self.model = model.eval()
         self.src_tokenizer = src_tokenizer
@@ -70,6 +73,11 @@ class Translator:
     def device(self) -> torch.device:
         """Where the model lives."""
         return next(self.model.parameters()).device
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do (``{"seq2seq"}``), as its family declares."""
+        return model_capabilities(self.model)
 
     def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
 
