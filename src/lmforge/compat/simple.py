@@ -1,6 +1,6 @@
 """The classic model classes: familiar constructors over lmforge's own models (no second implementation).
 
-Each class here *is* an lmforge model (a subclass), built from keyword arguments people type from memory:
+Each class here is built from keyword arguments people type from memory, over one of lmforge's models:
 
 * :class:`SimpleTransformer` -> :class:`~lmforge.models.seq2seq.transformer.Seq2SeqTransformer`
 * :class:`SimpleSeq2SeqLSTM` -> :class:`~lmforge.models.seq2seq.lstm.Seq2SeqLSTM`
@@ -8,10 +8,12 @@ Each class here *is* an lmforge model (a subclass), built from keyword arguments
 * :class:`SimpleTransformer_LM` -> :class:`~lmforge.models.transformer.Transformer` (the ``transformer-classic``
   preset's layout: sinusoidal positions, post-norm LayerNorm, ReLU MLP, embeddings scaled by sqrt(d_model))
 
-So everything lmforge does with its models (``lmforge.models.run_folder``, generation, ``Embedder``) works on them, and
-``torch.save(model.state_dict())`` / ``load_state_dict`` and ``model.to(device)`` behave as for any module. The
-two language-model classes change only ``forward`` to the classic signatures; lmforge's generation and embedding
-code use the protocol methods (``init_state``/``step``/``hidden_states``), which they inherit unchanged.
+The two translation classes are the core classes with classic constructors (their contracts are the core's).
+The two language-model classes have the classic ``forward``, so they *wrap* the core model by composition
+instead of subclassing it (a subclass that changed ``forward`` would break the core's contract): the core model's
+submodules are registered on the wrapper under their own names (so ``state_dict`` keys are the core's, and
+``load_state_dict`` moves weights either way), and every other attribute (``config``, ``init_state``, ``step``,
+``hidden_states``...) is the core model's, so lmforge's generation and ``Embedder`` work on them.
 
 Example:
     >>> import torch
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmforge.config.lstm import LSTMConfig
 from lmforge.config.presets import get_preset
@@ -46,8 +48,46 @@ _TRANSFORMER_OVERRIDES = {"d_model": "d_model", "n_heads": "num_heads", "num_enc
 
 
 def _generate_ids(model: Any, start_tokens: Sequence[int], max_length: int, sampling: dict) -> list[int]:
-
     return generate_ids(model, list(start_tokens), max_new_tokens=max_length, **sampling)
+
+
+class _Wrapped(nn.Module):
+    """A classic-signature module over a core model: the core's submodules are this module's children (same
+    parameter names), everything else is read from the core, and ``to``/``train`` reach the core itself."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_core", core)  # not a child: its submodules are registered below, by name
+        for name, child in core.named_children():
+            self._modules[name] = child
+
+    @property
+    def core(self) -> nn.Module:
+        """The lmforge model this wraps (trainable with lmforge's ``Trainer``)."""
+        return self.__dict__["_core"]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_core"], name)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "_Wrapped":
+        self.core._apply(fn, recurse)  # the shared submodules and the core's own buffers
+        return self
+
+    def train(self, mode: bool = True) -> "_Wrapped":
+        self.core.train(mode)
+        return super().train(mode)
+
+    def generate(self, start_tokens: Sequence[int], max_length: int = 100, **sampling: Any) -> list[int]:
+        """``start_tokens`` followed by ``max_length`` generated token ids (LSTM: one step per token with the
+        carried ``(h, c)``; Transformer: with the KV cache, the context sliding beyond ``max_seq_len``).
+
+        ``sampling`` takes :class:`~lmforge.inference.sampling.SamplingParams` fields (``temperature=0`` for
+        greedy, ``top_k``, ``top_p``, ``seed``, ``stop_token_ids``...); the default samples at temperature 1.
+        """
+        return _generate_ids(self.core, start_tokens, max_length, sampling)
 
 
 class SimpleTransformer(Seq2SeqTransformer):
@@ -119,14 +159,14 @@ class SimpleSeq2SeqLSTM(Seq2SeqLSTM):
     """
 
 
-class SimpleLSTM_LM(LSTMLanguageModel):
+class SimpleLSTM_LM(_Wrapped):
     """The classic LSTM language model (``lstm-classic`` preset): embedding -> stacked LSTM -> linear head.
 
     At the reference size (``vocab_size=2000, embedding_dim=256, hidden_dim=256, num_layers=2``) it has
     2,078,672 parameters (about 2.1M). ``forward(input_ids, hidden=None) -> (logits, (h, c))`` carries the state
     across calls. It is an :class:`~lmforge.models.lstm.LSTMLanguageModel`; only ``forward`` has the classic
-    signature (to train it with lmforge's ``Trainer``, load its ``state_dict`` into
-    ``LSTMLanguageModel(model.config)``, which has the same parameter names).
+    signature; ``model.core`` is the :class:`~lmforge.models.lstm.LSTMLanguageModel` it wraps (train that with
+    lmforge's ``Trainer``; it shares the weights and has the same parameter names).
 
     Args:
         vocab_size: vocabulary size.
@@ -142,23 +182,15 @@ class SimpleLSTM_LM(LSTMLanguageModel):
         data = get_preset("lstm-classic")["model"]
         data.update(vocab_size=vocab_size, embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers,
                     dropout=dropout, tie_embeddings=tie_weights)
-        super().__init__(LSTMConfig.parse(data, source="SimpleLSTM_LM"))
+        super().__init__(LSTMLanguageModel(LSTMConfig.parse(data, source="SimpleLSTM_LM")))
 
     def forward(self, input_ids: Tensor, hidden: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:  # type: ignore[override]
         """``input_ids`` (B, T) after state ``hidden`` (``None`` = zeros) -> ``(logits (B, T, V), (h, c))``,
         with ``h`` and ``c`` of shape (num_layers, B, hidden_dim), ready to pass back in."""
-        return self.step(input_ids, hidden)
-
-    def generate(self, start_tokens: Sequence[int], max_length: int = 100, **sampling: Any) -> list[int]:
-        """``start_tokens`` followed by ``max_length`` generated token ids (carrying ``(h, c)``, one step each).
-
-        ``sampling`` takes :class:`~lmforge.inference.sampling.SamplingParams` fields (``temperature=0`` for
-        greedy, ``top_k``, ``top_p``, ``seed``, ``stop_token_ids``...); the default samples at temperature 1.
-        """
-        return _generate_ids(self, start_tokens, max_length, sampling)
+        return self.core.step(input_ids, hidden)
 
 
-class SimpleTransformer_LM(Transformer):
+class SimpleTransformer_LM(_Wrapped):
     """The classic Transformer language model: the ``transformer-classic`` layout (3 layers, 4 heads, d_model 256,
     sinusoidal positions, post-norm LayerNorm, ReLU feed-forward, dropout 0.2, embeddings scaled by
     sqrt(d_model), as in arXiv:1706.03762) with a causal mask.
@@ -187,19 +219,10 @@ class SimpleTransformer_LM(Transformer):
                     dropout=dropout, tie_embeddings=tie_weights)
         data["attention"].update(num_heads=nhead, dropout=dropout)
         data["ffn"].update(hidden_dim=dim_feedforward or 4 * d_model, dropout=dropout)
-        super().__init__(TransformerConfig.parse(data, source="SimpleTransformer_LM"))
+        super().__init__(Transformer(TransformerConfig.parse(data, source="SimpleTransformer_LM")))
 
     def forward(self, input_ids: Tensor) -> Tensor:  # type: ignore[override]
         """``input_ids`` (B, T), T <= ``max_seq_len`` -> next-token logits (B, T, V) under a causal mask."""
-        logits, _ = super().forward(input_ids)
+        logits, _ = self.core(input_ids)
         return logits
-
-    def generate(self, start_tokens: Sequence[int], max_length: int = 100, **sampling: Any) -> list[int]:
-        """``start_tokens`` followed by ``max_length`` generated token ids (with the KV cache).
-
-        ``sampling`` takes :class:`~lmforge.inference.sampling.SamplingParams` fields (``temperature=0`` for
-        greedy, ``top_k``, ``top_p``, ``seed``...); the default samples at temperature 1. Beyond
-        ``max_seq_len`` the context slides (the most recent tokens are kept).
-        """
-        return _generate_ids(self, start_tokens, max_length, sampling)
 
