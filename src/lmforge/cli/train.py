@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError
-from lmforge.workflows.translate_run import train_translation
 
 DESCRIPTION = "Train a model: point it at text, get a trained model, its figures and a sample."
 
@@ -228,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         bar.console.print(f"note: replacing the run in {config.out_dir} (use --resume to continue it, --out DIR to keep it)")
     try:
         if config.task == "translate":
+            from lmforge.workflows.translate_run import train_translation
+
             summary = train_translation(config, resume=resume, progress=bar)
         else:
             from lmforge.workflows.lm_run import train_lm
