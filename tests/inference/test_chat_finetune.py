@@ -12,7 +12,8 @@ import torch
 from lmforge.api import LM
 from lmforge.config import RunConfig
 from lmforge.errors import ConfigError, DataError
-from lmforge.inference.chat import ChatInterface, render_chat_with_mask
+from lmforge.compat.chatbot import ChatInterface
+from lmforge.inference.chat import render_chat_with_mask
 from lmforge.models import build_model
 from lmforge.tokenizers import train_tokenizer
 from lmforge.training.checkpoint import save_run

@@ -37,7 +37,8 @@ from lmforge.config.presets import get_preset
 from lmforge.config.transformer import TransformerConfig as _TransformerConfig
 from lmforge.data import read_documents
 from lmforge.errors import CheckpointError, ConfigError, DataError
-from lmforge.inference.chat import ChatInterface as _ChatInterface, run_chat_repl
+from lmforge.inference.chat import ChatSession, run_chat_repl
+from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.generation import generate
 from lmforge.models.lstm import LSTMLanguageModel
 from lmforge.models.run_folder import (
@@ -327,17 +328,49 @@ class TrainingPipeline:
 # ---------------------------------------------------------------------------------------------- chat
 
 
-class ChatInterface(_ChatInterface):
-    """:class:`lmforge.inference.chat.ChatInterface`: ``ChatInterface(model, use_context=True)``, then
-    ``send(text) -> reply`` or ``start_chat()`` (type messages; ``/help``, ``/clear``, ``/exit``).
+def _unpack(model: Any) -> tuple[Any, Any, str]:
+    """(CausalLM, tokenizer, template) from an ``LM`` facade or a model with a tokenizer attached."""
+    if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "chat_template"):
+        return model.model, model.tokenizer, model.chat_template  # lmforge.api.LM
+    tokenizer = getattr(model, "tokenizer", None) or getattr(model, "vocabulary", None)
+    return model, tokenizer, getattr(model, "chat_template", None) or "plain"
 
-    With ``use_context=False`` every message stands alone. Models trained on raw text chat in a plain
-    ``User:``/``Assistant:`` format; a tiny model's replies are only as good as its training text.
+
+class ChatInterface:
+    """The chatbot-style entry point: ``ChatInterface(model, use_context=True).send("hi")``, a
+    :class:`~lmforge.inference.chat.ChatSession` underneath. With ``use_context=False`` every message stands
+    alone; models trained on raw text chat in a plain ``User:``/``Assistant:`` format.
+
+    Args:
+        model: an :class:`lmforge.api.LM`, or a language model with its tokenizer attached (``model.tokenizer``).
+        use_context: keep the conversation (trimmed to the context window); False answers each message alone.
+        template: chat template; default the model's own (``tokens`` for fine-tuned chat runs, else ``plain``).
+        system: optional system prompt. sampling: default sampling settings (``temperature=0``...).
     """
+
+    def __init__(self, model: Any, use_context: bool = True, template: Optional[str] = None,
+                 system: Optional[str] = None, **sampling: Any) -> None:
+        core, tokenizer, default_template = _unpack(model)
+        params = SamplingParams.from_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=128), **sampling)
+        self.session = ChatSession(core, tokenizer, template or default_template, system=system, params=params,
+                                   use_context=use_context)
+
+    @property
+    def history(self) -> list[dict]:
+        """The conversation so far."""
+        return self.session.messages
+
+    def send(self, text: str, **sampling: Any) -> str:
+        """Sends one user message; returns the reply."""
+        return self.session.send(text, **sampling)
+
+    def reset(self) -> None:
+        """Forgets the conversation."""
+        self.session.clear()
 
     def start_chat(self, lines: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> int:
         """Chats on the terminal (reading with ``input()``), or one message per line of ``lines`` (default stdin
-        when it is not a terminal). Returns the number of replies."""
+        when it is not a terminal); ``/help``, ``/clear``, ``/exit``. Returns the number of replies."""
         interactive = lines is None and sys.stdin.isatty()
         if lines is None and not interactive:
             lines = sys.stdin
