@@ -99,9 +99,9 @@ class LM:
 
     def compile_decoding(self, enabled: bool = True) -> bool:
         """Decodes through a ``torch.compile``'d step from now on (see
-        :func:`lmforge.inference.fast_decode.compile_decoding`); returns whether this model and device support
+        :func:`lmforge.models.transformer.decode.compile_decoding`); returns whether this model and device support
         it. The first generation then compiles (seconds); later ones decode about twice as fast on a CPU."""
-        from lmforge.inference.fast_decode import compile_decoding
+        from lmforge.models.transformer.decode import compile_decoding
 
         return compile_decoding(self.model, enabled)
 
