@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.registry import upgrade_state_dict
 from lmforge.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
@@ -238,6 +239,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         if source in tensors:
             tensors[alias] = tensors[source]
 
+    tensors = upgrade_state_dict(target, tensors)  # names saved by older versions of the family
     expected = target.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
