@@ -27,7 +27,6 @@ from lmforge.inference.chat import (
     trim_messages,
 )
 from lmforge.inference.embeddings import Embedder
-from lmforge.inference.fast_decode import compile_decoding
 from lmforge.inference.generation import generate, stream
 from lmforge.inference.retrieval import load_or_build_index, read_texts as _read, SearchIndex
 from lmforge.inference.sampling import SamplingParams
@@ -35,6 +34,7 @@ from lmforge.inference.translate import Translator
 from lmforge.models.capabilities import model_capabilities
 from lmforge.models.protocol import CausalLM
 from lmforge.models.run_folder import load_run
+from lmforge.models.transformer.decode import compile_decoding
 from lmforge.tokenizers.base import Tokenizer
 from lmforge.utils.device import resolve_device as _resolve_device
 
@@ -115,7 +115,7 @@ class LM:
 
     def compile_decoding(self, enabled: bool = True) -> bool:
         """Decodes through a ``torch.compile``'d step from now on (see
-        :func:`lmforge.inference.fast_decode.compile_decoding`); returns whether this model and device support
+        :func:`lmforge.models.transformer.decode.compile_decoding`); returns whether this model and device support
         it. The first generation then compiles (seconds); later ones decode about twice as fast on a CPU."""
 
         return compile_decoding(self.model, enabled)

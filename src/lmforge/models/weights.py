@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import CheckpointError
+from lmforge.models.registry import upgrade_state_dict
 from lmforge.utils.files import atomic_path
 
 __all__ = ["save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
@@ -212,6 +213,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         if source in tensors:
             tensors[alias] = tensors[source]
 
+    tensors = upgrade_state_dict(target, tensors)
     expected = target.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]

@@ -1,4 +1,4 @@
-"""A ``torch.compile``'d one-token decoding step for :class:`~lmforge.inference.fast_decode.FastLlamaDecoder`.
+"""A ``torch.compile``'d one-token decoding step for :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`.
 
 On a CPU, decoding a small model at batch 1 is bound by reading its weights: every token reads each matrix
 once. BLAS matrix-vector products (and ``torch.mm`` of one row) reach about half of this machine's memory
@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.inference.fast_decode import _bias
+__all__ = ["CompiledStep", "CompiledLlamaDecoder", "compile_supported", "add_bias"]
 
-__all__ = ["CompiledStep", "compile_supported"]
+
+def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``x += b`` in place when there is a bias (the fast paths' projections may have none)."""
+    return x if b is None else x.add_(b)
 
 
 def compile_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -63,7 +66,7 @@ def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor
         return torch.rsqrt((t * t).sum(-1, keepdim=True) + deps)
 
     for (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd), kc, vc in zip(layers, kcs, vcs):
-        qkv = _bias(_matvec(x, wqkv) * inv_norm(x), bqkv)  # (B, nq + 2 nk)
+        qkv = add_bias(_matvec(x, wqkv) * inv_norm(x), bqkv)  # (B, nq + 2 nk)
         pairs = qkv[:, : nq + nk].reshape(B, H + Hkv, hd // 2, 2)
         a, b = pairs[..., 0], pairs[..., 1]
         qk = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(B, H + Hkv, hd)
@@ -74,9 +77,9 @@ def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor
         scores = (q * k).sum(-1) * (1.0 / math.sqrt(hd))  # (B, Hkv, G, S)
         p = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
         att = (p.unsqueeze(-1) * v).sum(-2).reshape(B, nq)  # (B, H * hd)
-        x = x + _bias(_matvec(att, wo), bo)
-        gu = _bias(_matvec(x, wgu) * inv_norm(x), bgu)
-        x = x + _bias(_matvec(F.silu(gu[:, :ffn]) * gu[:, ffn:], wd), bd)
+        x = x + add_bias(_matvec(att, wo), bo)
+        gu = add_bias(_matvec(x, wgu) * inv_norm(x), bgu)
+        x = x + add_bias(_matvec(F.silu(gu[:, :ffn]) * gu[:, ffn:], wd), bd)
     return _matvec(x, head) * inv_norm(x)
 
 

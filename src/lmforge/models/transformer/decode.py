@@ -1,11 +1,11 @@
-"""A lean decoding path for Llama-style Transformers: the same model, far fewer operations per token.
+"""The Transformer's fast incremental decoding path: the same model, far fewer operations per token.
 
 At batch 1 a small model's decoding step costs more in per-operation overhead than in arithmetic. For a
 Transformer whose config is Llama-compatible (RMSNorm, pre-norm, RoPE, SwiGLU, mha/gqa/mqa, causal mask; see
-:func:`lmforge.interop.hf.llama_incompatibilities`), :class:`FastLlamaDecoder` decodes with:
+:func:`llama_incompatibilities`), :class:`FastLlamaDecoder` decodes with:
 
-* the weights read once through the Llama view of the model (``llama_state_dict``), Q/K/V and gate/up fused
-  into single matrices, so a layer is four matrix products;
+* the model's own parameters read once (its Q/K/V and gate/up are already fused matrices), so a layer is four
+  matrix products;
 * RMSNorm (arXiv:1910.07467) folded into the next matrix: ``rms(x) * g @ W.T == (x @ (W * g * sqrt(D)).T) /
   sqrt(|x|^2 + D * eps)``, one cheap vector norm per row instead of a normalised copy of ``x``;
 * rotary embeddings (arXiv:2104.09864) as one complex multiplication: the Q and K projection rows are permuted
@@ -16,6 +16,7 @@ Transformer whose config is Llama-compatible (RMSNorm, pre-norm, RoPE, SwiGLU, m
 
 It implements ``init_state``/``step`` like the model, so the generation loop uses it when :func:`fast_decoder`
 accepts the model, and the model's own ``step`` otherwise. Tests check its logits against the model's.
+One-token steps can also run ``torch.compile``'d (:mod:`lmforge.models.transformer.compiled`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder"]
+from lmforge.models.transformer.compiled import CompiledLlamaDecoder, add_bias, compile_supported
+
+__all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder", "llama_incompatibilities"]
 
 
 @dataclass
@@ -56,51 +59,49 @@ class FastLlamaDecoder:
     """
 
     def __init__(self, model: Any) -> None:
-        from lmforge.interop.hf import llama_config, llama_state_dict
-
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.compiled: Optional[Any] = None  # its CompiledLlamaDecoder, built on first request
-        cfg = llama_config(model.config)
-        sd = {k: v.to(self.device, torch.float64) for k, v in llama_state_dict(model, dtype=torch.float32).items()}
-        self.L = cfg["num_hidden_layers"]
-        H, Hkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+        c = model.config
+        self.L = c.num_layers
+        H, Hkv, hd = c.attention.num_heads, c.attention.kv_heads, c.head_size
         self.H, self.Hkv, self.hd = H, Hkv, hd
         self.nq, self.nk = H * hd, Hkv * hd
-        self.D = D = cfg["hidden_size"]
-        self.deps = D * cfg["rms_norm_eps"]  # eps scaled by D: the norm below is |x|, not the RMS
+        self.D = D = c.d_model
+        self.deps = D * c.norm.eps  # eps scaled by D: the norm below is |x|, not the RMS
         self.max_context = model.max_context
         root = math.sqrt(D)
 
-        def w(t: Tensor) -> Tensor:
-            return t.to(self.dtype).contiguous()
+        def f64(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.detach().to(self.device, torch.float64)
+
+        def w(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.to(self.dtype).contiguous()
 
         def fold(mat: Tensor, gain: Tensor) -> Tensor:  # (out, in) * (in,): RMSNorm gain and sqrt(D) folded in
-            return w(mat * (gain * root)[None, :])
+            return w(f64(mat) * (f64(gain) * root)[None, :])
 
-        self.emb = w(sd["model.embed_tokens.weight"])
-        self.head_t = fold(sd.get("lm_head.weight", sd["model.embed_tokens.weight"]), sd["model.norm.weight"]).t()
+        def rows(t: Optional[Tensor]) -> Optional[Tensor]:  # [q | k | v] with q and k rows made interleaved pairs
+            if t is None:
+                return None
+            q, k, v = f64(t).split([self.nq, self.nk, self.nk], dim=0)
+            return torch.cat([_interleave_rows(q, H, hd), _interleave_rows(k, Hkv, hd), v], 0)
+
+        self.emb = w(model.tok_emb.weight.detach())
+        self.head_t = fold(model.lm_head.weight, model.norm_f.weight).t()
         self.layers = []
-        for i in range(self.L):
-            a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-            g1, g2 = sd[f"model.layers.{i}.input_layernorm.weight"], sd[f"model.layers.{i}.post_attention_layernorm.weight"]
-            qkv = torch.cat([_interleave_rows(sd[a + "q_proj.weight"], H, hd),
-                             _interleave_rows(sd[a + "k_proj.weight"], Hkv, hd), sd[a + "v_proj.weight"]], 0)
-            qkv_b = None
-            if a + "q_proj.bias" in sd:
-                qkv_b = w(torch.cat([_interleave_rows(sd[a + "q_proj.bias"], H, hd),
-                                     _interleave_rows(sd[a + "k_proj.bias"], Hkv, hd), sd[a + "v_proj.bias"]], 0))
-            gu = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]], 0)
-            gu_b = w(torch.cat([sd[m + "gate_proj.bias"], sd[m + "up_proj.bias"]], 0)) if m + "gate_proj.bias" in sd else None
+        for block in model.blocks:
+            attn, ffn = block.attn, block.ffn
             self.layers.append((
-                fold(qkv, g1).t(), qkv_b, w(sd[a + "o_proj.weight"]).t(), _opt(sd.get(a + "o_proj.bias"), w),
-                fold(gu, g2).t(), gu_b, w(sd[m + "down_proj.weight"]).t(), _opt(sd.get(m + "down_proj.bias"), w),
+                fold(rows(attn.qkv.weight), block.norm_attn.weight).t(), w(rows(attn.qkv.bias)),
+                w(attn.o_proj.weight.detach()).t(), w(_detach(attn.o_proj.bias)),
+                fold(ffn.w_in.weight, block.norm_ffn.weight).t(), w(_detach(ffn.w_in.bias)),
+                w(ffn.w_out.weight.detach()).t(), w(_detach(ffn.w_out.bias)),
             ))
-        self.ffn = gu.shape[0] // 2
+        self.ffn = c.ffn_hidden
         # rotary table e^{i * pos * theta_j}; positions divided by the linear scaling factor (arXiv:2306.15595)
-        scale = float((cfg.get("rope_scaling") or {}).get("factor", 1.0))
-        inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64) / scale, inv)  # (S, hd/2)
+        inv = 1.0 / (c.positional.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64) / c.positional.rope_scaling, inv)
         ctype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
         self.rope = torch.polar(torch.ones_like(ang), ang).to(ctype).to(self.device)  # (S, hd/2)
 
@@ -136,16 +137,16 @@ class FastLlamaDecoder:
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
         x = F.embedding(idx, self.emb).view(B * T, self.D)  # (B*T, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = _bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
+            qkv = add_bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
             qk = torch.view_as_real(torch.view_as_complex(qkv[..., :nq + nk].reshape(B, T, H + Hkv, hd // 2, 2)) * rot)
             qk = qk.view(B, T, H + Hkv, hd)  # rotary embedding applied
             state.k[i][:, :, s:S] = qk[:, :, H:].transpose(1, 2)
             state.v[i][:, :, s:S] = qkv[..., nq + nk:].view(B, T, Hkv, hd).transpose(1, 2)
             att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), state.k[i][:, :, :S], state.v[i][:, :, :S],
                                                  attn_mask=mask, is_causal=causal, enable_gqa=H != Hkv)  # (B, H, T, hd)
-            x = _bias(torch.addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
-            gu = _bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
-            x = _bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+            x = add_bias(torch.addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
+            gu = add_bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = add_bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
         state.length = S
         last = x.view(B, T, self.D)[:, -1]  # (B, D)
         return torch.mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
@@ -167,16 +168,16 @@ class FastLlamaDecoder:
             rot = self.rope[s]  # (hd/2,)
         x = F.embedding(idx.view(B), self.emb)  # (B, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = _bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
+            qkv = add_bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
             qk = torch.view_as_real(torch.view_as_complex(qkv[:, :nq + nk].view(B, H + Hkv, hd // 2, 2)) * rot)
             kc, vc = state.k[i], state.v[i]
             kc[:, :, s] = qk[:, H:].view(B, Hkv, hd)
             vc[:, :, s] = qkv[:, nq + nk:].view(B, Hkv, hd)
             att = F.scaled_dot_product_attention(qk[:, :H].view(B, H, 1, hd), kc[:, :, :S], vc[:, :, :S],
                                                  attn_mask=mask, enable_gqa=H != Hkv)  # (B, H, 1, hd)
-            x = _bias(torch.addmm(x, att.view(B, nq), wo), bo)
-            gu = _bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
-            x = _bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+            x = add_bias(torch.addmm(x, att.view(B, nq), wo), bo)
+            gu = add_bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = add_bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
         state.length = S
         return torch.mm(x, self.head_t).mul_(self._inv_norm(x)).view(B, 1, -1)
 
@@ -207,12 +208,27 @@ class FastLlamaDecoder:
         return None, T > 1
 
 
-def _opt(t: Optional[Tensor], fn: Any) -> Optional[Tensor]:
-    return None if t is None else fn(t)
+def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach()
 
 
-def _bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
-    return x if b is None else x.add_(b)
+def llama_incompatibilities(config: Any) -> list[str]:
+    """The settings of a Transformer ``config`` that a Llama model cannot express (and that the fast path
+    therefore does not run), as ``key=value (Llama needs X)`` strings; empty when it is Llama-compatible."""
+    c, a = config, config.attention
+    wanted = [
+        ("norm.type", c.norm.type, "rmsnorm"),
+        ("norm.placement", c.norm.placement, "pre"),
+        ("positional.encoding", c.positional.encoding, "rope"),
+        ("ffn.variant", c.ffn.variant, "swiglu"),
+        ("attention.mask_type", a.mask_type, "causal"),
+        ("parallel_layers", c.parallel_layers, False),
+        ("scale_embeddings", c.scale_embeddings, False),
+    ]
+    problems = [f"{key}={value!r} (Llama needs {want!r})" for key, value, want in wanted if value != want]
+    if a.variant == "complex":
+        problems.append("attention.variant='complex' (Llama needs mha, gqa or mqa)")
+    return problems
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, FastLlamaDecoder]]" = weakref.WeakKeyDictionary()
@@ -236,8 +252,6 @@ def compile_decoding(model: Any, enabled: bool = True) -> bool:
     fast = fast_decoder(model)
     if fast is None:
         return False
-    from lmforge.inference.compiled_decode import compile_supported
-
     if not compile_supported(fast.device, fast.dtype):
         return False
     _COMPILE.add(model)
@@ -249,14 +263,10 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
     model is not a Llama-compatible Transformer.
 
     With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run
-    a ``torch.compile``'d step (:class:`~lmforge.inference.compiled_decode.CompiledLlamaDecoder`) where it is
+    a ``torch.compile``'d step (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is
     supported (CPU, float32/64); elsewhere the eager fast path is returned."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
-        return None
-    try:
-        from lmforge.interop.hf import llama_incompatibilities
-    except ImportError:  # pragma: no cover
         return None
     if llama_incompatibilities(cfg):
         return None
@@ -271,8 +281,6 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
         fast = FastLlamaDecoder(model)
         _CACHE[model] = (key, fast)
     if compile or (compile is None and model in _COMPILE):
-        from lmforge.inference.compiled_decode import CompiledLlamaDecoder, compile_supported
-
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:
                 fast.compiled = CompiledLlamaDecoder(fast)
