@@ -192,6 +192,27 @@ def _topk_ordered(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return vals, idx.gather(1, perm)
 
 
+def _record_finished(ends: list[list[int]], top_v: Tensor, beam: Tensor, seqs: Tensor, active: list[int],
+                     finished: list[list[tuple[float, int, Hypothesis]]], counter: int, k: int, lp_now: float,
+                     step: int, limits: list[int]) -> int:
+    """Files each ``<eos>`` candidate ``(row, rank)`` of ``ends`` as a finished hypothesis of its sentence;
+    returns the updated tie-break counter (one host transfer per step, not per candidate)."""
+    if not ends:
+        return counter
+    values, beams, prefixes = top_v.tolist(), beam.tolist(), seqs[:, 1:].tolist()
+    for row, r in ends:
+        sent, total = active[row], values[row][r]
+        hyp = Hypothesis(prefixes[row * k + beams[row][r]], total / lp_now, total, finished=step < limits[sent])
+        finished[sent].append((-hyp.score, counter, hyp))
+        counter += 1
+    return counter
+
+
+def _sentence_done(finished: list[tuple[float, int, Hypothesis]], n_best: int, best_live: float) -> bool:
+    """Whether no live hypothesis (at best ``best_live``) can beat the sentence's ``n_best``-th finished one."""
+    return len(finished) >= n_best and -sorted(finished)[n_best - 1][0] >= best_live
+
+
 @torch.no_grad()
 def beam_search(
     model: Any, src: Tensor, *, bos_id: int, eos_id: int, beam_size: int = 5, alpha: float = 0.6,
@@ -245,13 +266,7 @@ def beam_search(
         lp_now = length_penalty(step + 1, alpha)
         # only <eos> candidates that rank within the beam finish (one host transfer per step, not per candidate)
         ends = (is_eos[:, :k] & torch.isfinite(top_v[:, :k])).nonzero().tolist()
-        if ends:
-            values, beams, prefixes = top_v.tolist(), beam.tolist(), seqs[:, 1:].tolist()
-            for row, r in ends:
-                sent, total = active[row], values[row][r]
-                hyp = Hypothesis(prefixes[row * k + beams[row][r]], total / lp_now, total, finished=step < limits[sent])
-                finished[sent].append((-hyp.score, counter, hyp))
-                counter += 1
+        counter = _record_finished(ends, top_v, beam, seqs, active, finished, counter, k, lp_now, step, limits)
         # the K best non-<eos> candidates continue (stable: rank order kept)
         rank = torch.arange(2 * k, device=device).expand(n, 2 * k)
         pick = (is_eos.long() * 2 * k + rank).argsort(dim=1)[:, :k]  # (n, K)
@@ -262,13 +277,7 @@ def beam_search(
         # a sentence is done when no live hypothesis can beat its n_best-th finished one
         # cum <= 0, so dividing by the largest penalty reachable bounds any future score of a live hypothesis
         best_live = (cum.max(dim=1).values / lp_max[torch.tensor(active, device=device)]).tolist()
-        keep = []
-        for row, sent in enumerate(active):
-            done = len(finished[sent]) >= n_best and (
-                -sorted(finished[sent])[n_best - 1][0] >= best_live[row]
-            )
-            if not done:
-                keep.append(row)
+        keep = [row for row, sent in enumerate(active) if not _sentence_done(finished[sent], n_best, best_live[row])]
         if not keep:
             active = []
             break
