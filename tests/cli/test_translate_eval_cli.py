@@ -114,7 +114,7 @@ def test_empty_line_pairs_are_skipped_and_counted(runs, tmp_path, capsys, caplog
     assert figs["skipped_empty_pairs"] == 3 and figs["sentences"] == 8
     hyps = (Path(figs["hypotheses_file"])).read_text(encoding="utf-8").split("\n")[:-1]
     assert figs["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [REFS[:5] + REFS[5:8]]).score)
-    from lmforge.training.translate_run import prepare_translation_run
+    from lmforge.workflows.translate_run import prepare_translation_run
 
     cfg = RunConfig.parse({"task": "translate", "out_dir": str(tmp_path / "t"), "tokenizer": {"kind": "char"},
                            "model": {"family": "seq2seq_lstm", "emb_dim": 8, "hidden_dim": 8, "num_layers": 1},

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates the run and prints the figures."""
     from pathlib import Path
 
-    from lmforge.training.checkpoint import CONFIG_FILE
+    from lmforge.models.run_folder import RUN_CONFIG_FILE as CONFIG_FILE
 
     config_path = Path(args.run_dir) / CONFIG_FILE
     is_translation = bool(args.src or args.ref)
@@ -84,10 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if is_translation:
         if not (args.src and args.ref):
             raise ConfigError("a translation run is evaluated on aligned files: pass --src FILE --ref FILE")
-        try:
-            from lmforge.training import translate_run
-        except ImportError:
-            raise ConfigError("translation evaluation is not available (lmforge.training.translate_run is missing)") from None
+        from lmforge.workflows import translate_run
+
         if args.compare:
             if args.bootstrap_samples < 1:
                 raise ConfigError(f"--bootstrap-samples must be at least 1, got {args.bootstrap_samples}")
@@ -100,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         figs = translate_run.evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
     else:
-        from lmforge.training.lm_run import evaluate_run
+        from lmforge.workflows.lm_run import evaluate_run
 
         figs = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device)
     if args.json:

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _write(translations: list[str], output: str | None) -> int:
     text = "".join(t.replace("\n", " ") + "\n" for t in translations)
     if output is not None:
-        from lmforge.utils.io import atomic_write_text
+        from lmforge.utils.files import atomic_write_text
 
         atomic_write_text(output, text)
     else:

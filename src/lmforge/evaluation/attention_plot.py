@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from lmforge.utils.io import atomic_write_bytes
+from lmforge.inference.attention_maps import attention_maps
+from lmforge.utils.files import atomic_write_bytes
 
 __all__ = ["plot_attention", "write_attention_plots", "plot_translation_attention"]
 
@@ -108,8 +109,6 @@ def plot_translation_attention(translator: Any, texts: Sequence[str], out_dir: s
     Returns:
         ``(translations, files)``: the translations in order, and the PNGs written.
     """
-    from lmforge.inference.attention_maps import attention_maps
-
     maps = attention_maps(translator, texts, beam=beam, layer=layer, head=head, max_len=max_len,
                           batch_size=batch_size)
     return [m.translation for m in maps], write_attention_plots(maps, out_dir)

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from lmforge.data.pair_batching import encode_source
 from lmforge.errors import ConfigError
 
 __all__ = ["AttentionMap", "attention_maps"]
@@ -86,8 +87,6 @@ def attention_maps(translator: Any, texts: Sequence[str], beam: int = 5, layer: 
     Raises:
         ConfigError: the model cannot report attention weights, or ``layer``/``head`` is out of range.
     """
-    from lmforge.data.pair_batching import encode_source
-
     model = translator.model
     if not hasattr(model, "cross_attention_weights"):
         raise ConfigError(f"{type(model).__name__} cannot report attention weights")

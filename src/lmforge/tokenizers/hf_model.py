@@ -21,7 +21,7 @@ from lmforge.tokenizers.base import (
     frame_ids,
     resolve_tokenizer_path,
 )
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
 __all__ = ["HFModelTokenizer", "hf_tokenizers"]
 

@@ -1,6 +1,8 @@
-"""``ATTENTION``: self-attention variants by name (``mha``, ``gqa``, ``mqa``, ``complex``).
+"""``ATTENTION``: attention variants by name (``mha``, ``gqa``, ``mqa``, ``complex``), used for self-attention
+by every Transformer and for cross-attention by the encoder-decoder one (:meth:`SelfAttention.project_kv` +
+:meth:`SelfAttention.cross`, with the same projection weights and kernel).
 
-Letters: B = batch, T = new tokens (queries), S = keys (cached + new), H = query heads, Hkv = key/value heads,
+Letters: B = batch, T = new tokens (queries), S = keys (cached + new, or source), H = query heads, Hkv = key/value heads,
 hd = head width, D = d_model.
 
 Masks arrive ready-made (:class:`AttnMask`), built once per forward by the model: causal, bidirectional or
@@ -20,7 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lmforge.registry import Registry
 
-__all__ = ["ATTENTION", "AttnMask", "SelfAttention", "ComplexAttention", "apply_rope"]
+__all__ = ["ATTENTION", "AttnMask", "SelfAttention", "ComplexAttention", "apply_rope", "padding_mask", "causal_after",
+           "masked_softmax"]
 
 ATTENTION: Registry[Callable[[Any], nn.Module]] = Registry("attention variant")
 
@@ -36,6 +39,40 @@ class AttnMask:
 
     mask: Optional[Tensor] = None
     is_causal: bool = False
+
+
+def padding_mask(ids: Tensor, pad_idx: int) -> Tensor:
+    """``True`` where ``ids`` (B, S) is a real token. A row of only padding keeps its first position, so that
+    attention over it stays finite (its output is never used for anything but that row)."""
+    mask = ids.ne(pad_idx)
+    empty = ~mask.any(dim=1)
+    if bool(empty.any()):
+        mask = mask.clone()
+        mask[empty, 0] = True
+    return mask
+
+
+def causal_after(start: int, t: int, q_pos: Tensor, k_pos: Tensor) -> AttnMask:
+    """The causal mask of ``t`` new unpadded queries after ``start`` cached ones: none for one token (it sees
+    everything), SDPA's own for a fresh prompt, else explicit from positions q_pos (B, T), k_pos (B, S)."""
+    if t == 1:
+        return AttnMask()
+    if start == 0:
+        return AttnMask(is_causal=True)
+    return AttnMask((k_pos[:, None, :] <= q_pos[:, :, None])[:, None])  # (B, 1, T, S)
+
+
+def masked_softmax(scores: Tensor, mask: AttnMask) -> Tensor:
+    """Attention weights from raw ``scores`` (B, H, T, S) under ``mask``: the explicit form of what the fused
+    kernels compute without ever forming the weights."""
+    if mask.is_causal:
+        T, S = scores.shape[-2:]
+        causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    elif mask.mask is not None:
+        m = mask.mask
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+    return scores.softmax(dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -59,7 +96,14 @@ class SelfAttention(nn.Module):
         bias: biases on the projections.
         dropout: dropout on the attention weights (training only).
         use_flash_attn: allow the fused SDPA kernels.
+
+    Attributes:
+        capture_weights: when set, attention runs by an explicit softmax and keeps its weights (B, H, T, S) in
+            ``last_weights`` (the fused kernels never form them); for attention heatmaps, off by default.
     """
+
+    capture_weights: bool = False
+    last_weights: Optional[Tensor] = None
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool = False,
                  dropout: float = 0.0, use_flash_attn: bool = False) -> None:
@@ -85,19 +129,47 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: Optional[tuple[Tensor, Tensor]], mask: AttnMask,
                 cache: Any = None, layer: int = 0) -> Tensor:
-        """``x`` (B, T, D) -> (B, T, D); with a ``cache``, attends over everything cached plus ``x``."""
-        B, T, _ = x.shape
+        """Self-attention: ``x`` (B, T, D) -> (B, T, D); with a ``cache``, attends over everything cached plus ``x``."""
         q, k, v = self._split(x)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, hd)
-        with sdpa_kernel(self.backends):
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
-                dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
-            )  # (B, H, T, hd)
+        return self._attend(q, k, v, mask)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
+        """q (B, H, T, hd) over k, v (B, Hkv, S, hd) -> the projected output (B, T, D)."""
+        B, _, T, _ = q.shape
+        if self.capture_weights:
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, hd)
+            self.last_weights = masked_softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), mask)  # (B, H, T, S)
+            y = F.dropout(self.last_weights, self.dropout, self.training) @ v  # (B, H, T, hd)
+        else:
+            with sdpa_kernel(self.backends):
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
+                    dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
+                )  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values (B, Hkv, S, hd) of ``memory`` (B, S, D), computed once per source
+        with the K and V rows of the same projection."""
+        B, S, _ = memory.shape
+        nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        bias = None if self.qkv.bias is None else self.qkv.bias[nq:]
+        k, v = F.linear(memory, self.qkv.weight[nq:], bias).split([nk, nk], dim=-1)
+        return (k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2),
+                v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2))
+
+    def cross(self, x: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
+        """Cross-attention (arXiv:1706.03762) from ``x`` (B, T, D) to :meth:`project_kv`'s keys/values -> (B, T, D)."""
+        B, T, _ = x.shape
+        nq = self.num_heads * self.head_dim
+        bias = None if self.qkv.bias is None else self.qkv.bias[:nq]
+        q = F.linear(x, self.qkv.weight[:nq], bias).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        return self._attend(q, k, v, mask)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
@@ -141,13 +213,7 @@ class ComplexAttention(SelfAttention):
                                                    dropout_p=self.dropout if self.training else 0.0)
         else:
             scores = (qc @ kc.conj().transpose(-2, -1)).real / math.sqrt(self.head_dim)  # (B, H, T, S)
-            if mask.is_causal:
-                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                scores = scores.masked_fill(~causal, float("-inf"))
-            elif mask.mask is not None:
-                m = mask.mask
-                scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
-            probs = F.dropout(scores.softmax(dim=-1), self.dropout, self.training).to(v.dtype)
+            probs = F.dropout(masked_softmax(scores, mask), self.dropout, self.training).to(v.dtype)
             y = probs @ v  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
