@@ -91,15 +91,15 @@ def test_separate_vocab_flag_unshares_the_embeddings() -> None:
 
 
 def test_the_cli_prints_the_choice_and_why(monkeypatch, capsys) -> None:
-    from lmforge.cli import train as train_cli
-
     seen = {}
 
     def fake_train(config, resume=False, progress=None):  # the choice is under test, not training
         seen["config"] = config
         return {"steps": 0, "parameters": 0, "run_dir": config.out_dir, "interrupted": False}
 
-    monkeypatch.setattr(train_cli, "_translate_entry", lambda name: fake_train)
+    from lmforge.workflows import translate_run
+
+    monkeypatch.setattr(translate_run, "train_translation", fake_train)
     assert main(["train", "--task", "translate", "--src", "a.en", "--tgt", "a.de", "--time-budget", "90", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "chose preset translate-cpu-fast" in err and "90 s of training" in err and "--preset" in err
@@ -125,6 +125,22 @@ def test_the_cli_reads_the_load(monkeypatch) -> None:
     monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
     cfg, choice, note = _config(["--time-budget", "600"])
     assert choice.preset == "translate-cpu-fast" and choice.threads == 1 and "load average 30.0 on 2 cores" in note
+
+
+def test_decoding_commands_use_one_thread_on_a_busy_cpu(monkeypatch) -> None:
+    from lmforge.cli import train as train_cli
+    from lmforge.cli.translate import apply_threads
+    from lmforge.utils.cpu_load import busy, cpu_share, threads_for_load
+
+    assert busy((2.0, 2)) and not busy((0.9, 2)) and not busy((50.0, 1))  # one core: nothing to wait for
+    assert cpu_share((3.0, 2)) == 0.5 and cpu_share((0.5, 2)) == 1.0
+    assert threads_for_load((9.0, 2)) == 1 and threads_for_load((0.1, 2)) is None and threads_for_load(None) is None
+    apply_threads(2)
+    assert torch.get_num_threads() == 2  # an explicit count wins
+    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (12.0, 12.0, 12.0))
+    monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
+    apply_threads(None)
+    assert torch.get_num_threads() == 1
 
 
 def test_the_library_choice_checks_its_input() -> None:

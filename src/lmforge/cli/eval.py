@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmforge.cli.translate import add_threads_arg, apply_threads
 from lmforge.errors import ConfigError
 
 DESCRIPTION = ("Evaluate a run: token loss, perplexity, bits per character and per byte (from the real character "
@@ -29,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's batch size)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_threads_arg(parser)
 
 
 def _print_table(figs: dict) -> None:
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.models.run_folder import RUN_CONFIG_FILE as CONFIG_FILE
 
+    apply_threads(args.threads)
     config_path = Path(args.run_dir) / CONFIG_FILE
     is_translation = bool(args.src or args.ref)
     if not is_translation and config_path.is_file():

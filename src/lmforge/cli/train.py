@@ -96,7 +96,9 @@ def _translation_choice(args: argparse.Namespace, torch_cuda: Any) -> Any:
     device = args.device or "auto"
     if device == "auto":
         device = "cuda" if torch_cuda is not None and torch_cuda.is_available() else "cpu"
-    load = (os.getloadavg()[0], os.cpu_count() or 1) if hasattr(os, "getloadavg") else None
+    from lmforge.utils.cpu_load import machine_load
+
+    load = machine_load()
     return choose_translation_preset(args.time_budget, device=device, family=args.model or "transformer",
                                      step_budget=bool(args.max_steps or args.epochs), load=load)
 

@@ -11,6 +11,23 @@ DESCRIPTION = ("Translate text with a translation run: reads one sentence per li
 PROGRESS_MIN_LINES = 50  # files at least this long get a progress bar
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``; without it a busy CPU decodes with one thread (:mod:`lmforge.utils.cpu_load`)."""
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, or 1 when "
+                        "other processes already fill the cores)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Sets torch's thread count: ``threads`` when given, else 1 on a busy CPU (torch's default otherwise)."""
+    import torch
+
+    from lmforge.utils.cpu_load import machine_load, threads_for_load
+
+    n = threads or threads_for_load(machine_load())
+    if n:
+        torch.set_num_threads(n)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the options of ``lmforge translate``."""
     parser.add_argument("run_dir", metavar="RUN", help="a translation run folder written by `lmforge train --task translate`")
@@ -21,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences translated together (default 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(parser)
     a = parser.add_argument_group("attention heatmaps")
     a.add_argument("--attention-plot", metavar="DIR", help="also write one attention heatmap per sentence (PNG, source "
                    "tokens across, target tokens down) into DIR")
@@ -44,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
     if (args.layer is not None or args.head is not None) and not args.attention_plot:
         raise ConfigError("--layer and --head choose what --attention-plot DIR draws; pass --attention-plot too")
+    apply_threads(args.threads)
     translator = Translator.load(args.run_dir, device=args.device)
     if args.input is None and args.output is None and sys.stdin.isatty():
         return _interactive(translator, args)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 
 from lmforge.config.presets import PRESETS, get_preset
 from lmforge.errors import ConfigError
+from lmforge.utils.cpu_load import busy, cpu_share
 
 __all__ = ["TranslationChoice", "choose_translation_preset", "translation_presets", "DEFAULT_CPU_BUDGET",
            "DEFAULT_GPU_BUDGET", "FAST_BELOW"]
@@ -89,8 +90,8 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
     budget = time_budget
     if budget is None and not step_budget:
         budget = DEFAULT_GPU_BUDGET if gpu else DEFAULT_CPU_BUDGET
-    busy = not gpu and load is not None and load[1] > 1 and load[0] + 1 > load[1]
-    share = load[1] / (load[0] + 1) if busy else 1.0  # of the machine's cores this run can expect
+    crowded = not gpu and busy(load)
+    share = cpu_share(load) if crowded else 1.0  # of the machine's cores this run can expect
     fast = not gpu and budget is not None and budget * share < FAST_BELOW
     name = "translate-" + ("gpu" if gpu else "cpu") + ("-lstm" if family == "lstm" else "") + ("-fast" if fast else "")
     config = get_preset(name)
@@ -101,17 +102,17 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
     else:
         given = "given" if time_budget is not None else "the default when none is given"
         why = f"{budget:g} s of training ({given}) on {where}"
-        if busy:
+        if crowded:
             why += (f" busy with other work (load average {load[0]:.1f} on {load[1]} cores: about "
                     f"{budget * share:.0f} s of an idle machine's compute)")
         if not gpu:
             why += f"; {'under' if fast else 'at least'} {FAST_BELOW:g} s picks the {'small' if fast else 'standard'} CPU tier"
     ends = "the cosine schedule ends with the budget" if budget is not None else "a cosine schedule over those steps"
-    if busy:
+    if crowded:
         ends += "; 1 thread, as the other processes hold the cores"
     reason = (f"chose preset {name} ({_describe(config)}): {why}; {ends}. "
               "Pass --preset, --config or --model-size to choose yourself.")
-    return TranslationChoice(name, config, reason, 1 if busy else None)
+    return TranslationChoice(name, config, reason, 1 if crowded else None)
 
 
 def translation_presets() -> list[str]:
