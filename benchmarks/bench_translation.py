@@ -45,12 +45,15 @@ def _cpu_name() -> str:
 def run_one(family: str, args: argparse.Namespace) -> dict:
     """Trains one family for ``args.minutes`` and scores it on test2016; returns the figures."""
     from lmforge.config.translate_defaults import choose_translation_preset
+    from lmforge.utils.cpu_load import machine_load
     from lmforge.workflows.translate_run import evaluate_translation, train_translation
 
     data = Path(args.data)
     out = Path(args.out) / family
-    choice = choose_translation_preset(args.minutes * 60, device=args.device, family=family)
+    choice = choose_translation_preset(args.minutes * 60, device=args.device, family=family, load=machine_load())
     print(choice.reason, flush=True)
+    if choice.threads and not args.threads:  # as `lmforge train` does on a busy CPU
+        torch.set_num_threads(choice.threads)
     sets = {"out_dir": str(out), "data.src": str(data / "train.en"), "data.tgt": str(data / "train.de"),
             "data.val_src": str(data / "val.en"), "data.val_tgt": str(data / "val.de"), "train.device": args.device}
     for key, value in (("tokenizer.vocab_size", args.vocab_size), ("data.max_tokens", args.max_tokens),
