@@ -133,6 +133,12 @@ def test_a_user_config_without_a_tokenizer_kind_still_gets_bpe(tmp_path) -> None
     assert cfg.tokenizer.kind != "bpe"  # the general default (char) ...
     run = prepare_translation_run(cfg)
     assert run.config.tokenizer.kind == "bpe" and isinstance(run.src_tokenizer, BPETokenizer)  # ... not for translation
+    # translation's own defaults where the config is silent (label smoothing 0.1, 2,048-token batches) ...
+    assert cfg.train.label_smoothing == 0.0 and run.config.train.label_smoothing == 0.1 == run.task.label_smoothing
+    assert run.config.data.max_tokens == 2048 == run.task.max_tokens
+    # ... and what it says is obeyed
+    said = prepare_translation_run(cfg.with_overrides({"train.label_smoothing": 0.0, "tokenizer.kind": "char"}))
+    assert said.config.train.label_smoothing == 0.0 and said.config.tokenizer.kind == "char"
 
 
 def test_cli_train_translate_then_eval(tmp_path, capsys) -> None:

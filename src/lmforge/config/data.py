@@ -25,4 +25,4 @@ class DataConfig(StrictModel):
     val_tgt: Optional[str] = None
     max_len: int = Field(128, ge=1, description="translate: pairs longer than this (in tokens) are dropped from training")
     joint_vocab: bool = Field(True, description="translate: one BPE tokenizer for both languages")
-    max_tokens: int = Field(4096, ge=1, description="translate: token budget of a batch (rows x longest side, padding included); pairs of similar length are batched together")
+    max_tokens: int = Field(2048, ge=1, description="translate: token budget of a batch (rows x longest side, padding included); pairs of similar length are batched together (2,048: BENCHMARKS.md, Translation)")

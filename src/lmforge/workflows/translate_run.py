@@ -109,6 +109,21 @@ def _tokenizers(config: RunConfig, train: list[tuple[str, str]], run_dir: Path, 
     return fit(ckpt.SRC_TOKENIZER_FILE, [s for s, _ in train]), fit(ckpt.TGT_TOKENIZER_FILE, [t for _, t in train])
 
 
+# Where translation's defaults differ from the general ones (what the translate-* presets and BENCHMARKS.md's
+# runs use): byte-level BPE (the LM default, char, is a poor unit for translation) and label smoothing 0.1
+# (arXiv:1512.00567). Applied to settings a config leaves out; the resolved config records them.
+TRANSLATION_DEFAULTS = {"tokenizer.kind": "bpe", "train.label_smoothing": 0.1}
+
+
+def _translation_defaults(config: RunConfig) -> RunConfig:
+    unset = {}
+    for key, value in TRANSLATION_DEFAULTS.items():
+        section, field = key.split(".")
+        if field not in getattr(config, section).model_fields_set and not (key == "tokenizer.kind" and config.tokenizer.path):
+            unset[key] = value
+    return config.with_overrides(unset) if unset else config
+
+
 def prepare_translation_run(config: RunConfig, resume: bool = False) -> TranslationRun:
     """Reads the pairs, trains (or loads) the tokenizer(s), encodes and filters the pairs and builds the model.
 
@@ -119,10 +134,8 @@ def prepare_translation_run(config: RunConfig, resume: bool = False) -> Translat
     if config.task != "translate":
         raise ConfigError(f"task {config.task!r} is not a translation run; pass --task translate")
     run_dir = Path(config.out_dir)
-    if not resume and not config.tokenizer.path and "kind" not in config.tokenizer.model_fields_set:
-        # Translation defaults to byte-level BPE (the LM default, char, is a poor unit for translation); the
-        # resolved config records it, so the run folder says what was trained.
-        config = config.with_overrides({"tokenizer.kind": "bpe"})
+    if not resume:
+        config = _translation_defaults(config)
     train, val = _pairs(config)
     with main_first(current_dist()):
         src_tok, tgt_tok = _tokenizers(config, train, run_dir, resume)
