@@ -177,16 +177,16 @@ def test_lstm_attention_heatmaps(runs, tmp_path, capsys, monkeypatch) -> None:
         out, _ = tr.model.decoder(tr.model.tgt_embed(tgt_in), memory.hidden)
         _, direct = tr.model.attention(out, tr.model.attention.keys(memory.outputs), memory.outputs, memory.src_mask)
     assert abs(direct[0].numpy() - maps[1].weights).max() < 1e-6
-    out_dir = tmp_path / "plots"
-    assert main(["translate", runs["b"], "--input", runs["src"], "--beam", "2", "--attention-plot", str(out_dir),
+    out_dir, few = tmp_path / "plots", _write(tmp_path / "few.src", SOURCES[:3])
+    assert main(["translate", runs["b"], "--input", few, "--beam", "2", "--attention-plot", str(out_dir),
                  "--output", str(tmp_path / "hyp.txt")]) == 0
-    assert "wrote 30 attention heatmap(s)" in capsys.readouterr().err
+    assert "wrote 3 attention heatmap(s)" in capsys.readouterr().err
     files = sorted(out_dir.glob("*.png"))
-    assert len(files) == 30 and files[0].name.startswith("0001_abc") and files[0].read_bytes()[:4] == b"\x89PNG"
+    assert len(files) == 3 and files[0].name.startswith("0001_abc") and files[0].read_bytes()[:4] == b"\x89PNG"
     plain = tmp_path / "plain.txt"
-    assert main(["translate", runs["b"], "--input", runs["src"], "--beam", "2", "--output", str(plain)]) == 0
+    assert main(["translate", runs["b"], "--input", few, "--beam", "2", "--output", str(plain)]) == 0
     assert (tmp_path / "hyp.txt").read_text() == plain.read_text()  # the same translations either way
-    assert main(["translate", runs["b"], "--input", runs["src"], "--attention-plot", str(out_dir), "--head", "2"]) != 0
+    assert main(["translate", runs["b"], "--input", few, "--attention-plot", str(out_dir), "--head", "2"]) != 0
     assert "out of range" in capsys.readouterr().err
 
 
@@ -222,9 +222,9 @@ def test_transformer_cross_attention_heatmaps(runs, tmp_path, capsys, monkeypatc
     assert abs(mean_map.weights - weights[0, 0].mean(0).numpy()).max() < 1e-6
     head2 = attention_maps(tr, [text], beam=1, layer=1, head=2)[0]
     assert abs(head2.weights - weights[0, 0, 1].numpy()).max() < 1e-6 and "head 2 of 2" in head2.what
-    out_dir = tmp_path / "plots"
-    assert main(["translate", runs["a"], "--input", runs["src"], "--attention-plot", str(out_dir), "--layer", "1",
+    out_dir, few = tmp_path / "plots", _write(tmp_path / "few.src", SOURCES[:2])
+    assert main(["translate", runs["a"], "--input", few, "--attention-plot", str(out_dir), "--layer", "1",
                  "--head", "1", "--output", str(tmp_path / "hyp.txt")]) == 0
-    assert len(list(out_dir.glob("*.png"))) == 30
-    assert main(["translate", runs["a"], "--input", runs["src"], "--attention-plot", str(out_dir), "--layer", "3"]) != 0
+    assert len(list(out_dir.glob("*.png"))) == 2
+    assert main(["translate", runs["a"], "--input", few, "--attention-plot", str(out_dir), "--layer", "3"]) != 0
     assert "--layer 3 is out of range: this model has 1 attention layer(s)" in capsys.readouterr().err
