@@ -97,10 +97,11 @@ class FastLlamaDecoder:
                 fold(gu, g2).t(), gu_b, w(sd[m + "down_proj.weight"]).t(), _opt(sd.get(m + "down_proj.bias"), w),
             ))
         self.ffn = gu.shape[0] // 2
-        # rotary table e^{i * pos * theta_j}; positions divided by the linear scaling factor (arXiv:2306.15595)
-        scale = float((cfg.get("rope_scaling") or {}).get("factor", 1.0))
-        inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64) / scale, inv)  # (S, hd/2)
+        # rotary table e^{i * pos * theta_j}, frequencies scaled as the model's (arXiv:2306.15595, 2407.21783)
+        from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
+
+        inv = rope_inv_freq(hd, **rope_settings(model.config), dtype=torch.float64)  # linear or llama3 scaling
+        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64), inv)  # (S, hd/2)
         ctype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
         self.rope = torch.polar(torch.ones_like(ang), ang).to(ctype).to(self.device)  # (S, hd/2)
 

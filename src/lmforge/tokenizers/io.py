@@ -20,9 +20,10 @@ TOKENIZERS: Registry[Any] = Registry("tokenizer kind")
 def _register() -> None:
     from lmforge.tokenizers.bpe import BPETokenizer
     from lmforge.tokenizers.char import CharTokenizer
+    from lmforge.tokenizers.hf import HFTokenizer
     from lmforge.tokenizers.word import WordTokenizer
 
-    for cls in (CharTokenizer, BPETokenizer, WordTokenizer):
+    for cls in (CharTokenizer, BPETokenizer, WordTokenizer, HFTokenizer):
         TOKENIZERS.add(cls.kind, cls)
 
 
