@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     from lmforge.interop.hf import export_model_dir
 
     out = export_model_dir(args.model_dir, args.out, dtype=getattr(torch, args.dtype))
-    print(f"wrote a Hugging Face Llama folder to {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+    print(f"wrote a Hugging Face folder to {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
