@@ -41,6 +41,8 @@ __all__ = [
     "load_model",
     "count_parameters",
     "read_metadata",
+    "weights_dtype",
+    "build_for_weights",
     "config_class_for",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
@@ -203,6 +205,34 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         )
     meta = header.get("__metadata__") or {}
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+_HALF = {"BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def weights_dtype(path: str | Path) -> Optional[torch.dtype]:
+    """bfloat16 or float16 when every floating tensor of a safetensors file has that dtype, else None."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+    codes = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and str(v.get("dtype", "")).startswith(("F", "BF"))}
+    return _HALF.get(codes.pop()) if len(codes) == 1 else None
+
+
+def build_for_weights(config: Any, path: str | Path) -> nn.Module:
+    """The model of ``config``, built directly in the dtype of a half-precision weights file (an imported bf16 or
+    fp16 checkpoint), so loading it never makes a float32 copy; float32 otherwise."""
+    from lmforge.models.registry import build_model
+
+    dtype = weights_dtype(path)
+    if dtype is None:
+        return build_model(config)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return build_model(config)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
@@ -385,13 +415,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     Raises:
         CheckpointError: a missing folder or file, or weights that do not match the config.
     """
-    from lmforge.models.registry import build_model
-
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} not found; check the path, or save/train a model there first")
     config = _read_model_config(directory)
-    model = build_model(config)
+    read_metadata(directory / WEIGHTS_FILE)
+    model = build_for_weights(config, directory / WEIGHTS_FILE)
     load_weights(model, directory / WEIGHTS_FILE)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -239,8 +239,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         CheckpointError: a missing folder or file, a damaged config, truncated or corrupted weights, or weights
             from another model family or vocabulary.
     """
-    from lmforge.models import build_model
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; pass a folder written by `lmforge train`")
@@ -263,8 +261,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
             src_tok = tgt_tok = tokenizer
     else:
         tokenizer = None
+    from lmforge.models.io import build_for_weights, read_metadata
+
+    read_metadata(path)  # a truncated or corrupted file: one clear line before anything reads it
     try:
-        model = build_model(config.model)
+        model = build_for_weights(config.model, path)  # an imported bf16/fp16 checkpoint stays in its dtype
     except LMForgeError:
         raise
     except Exception as err:  # a config that validates but cannot be built
