@@ -106,6 +106,9 @@ def render_chat_with_mask(tokenizer: Any, messages: Sequence[dict], template: st
     tpl = _template(template)
     if hasattr(tpl, "render_with_mask"):  # renders whole conversations (jinja)
         return tpl.render_with_mask(tokenizer, messages, add_generation_prompt)
+    if tpl.name == "tokens" and getattr(tokenizer, "kind", None) == "hf":
+        raise ConfigError("an imported checkpoint's tokenizer has no lmforge role tokens; use its own chat template "
+                          "(template 'jinja') or 'plain'")
     ids: list[int] = []
     mask: list[bool] = []
     for m in messages:
