@@ -35,14 +35,15 @@ def hf_configs():
     }
 
 
-def build_tokenizer(folder: Path) -> None:
-    """tokenizer.json (BPE with Metaspace, like SentencePiece models) and tokenizer_config.json."""
+def build_tokenizer(folder: Path, merges: bool = True) -> None:
+    """tokenizer.json (BPE with Metaspace, like SentencePiece models; without merges: one token per character)
+    and tokenizer_config.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=120, special_tokens=SPECIALS))
+    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=120 if merges else 8, special_tokens=SPECIALS))
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "<|im_end|>",
@@ -61,14 +62,17 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.2 + base)
 
 
-def build_checkpoint(arch: str, folder: Path, dtype: torch.dtype = torch.float32):
-    """A random ``arch`` model saved with save_pretrained, plus the tokenizer files; returns the HF model."""
+def build_checkpoint(arch: str, folder: Path, dtype: torch.dtype = torch.float32, config=None, merges: bool = True,
+                     random_norms: bool = True):
+    """A random ``arch`` model (or ``config``) saved with save_pretrained, plus the tokenizer files; returns the
+    HF model."""
     import transformers as T
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = T.AutoModelForCausalLM.from_config(hf_configs()[arch]).eval()
-    randomize(model)
+    model = T.AutoModelForCausalLM.from_config(config or hf_configs()[arch]).eval()
+    if random_norms:
+        randomize(model)
     model.to(dtype).save_pretrained(folder)
-    build_tokenizer(folder)
+    build_tokenizer(folder, merges)
     return model.float()

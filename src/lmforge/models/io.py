@@ -422,6 +422,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     read_metadata(directory / WEIGHTS_FILE)
     model = build_for_weights(config, directory / WEIGHTS_FILE)
     load_weights(model, directory / WEIGHTS_FILE)
+    from lmforge.models.lora import adapter_path, load_adapter
+
+    if adapter_path(directory / WEIGHTS_FILE).is_file():  # a LoRA fine-tune: adapters merged into the weights
+        load_adapter(model, adapter_path(directory / WEIGHTS_FILE), merge=True)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)

@@ -99,15 +99,32 @@ def file_sha256(path: str | Path) -> str:
 # --- weights (through lmforge.models.io: safetensors, tied weights kept, family/vocab checks) ---
 
 def _save_weights(model: nn.Module, path: Path) -> None:
+    """The weights; with LoRA adapters, the frozen base weights here and the adapters beside them."""
     from lmforge.models.io import save_weights
+    from lmforge.models.lora import adapter_path, has_lora, lora_detached, save_adapter
 
-    save_weights(unwrap_model(model), path)
+    model = unwrap_model(model)
+    if has_lora(model):
+        save_adapter(model, adapter_path(path))
+        with lora_detached(model):
+            save_weights(model, path)
+        return
+    save_weights(model, path)
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
+    """Loads :func:`_save_weights`' files into ``model``; a model without adapters gets a run's adapters merged."""
     from lmforge.models.io import load_weights
+    from lmforge.models.lora import adapter_path, has_lora, load_adapter, lora_detached
 
+    if has_lora(model):  # resuming a LoRA run: base and adapters separately
+        with lora_detached(model):
+            load_weights(model, path)
+        load_adapter(model, adapter_path(path))
+        return
     load_weights(model, path)
+    if adapter_path(path).is_file():
+        load_adapter(model, adapter_path(path), merge=True)
 
 
 def _save_tokenizer(tokenizer: Any, path: Path) -> None:

@@ -2,13 +2,15 @@
 
 ``conversations.jsonl`` holds one conversation per line, ``{"messages": [{"role": "user", "content": ...},
 {"role": "assistant", "content": ...}, ...]}`` (roles ``system``, ``user``, ``assistant``). Each conversation
-is rendered with the ``tokens`` chat template (the fixed role tokens and ``<|end|>``); the targets are the
-assistant replies and the ``<|end|>`` closing each of them, every other position is -100, so the model learns to
+is rendered with the ``tokens`` chat template (the fixed role tokens and ``<|end|>``), or for an imported
+checkpoint with its own ``jinja`` template; the targets are the assistant replies and the end-of-turn closing
+each of them, every other position is -100, so the model learns to
 answer and to stop, not to imitate users (as in InstructGPT's SFT stage, arXiv:2203.02155).
 
 :class:`ChatSFTTask` implements the trainer's Task protocol, so the shared
 :class:`~lmforge.training.trainer.Trainer` does the loop, the evaluation and the run folder. The new run's
-``summary.json`` records ``chat_template: "tokens"`` and ``finetuned_from``, which ``lmforge.api.LM.load`` reads.
+``summary.json`` records ``chat_template`` and ``finetuned_from``, which ``lmforge.api.LM.load`` reads.
+``train.lora_rank`` > 0 trains LoRA adapters instead of the whole model (arXiv:2106.09685).
 """
 
 from __future__ import annotations
@@ -63,12 +65,14 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     return out
 
 
-def encode_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict]], max_tokens: int) -> list[Example]:
-    """``(ids, is_target)`` per conversation (``tokens`` template), cut to its first ``max_tokens + 1`` ids."""
+def encode_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict]], max_tokens: int,
+                         template: str = "tokens") -> list[Example]:
+    """``(ids, is_target)`` per conversation (``tokens`` template, or an imported run's ``jinja`` one), cut to its
+    first ``max_tokens + 1`` ids."""
     out = []
     cut = 0
     for conv in conversations:
-        ids, mask = render_chat_with_mask(tokenizer, conv, "tokens")
+        ids, mask = render_chat_with_mask(tokenizer, conv, template)
         if len(ids) > max_tokens + 1:
             ids, mask = ids[: max_tokens + 1], mask[: max_tokens + 1]
             cut += 1
@@ -211,7 +215,7 @@ def finetune(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, val_
         n_val = max(1, int(round(len(convs) * val_fraction))) if len(convs) > 1 else 0
         train_convs, val_convs = convs[: len(convs) - n_val], convs[len(convs) - n_val:]
     sft_defaults = {"train.lr": 1e-3, "train.warmup_steps": 20, "train.eval_interval": 100, "train.epochs": 3.0,
-                    "train.sample_tokens": 0}
+                    "train.sample_tokens": 0, "train.lora_rank": 0}  # LoRA only when asked, never inherited
     settings = {**sft_defaults, **(overrides or {})}
     if any(k in (overrides or {}) for k in ("train.max_steps", "train.time_budget")) and "train.epochs" not in (overrides or {}):
         settings["train.epochs"] = None
@@ -221,14 +225,16 @@ def finetune(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, val_
     config = base.config.with_overrides({**settings, "out_dir": str(out_dir)})
     block = getattr(base.model, "max_context", None) or config.block_size
     tok = base.tokenizer
-    train = encode_conversations(tok, train_convs, block)
-    val = encode_conversations(tok, val_convs, block) if val_convs else []
+    # an imported checkpoint is tuned in its own chat format; lmforge's tokenizers use the role tokens
+    template = "jinja" if getattr(tok, "kind", None) == "hf" else "tokens"
+    train = encode_conversations(tok, train_convs, block, template)
+    val = encode_conversations(tok, val_convs, block, template) if val_convs else []
     task = ChatSFTTask(train, val, config.train.batch_size, pad_id=int(tok.pad_id), seed=config.train.seed)
     model = base.model
     model.train()
     trainer = Trainer(config, model, task, run_dir=out_dir, tokenizers=tok, progress=progress, device=device)
     summary = trainer.fit()
-    summary.update({"chat_template": "tokens", "finetuned_from": str(run_dir), "conversations": len(train),
+    summary.update({"chat_template": template, "finetuned_from": str(run_dir), "conversations": len(train),
                     "val_conversations": len(val)})
     atomic_write_json(out_dir / "summary.json", summary)
     return summary

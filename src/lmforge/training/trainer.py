@@ -30,6 +30,7 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.models.lora import apply_lora, has_lora
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, wrap_ddp
 from lmforge.training.logging import MetricsLog
@@ -223,7 +224,10 @@ class Trainer:
 
     def _fit(self, resume: bool) -> dict:
         tc = self.tc
-        self.raw = ckpt.unwrap_model(self.model).to(self.device)
+        self.raw = ckpt.unwrap_model(self.model)
+        if tc.lora_rank and not has_lora(self.raw):  # LoRA: a frozen model, adapters trained (arXiv:2106.09685)
+            apply_lora(self.raw, tc.lora_rank, tc.lora_alpha, tc.lora_targets, tc.lora_dropout)
+        self.raw = self.raw.to(self.device)
         self.raw.train()
         self.task.setup(device=self.device, rank=self.dist.rank, world_size=self.dist.world_size, grad_accum=tc.grad_accum)
         self.precision = resolve_precision(tc.precision, self.device)
@@ -367,6 +371,7 @@ class Trainer:
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None, "best_step": self.best_step,
             "stopped_by": stopped_by, "interrupted": stopped_by == "interrupted", "device": str(self.device),
             "precision": self.precision.name, "world_size": self.dist.world_size,
+            "trainable_parameters": sum(p.numel() for p in self.raw.parameters() if p.requires_grad),
         }
         if not self.dist.is_main:
             return summary
