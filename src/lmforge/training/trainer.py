@@ -50,11 +50,11 @@ class TrainingError(LMForgeError):
     """Training cannot go on (for example, the loss keeps being NaN); the message says what to change."""
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """Distinct trainable parameters (tied tensors counted once)."""
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Distinct parameters (tied tensors counted once), or only the trainable ones (LoRA: the adapters)."""
     seen, n = set(), 0
     for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
+        if (p.requires_grad or not trainable_only) and id(p) not in seen:
             seen.add(id(p))
             n += p.numel()
     return n
@@ -371,7 +371,7 @@ class Trainer:
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None, "best_step": self.best_step,
             "stopped_by": stopped_by, "interrupted": stopped_by == "interrupted", "device": str(self.device),
             "precision": self.precision.name, "world_size": self.dist.world_size,
-            "trainable_parameters": sum(p.numel() for p in self.raw.parameters() if p.requires_grad),
+            "trainable_parameters": count_parameters(self.raw, trainable_only=True),
         }
         if not self.dist.is_main:
             return summary
