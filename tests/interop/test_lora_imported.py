@@ -24,7 +24,7 @@ from lmforge.cli.main import main  # noqa: E402
 from lmforge.inference.chat import ChatInterface  # noqa: E402
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-HELD_OUT = ["zorp", "quix", "bela", "mune", "tavo"]
+HELD_OUT = ["zorp", "quix", "bela", "mune", "tavo", "kelp", "wign", "draf", "yoth", "bupe"]
 
 
 def _name(rng: random.Random) -> str:
@@ -46,15 +46,17 @@ def tuned(tmp_path_factory):
         build_checkpoint("llama", tmp / "hf", config=cfg, merges=False, random_norms=False)  # one token per character
         assert main(["import", str(tmp / "hf"), "--out", str(tmp / "base")]) == 0
         rng = random.Random(0)
-        (tmp / "text.txt").write_text("".join(f"i am {n}. hi {n}.\n" for n in (_name(rng) for _ in range(3000))))
+        # a copy skill that does not hang on a fixed distance: filler of varying length between the two names
+        fillers = ["", "ok. ", "the cat sat. ", "what? ", "on the mat. ", "how are you? ", "the cat sat on the mat. "]
+        (tmp / "text.txt").write_text("".join(f"i am {n}. {rng.choice(fillers)}hi {n}.\n" for n in (_name(rng) for _ in range(4000))))
         assert main(["train", "--init-from", str(tmp / "base"), "--data", str(tmp / "text.txt"), "--out", str(tmp / "cont"),
-                     "--max-steps", "500", "--batch-size", "16", "--lr", "3e-3", "--quiet", "--json",
+                     "--max-steps", "1000", "--batch-size", "16", "--lr", "3e-3", "--quiet", "--json",
                      "data.block_size=64", "train.eval_interval=1000", "train.sample_tokens=0"]) == 0
         convs = [[{"role": "user", "content": f"i am {n}"}, {"role": "assistant", "content": f"hi {n}"}]
                  for n in (_name(rng) for _ in range(1500))]
         (tmp / "chat.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in convs))
         assert main(["finetune", str(tmp / "cont"), "--data", str(tmp / "chat.jsonl"), "--out", str(tmp / "chat"),
-                     "--max-steps", "250", "--batch-size", "16", "--lr", "3e-3", "--lora-rank", "8", "--lora-alpha", "16",
+                     "--max-steps", "400", "--batch-size", "16", "--lr", "5e-3", "--lora-rank", "16", "--lora-alpha", "32",
                      "--quiet", "--json"]) == 0
         yield tmp
     finally:
@@ -70,7 +72,7 @@ def test_lora_chat_finetune_of_an_imported_model_answers_held_out_names(tuned):
     lm = LM.load(tuned / "chat", device="cpu")
     assert lm.chat_template == "jinja"
     right = sum(ChatInterface(lm, temperature=0, max_new_tokens=12).send(f"i am {n}") == f"hi {n}" for n in HELD_OUT)
-    assert right >= 4, right
+    assert right >= 8, right
     base = LM.load(tuned / "cont", device="cpu")  # before the LoRA chat tuning: no chat format yet
     assert sum(ChatInterface(base, temperature=0, max_new_tokens=12).send(f"i am {n}") == f"hi {n}" for n in HELD_OUT) <= 1
 
