@@ -180,3 +180,19 @@ def test_sharded_checkpoint_and_capped_context(tmp_path):
     x = _x()
     with torch.no_grad():
         torch.testing.assert_close(lm.model(x)[0], hf(x).logits, atol=1e-4, rtol=0)
+
+
+def test_serve_answers_with_the_checkpoints_template(imported):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lmforge.serving.app import create_app
+
+    arch, _, tmp, _ = imported
+    messages = CONVERSATION[:2]
+    want = LM.load(tmp / "run", device="cpu").chat(messages, temperature=0, max_new_tokens=6)
+    client = TestClient(create_app(str(tmp / "run")))
+    r = client.post("/v1/chat/completions", json={"model": "run", "messages": messages, "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.text
+    got = r.json()["choices"][0]
+    assert got["message"]["content"] == want.text and got["finish_reason"] == {"stop": "stop", "length": "length"}[want.finish_reason]
