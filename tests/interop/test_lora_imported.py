@@ -21,7 +21,7 @@ from hf_fixtures import build_checkpoint  # noqa: E402
 
 from lmforge.api import LM  # noqa: E402
 from lmforge.cli.main import main  # noqa: E402
-from lmforge.inference.chat import ChatInterface  # noqa: E402
+from lmforge.compat.chatbot import ChatInterface  # noqa: E402
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 HELD_OUT = ["zorp", "quix", "bela", "mune", "tavo", "kelp", "wign", "draf", "yoth", "bupe"]

@@ -19,7 +19,7 @@ from lmforge.errors import ConfigError  # noqa: E402
 from lmforge.interop.onnx import export_onnx  # noqa: E402
 from lmforge.models import build_model  # noqa: E402
 from lmforge.models.lora import apply_lora  # noqa: E402
-from lmforge.training.checkpoint import load_run, save_run  # noqa: E402
+from lmforge.models.run_folder import load_run, save_run  # noqa: E402
 
 
 def _onnx_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:

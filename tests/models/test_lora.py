@@ -10,7 +10,7 @@ from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import build_model
 from lmforge.models.lora import LoRALinear, apply_lora, load_adapter, lora_parameters, merge_lora, save_adapter
-from lmforge.training.checkpoint import load_run, save_run
+from lmforge.models.run_folder import load_run, save_run
 from lmforge.training.optim import build_optimizer
 
 CFG = {"vocab_size": 48, "d_model": 32, "num_layers": 2, "block_size": 16,

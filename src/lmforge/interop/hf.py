@@ -20,31 +20,23 @@ from torch import nn
 from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import ConfigError
 from lmforge.interop.hf_arch import export_architecture, hf_config, split_sizes, weight_map
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.models.run_folder import load_model
+from lmforge.models.transformer.decode import llama_incompatibilities
+from lmforge.utils.files import atomic_path, atomic_write_json
 
-__all__ = ["llama_incompatibilities", "llama_config", "llama_state_dict", "export_hf", "export_model_dir"]
+__all__ = ["llama_incompatibilities", "llama_export_problems", "llama_config", "llama_state_dict", "export_hf", "export_model_dir"]
 
 # lmforge's fixed special ids (see lmforge.tokenizers): <pad>=0, <bos>=2, <eos>=3.
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
 
-def llama_incompatibilities(config: TransformerConfig) -> list[str]:
-    """The settings of ``config`` that a Llama model cannot express, as ``key=value (Llama needs X)`` strings."""
-    c, a = config, config.attention
-    wanted = [
-        ("norm.type", c.norm.type, "rmsnorm"),
-        ("norm.placement", c.norm.placement, "pre"),
-        ("positional.encoding", c.positional.encoding, "rope"),
-        ("ffn.variant", c.ffn.variant, "swiglu"),
-        ("attention.mask_type", a.mask_type, "causal"),
-        ("parallel_layers", c.parallel_layers, False),
-        ("scale_embeddings", c.scale_embeddings, False),
-    ]
-    problems = [f"{key}={value!r} (Llama needs {want!r})" for key, value, want in wanted if value != want]
+def llama_export_problems(config: TransformerConfig) -> list[str]:
+    """:func:`llama_incompatibilities` plus what only the Llama file format cannot say: Q/K/V biases without
+    an output bias (Qwen2's layout, exported as Qwen2)."""
+    problems = llama_incompatibilities(config)
+    a = config.attention
     if a.qkv_bias is not None and a.qkv_bias != a.bias:
         problems.append(f"attention.qkv_bias={a.qkv_bias!r} (Llama has one bias setting for Q/K/V and output)")
-    if a.variant == "complex":
-        problems.append("attention.variant='complex' (Llama needs mha, gqa or mqa)")
     return problems
 
 
@@ -53,7 +45,7 @@ def _check(config: Any) -> TransformerConfig:
         family = getattr(config, "family", type(config).__name__)
         raise ConfigError(f"only transformer models export to Hugging Face (this one is {family!r}); "
                           "train a transformer-family model to export it")
-    problems = llama_incompatibilities(config)
+    problems = llama_export_problems(config)
     if problems:
         raise ConfigError("this Transformer is not Llama-compatible (nor Mistral, Qwen2 or GPT-2): " + "; ".join(problems)
                           + "; change these settings (and retrain) to export with --format hf")
@@ -146,7 +138,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, dtype: torch.dtype = torch.
         >>> transformers.AutoModelForCausalLM.from_pretrained("llama_out")  # doctest: +SKIP
     """
     config = getattr(model, "config", None)
-    arch = export_architecture(config) if isinstance(config, TransformerConfig) and llama_incompatibilities(config) else None
+    arch = export_architecture(config) if isinstance(config, TransformerConfig) and llama_export_problems(config) else None
     if arch is None:
         cfg, tensors = llama_config(config, dtype), llama_state_dict(model, dtype)
     else:
@@ -193,7 +185,6 @@ def _write_hf_tokenizer(tokenizer: Any, out: Path) -> None:
 
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Exports a model folder (``save_model``) or a run folder to a Llama-format folder; see :func:`export_hf`."""
-    from lmforge.models.io import load_model
 
     model = load_model(model_dir)
     return export_hf(model, out_dir, dtype, tokenizer=getattr(model, "tokenizer", None))

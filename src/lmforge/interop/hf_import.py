@@ -30,11 +30,11 @@ from lmforge.config import RunConfig
 from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import CheckpointError, ConfigError, TokenizerError
 from lmforge.interop.hf_arch import lmforge_config, split_sizes, weight_map
-from lmforge.models.io import read_metadata
+from lmforge.models.run_folder import save_run
 from lmforge.models.transformer import Transformer
 from lmforge.models.transformer.positions import POSITIONS
+from lmforge.models.weights import read_metadata
 from lmforge.tokenizers.hf import HFTokenizer
-from lmforge.training.checkpoint import save_run
 
 __all__ = ["import_hf", "read_hf_tokenizer", "build_transformer"]
 

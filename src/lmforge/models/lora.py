@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.utils.io import atomic_path
+from lmforge.models.weights import load_weights, save_weights
+from lmforge.utils.files import atomic_path
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora", "has_lora", "lora_parameters", "save_adapter", "load_adapter",
-           "adapter_path", "lora_detached", "DEFAULT_TARGETS"]
+           "adapter_path", "lora_detached", "save_weights_with_adapters", "load_weights_with_adapters", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = ("qkv", "o_proj", "w_in", "w_out")
 
@@ -223,3 +224,28 @@ def load_adapter(model: nn.Module, path: str | Path, merge: bool = False) -> nn.
         for k, t in tensors.items():
             params[k].copy_(t)
     return merge_lora(model) if merge else model
+
+
+def save_weights_with_adapters(model: nn.Module, path: str | Path) -> None:
+    """Writes a run's weights file; with adapters, the frozen base weights there and the adapters beside them
+    (:func:`adapter_path`). Without adapters, a stale adapter file beside ``path`` is removed."""
+    if has_lora(model):
+        save_adapter(model, adapter_path(path))
+        with lora_detached(model):
+            save_weights(model, path)
+        return
+    save_weights(model, path)
+    adapter_path(path).unlink(missing_ok=True)
+
+
+def load_weights_with_adapters(model: nn.Module, path: str | Path) -> nn.Module:
+    """Loads what :func:`save_weights_with_adapters` wrote: into an adapted model (resuming a LoRA run) base and
+    adapters separately; into a plain model the base weights with the adapters merged (inference, export)."""
+    if has_lora(model):
+        with lora_detached(model):
+            load_weights(model, path)
+        return load_adapter(model, adapter_path(path))
+    load_weights(model, path)
+    if adapter_path(path).is_file():
+        load_adapter(model, adapter_path(path), merge=True)
+    return model

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, content_fingerprint
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
 __all__ = ["HFTokenizer"]
 
