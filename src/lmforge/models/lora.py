@@ -24,7 +24,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from lmforge.models.weights import load_weights, save_weights
 from lmforge.utils.files import atomic_path
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora", "has_lora", "lora_parameters", "save_adapter", "load_adapter",
-           "adapter_path", "lora_detached", "save_weights_with_adapters", "load_weights_with_adapters", "DEFAULT_TARGETS"]
+           "adapter_path", "lora_detached", "lora_from_config", "save_weights_with_adapters", "load_weights_with_adapters", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = ("qkv", "o_proj", "w_in", "w_out")
 
@@ -136,6 +136,14 @@ def apply_lora(model: nn.Module, rank: int, alpha: float = 16.0, targets: Sequen
     for parent, name, child in found:
         setattr(parent, name, LoRALinear(child, rank, alpha, dropout))
     model.lora_config = {"rank": rank, "alpha": float(alpha), "targets": sorted(names), "dropout": dropout}
+    return model
+
+
+def lora_from_config(model: nn.Module, train: Any) -> nn.Module:
+    """``model`` adapted as a :class:`~lmforge.config.train.TrainConfig` says (``lora_rank`` > 0 and no adapters
+    yet), else unchanged; what the trainer calls before building its optimiser."""
+    if train.lora_rank and not has_lora(model):
+        apply_lora(model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_dropout)
     return model
 
 

@@ -30,7 +30,7 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
-from lmforge.models.lora import apply_lora, has_lora, load_weights_with_adapters
+from lmforge.models.lora import load_weights_with_adapters, lora_from_config
 from lmforge.models.weights import count_parameters
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import all_reduce_sum, cleanup, DistInfo, init_distributed, wrap_ddp
@@ -219,10 +219,7 @@ class Trainer:
         """Optimizer, schedule, precision and budget; restores a resumed run. Returns the (wrapped) model, the
         trainable parameters, the metrics log, the TensorBoard writer and the parameter count."""
         tc = self.tc
-        self.raw = ckpt.unwrap_model(self.model)
-        if tc.lora_rank and not has_lora(self.raw):  # LoRA: a frozen model, adapters trained (arXiv:2106.09685)
-            apply_lora(self.raw, tc.lora_rank, tc.lora_alpha, tc.lora_targets, tc.lora_dropout)
-        self.raw = self.raw.to(self.device)
+        self.raw = lora_from_config(ckpt.unwrap_model(self.model), tc).to(self.device)  # train.lora_rank > 0: LoRA
         self.raw.train()
         self.task.setup(device=self.device, rank=self.dist.rank, world_size=self.dist.world_size, grad_accum=tc.grad_accum)
         self.precision = resolve_precision(tc.precision, self.device)
@@ -371,14 +368,13 @@ class Trainer:
 
     def _finish(self, stopped_by: str, n_params: int, last_eval: dict, metrics: Optional[MetricsLog], tb: Any) -> dict:
         summary: dict[str, Any] = {
-            "family": self.config.model.family, "task": self.config.task, "parameters": n_params,
+            "family": self.config.model.family, "task": self.config.task, "parameters": n_params,  # LoRA: + adapters
+            "trainable_parameters": count_parameters(self.raw, trainable_only=True),
             "steps": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.elapsed, 3),
             "train_tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed > 0 else 0.0,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None, "best_step": self.best_step,
             "stopped_by": stopped_by, "interrupted": stopped_by == "interrupted", "device": str(self.device),
-            "precision": self.precision.name, "world_size": self.dist.world_size,
-            "trainable_parameters": count_parameters(self.raw, trainable_only=True),
-        }
+            "precision": self.precision.name, "world_size": self.dist.world_size}
         if not self.dist.is_main:
             return summary
         if stopped_by != "interrupted":
