@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -112,7 +111,6 @@ def main() -> None:
         bench_import(Path(tmp), args.rounds)
         bench_lora(Path(tmp), args.rounds, args.steps)
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(), flush=True)
-    del resource
 
 
 if __name__ == "__main__":
