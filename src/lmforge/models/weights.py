@@ -24,7 +24,7 @@ from lmforge.models.registry import build_model, upgrade_state_dict
 from lmforge.utils.files import atomic_path
 
 __all__ = [
-    "weights_dtype", "build_for_weights", "save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
+    "weights_dtype", "build_for_weights", "master_weights", "save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
 
 _FORMAT = "lmforge"
 
@@ -207,6 +207,15 @@ def build_for_weights(config: Any, path: str | Path) -> nn.Module:
         return build_model(config)
     finally:
         torch.set_default_dtype(previous)
+
+
+def master_weights(model: nn.Module, frozen: bool = False) -> nn.Module:
+    """``model`` ready to train: a bf16/fp16 model (an imported checkpoint) becomes float32, since optimiser
+    updates below half precision's resolution would be lost; ``frozen`` (LoRA, whose adapters are float32
+    already) keeps it as it is."""
+    if not frozen and any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        return model.float()
+    return model
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from lmforge.errors import ConfigError
 from lmforge.models.run_folder import load_run
+from lmforge.models.weights import master_weights
 from lmforge.training.tasks_chat import ChatSFTTask, encode_conversations, read_conversations
 from lmforge.training.trainer import Trainer
 from lmforge.utils.files import atomic_write_json
@@ -70,7 +71,7 @@ def finetune(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, val_
     train = encode_conversations(tok, train_convs, block, template)
     val = encode_conversations(tok, val_convs, block, template) if val_convs else []
     task = ChatSFTTask(train, val, config.train.batch_size, pad_id=int(tok.pad_id), seed=config.train.seed)
-    model = base.model
+    model = master_weights(base.model, frozen=bool(config.train.lora_rank))  # an imported bf16 model: float32
     model.train()
     trainer = Trainer(config, model, task, run_dir=out_dir, tokenizers=tok, progress=progress, device=device)
     summary = trainer.fit()

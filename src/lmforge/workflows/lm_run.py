@@ -20,8 +20,8 @@ from lmforge.evaluation.perplexity import evaluate_lm
 from lmforge.inference.generation import generate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
-from lmforge.models.lora import has_lora
 from lmforge.models.run_folder import load_run
+from lmforge.models.weights import master_weights
 from lmforge.tokenizers import load_tokenizer, train_tokenizer
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import current_dist, main_first, process_group, shared_tokenizer
@@ -65,10 +65,7 @@ def _init_from(config: RunConfig, init_from: str | Path) -> tuple[RunConfig, Any
     data = config.model_dump(mode="json")
     data["model"] = base.config.model.model_dump(mode="json")
     config = RunConfig.parse(data, source=f"--init-from {init_from}")
-    model = base.model
-    if not config.train.lora_rank and not has_lora(model) and next(model.parameters()).dtype in (torch.bfloat16, torch.float16):
-        model = model.float()  # full training keeps float32 master weights; LoRA trains float32 adapters instead
-    return config, model, tok
+    return config, master_weights(base.model, frozen=bool(config.train.lora_rank)), tok
 
 
 def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache_dir: str | Path,
