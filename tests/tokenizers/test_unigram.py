@@ -69,3 +69,28 @@ def test_unseen_characters_are_unk_and_training_is_deterministic() -> None:
     assert a.unk_id in a.encode("Ein Mann €")
     with pytest.raises(TokenizerError, match="at least"):
         UnigramTokenizer.train(GERMAN, vocab_size=10)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_translation_runs_train_joint_or_separate_unigram_vocabularies(tmp_path, joint) -> None:
+    from lmforge.config import RunConfig
+    from lmforge.workflows.translate_run import prepare_translation_run
+
+    english = ["Two young men are outside.", "A little girl climbs into a playhouse.", "A man in a blue shirt."] * 10
+    src, tgt = tmp_path / "s.en", tmp_path / "t.de"
+    src.write_text("".join(s + "\n" for s in english), encoding="utf-8")
+    tgt.write_text("".join(t + "\n" for t in GERMAN[:3] * 10), encoding="utf-8")
+    model = {"family": "seq2seq_transformer", "d_model": 16, "num_heads": 2, "num_encoder_layers": 1,
+             "num_decoder_layers": 1, "d_ff": 32, "share_embeddings": joint}
+    cfg = RunConfig.parse({"task": "translate", "out_dir": str(tmp_path / "run"), "model": model,
+                           "tokenizer": {"kind": "unigram", "vocab_size": 60},
+                           "data": {"src": str(src), "tgt": str(tgt), "joint_vocab": joint, "val_fraction": 0.2}})
+    run = prepare_translation_run(cfg)
+    assert isinstance(run.src_tokenizer, UnigramTokenizer) and isinstance(run.tgt_tokenizer, UnigramTokenizer)
+    assert (run.src_tokenizer is run.tgt_tokenizer) == joint
+    if not joint:  # each side learned its own language's pieces
+        pieces = [{p for p, _ in t.to_dict()["hf_tokenizer"]["model"]["vocab"]} for t in (run.src_tokenizer, run.tgt_tokenizer)]
+        assert any("ä" in p for p in pieces[1]) and not any("ä" in p for p in pieces[0])
+        assert set(run.tokenizer_files) == {"src_tokenizer.json", "tgt_tokenizer.json"}
+    assert run.src_tokenizer.decode(run.src_tokenizer.encode(english[1])) == english[1]
+    assert run.tgt_tokenizer.decode(run.tgt_tokenizer.encode(GERMAN[2])) == GERMAN[2]
