@@ -49,10 +49,10 @@ def _params(config: RunConfig) -> int:
 
 def test_a_small_budget_picks_a_small_model_and_the_schedule_fits_the_budget() -> None:
     small, _, note_small = _config(["--time-budget", "120"])
-    big, _, note_big = _config(["--time-budget", "600"])
-    assert 120 < FAST_BELOW <= 600
+    big, _, note_big = _config(["--time-budget", "1200"])
+    assert 120 < FAST_BELOW <= 1200
     assert _params(small) < 0.6 * _params(big)  # fewer, cheaper steps for a short budget
-    assert small.train.time_budget == 120 and big.train.time_budget == 600
+    assert small.train.time_budget == 120 and big.train.time_budget == 1200
     assert small.train.schedule == big.train.schedule == "cosine"  # decays over the time budget (time-aware)
     assert "translate-cpu-fast" in note_small and "120 s" in note_small and "translate-cpu " in note_big
     assert big.data.max_tokens == 2048 and big.train.label_smoothing == 0.1 and big.tokenizer.vocab_size == 6000
@@ -62,13 +62,14 @@ def test_a_small_budget_picks_a_small_model_and_the_schedule_fits_the_budget() -
 def test_no_budget_on_a_cpu_trains_ten_minutes_and_a_gpu_gets_the_larger_preset() -> None:
     cpu, _, note = _config([])
     assert cpu.train.time_budget == DEFAULT_CPU_BUDGET and "default" in note
+    assert cpu.model.d_model == 192  # ten minutes pick the small tier
     gpu, _, note_gpu = _config(["--time-budget", "600"], gpu=True)
     assert "translate-gpu" in note_gpu and _params(gpu) > 1.5 * _params(cpu) and gpu.data.max_tokens > cpu.data.max_tokens
     steps, _, note_steps = _config(["--max-steps", "50"])
     assert steps.train.time_budget is None and steps.train.max_steps == 50 and "step" in note_steps
     lstm, _, _ = _config(["--model", "lstm", "--time-budget", "120"])
     assert lstm.model.family == "seq2seq_lstm" and lstm.train.time_budget == 120
-    assert _params(lstm) < _params(_config(["--model", "lstm"])[0])
+    assert _params(lstm) < _params(_config(["--model", "lstm", "--time-budget", "1200"])[0])
 
 
 def test_an_explicit_preset_config_size_or_override_is_obeyed(tmp_path) -> None:
@@ -107,13 +108,13 @@ def test_the_cli_prints_the_choice_and_why(monkeypatch, capsys) -> None:
 
 
 def test_a_busy_cpu_counts_for_its_share_and_trains_with_one_thread() -> None:
-    busy = choose_translation_preset(600.0, load=(9.0, 2))  # about 600 * 2 / 10 = 120 s of an idle machine
-    idle = choose_translation_preset(600.0, load=(0.3, 2))
-    assert busy.threads == 1 and "1 thread" in busy.reason and "9.0" in busy.reason and "120 s" in busy.reason
+    busy = choose_translation_preset(1200.0, load=(9.0, 2))  # about 1200 * 2 / 10 = 240 s of an idle machine
+    idle = choose_translation_preset(1200.0, load=(0.3, 2))
+    assert busy.threads == 1 and "1 thread" in busy.reason and "9.0" in busy.reason and "240 s" in busy.reason
     assert idle.threads is None and "thread" not in idle.reason
     assert busy.preset == "translate-cpu-fast" and idle.preset == "translate-cpu"
-    assert busy.config["train"]["time_budget"] == idle.config["train"]["time_budget"] == 600  # still 600 s of training
-    assert choose_translation_preset(600.0, load=(1.5, 2)).preset == "translate-cpu"  # 480 s of compute: standard
+    assert busy.config["train"]["time_budget"] == idle.config["train"]["time_budget"] == 1200  # still 1200 s of training
+    assert choose_translation_preset(1200.0, load=(1.5, 2)).preset == "translate-cpu"  # 960 s of compute: standard
     gpu = choose_translation_preset(600.0, device="cuda", load=(9.0, 2))
     assert gpu.threads is None and gpu.preset == "translate-gpu"
 
@@ -123,7 +124,7 @@ def test_the_cli_reads_the_load(monkeypatch) -> None:
 
     monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (30.0, 30.0, 30.0))
     monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
-    cfg, choice, note = _config(["--time-budget", "600"])
+    cfg, choice, note = _config(["--time-budget", "1200"])
     assert choice.preset == "translate-cpu-fast" and choice.threads == 1 and "load average 30.0 on 2 cores" in note
 
 

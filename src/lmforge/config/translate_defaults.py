@@ -2,7 +2,7 @@
 device, and why (torch-free; the caller says whether a GPU is there).
 
 A CPU gets the ``translate-cpu`` presets (the settings that reached 32.6 BLEU on Multi30k in 20 CPU-minutes,
-BENCHMARKS.md), or their ``-fast`` tier, a third of the size, under :data:`FAST_BELOW` seconds (of an idle
+BENCHMARKS.md), or their ``-fast`` tier, a third of the size, under :data:`FAST_BELOW` seconds (15 minutes of an idle
 machine's compute: a CPU busy with other processes counts for its share); with no budget at all it trains for
 :data:`DEFAULT_CPU_BUDGET` seconds (10 minutes), as ``lmforge train`` with no arguments trains for 120. A GPU
 gets the ``translate-gpu`` presets (a 32M-parameter Transformer, 4x larger batches; not yet measured on a GPU).
@@ -13,6 +13,8 @@ Example:
     >>> choice = choose_translation_preset(120.0, device="cpu")
     >>> choice.preset, choice.config["train"]["time_budget"]
     ('translate-cpu-fast', 120.0)
+    >>> choose_translation_preset(1200.0).preset
+    'translate-cpu'
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ __all__ = ["TranslationChoice", "choose_translation_preset", "translation_preset
 
 DEFAULT_CPU_BUDGET = 600.0  # seconds of training when no budget (time, steps or epochs) is given on a CPU
 DEFAULT_GPU_BUDGET = 900.0  # the same on a GPU
-FAST_BELOW = 300.0  # CPU budgets shorter than this get the -fast tier: fewer, cheaper steps go further
+# CPU budgets shorter than this (in an idle machine's seconds) get the -fast tier: in 600 s the 2.9M model saw 3.1
+# epochs and reached 29.3 BLEU, the 7.1M one 1.6 epochs and 18.8 (BENCHMARKS.md, issue 18's runs E and F).
+FAST_BELOW = 900.0
 
 
 @dataclass(frozen=True)
