@@ -21,6 +21,7 @@ import numpy as np
 
 from lmforge.data.shards import ShardWriter, disk_full_error
 from lmforge.errors import DataError
+from lmforge.tokenizers import tokenizer_from_dict
 
 __all__ = ["StreamSplit", "tokenize_units", "SPLITS"]
 
@@ -35,26 +36,27 @@ class StreamSplit:
     """A deterministic streaming selector that takes about ``fraction`` of the characters, spread evenly.
 
     Error diffusion: a unit is taken when the characters owed to the selection (``fraction`` of all seen,
-    plus a seeded phase) reach half the unit's length. The same lengths and seed always give the same
-    choices; ``fraction`` 0 takes nothing and 1 takes everything.
+    plus a seeded phase of up to one first unit) reach half the unit's length. The same lengths and seed
+    always give the same choices; ``fraction`` 0 takes nothing and 1 takes everything.
 
     Args:
         fraction: the share of characters to take, in [0, 1].
-        seed: moves where the first taken unit falls.
-        unit_chars: the typical unit length (scales the seeded phase).
+        seed: moves where the taken units fall.
     """
 
-    def __init__(self, fraction: float, seed: int = 0, unit_chars: int = 1 << 15) -> None:
+    def __init__(self, fraction: float, seed: int = 0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise DataError(f"the split fraction must be between 0 and 1, got {fraction}")
-        u = int.from_bytes(hashlib.blake2b(f"split:{seed}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+        self.u = int.from_bytes(hashlib.blake2b(f"split:{seed}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
         self.fraction = fraction
-        self.phase = u * fraction * unit_chars
+        self.phase: Optional[float] = None
         self.seen = 0
         self.taken = 0
 
     def take(self, n: int) -> bool:
         """Whether the next unit, of ``n`` characters, is taken."""
+        if self.phase is None:
+            self.phase = self.u * self.fraction * n
         self.seen += n
         if self.fraction * self.seen + self.phase - self.taken >= n / 2:
             self.taken += n
@@ -78,8 +80,9 @@ def _produce(units: Iterable[tuple[str, int, int]], val_fraction: float, seed: i
         split = StreamSplit(val_fraction, seed)
         batch: list[tuple] = []
         chars = 0
-        for unit, (text, doc, pos) in enumerate(units):
-            name = "val" if split.take(len(text)) else "train"
+        for unit, item in enumerate(units):
+            text, doc, pos = item[:3]
+            name = item[3] if len(item) > 3 else ("val" if split.take(len(text)) else "train")
             if unit < skip_units:
                 continue
             batch.append((text, doc, pos, unit, name))
@@ -100,8 +103,6 @@ _WORKER_TOK: Any = None
 
 def _worker_init(payload: dict) -> None:
     global _WORKER_TOK
-    from lmforge.tokenizers import tokenizer_from_dict
-
     _WORKER_TOK = tokenizer_from_dict(payload)
 
 
@@ -175,7 +176,8 @@ def tokenize_units(folder: Path, manifest: dict, units: Iterable[tuple[str, int,
     Args:
         folder: the prepared folder.
         manifest: the manifest so far (``shards``, ``resume``, per-split counts); updated in place.
-        units: ``(text, doc, source position)`` from :meth:`~lmforge.data.sources.SourceReader.units`.
+        units: ``(text, doc, source position)`` from :meth:`~lmforge.data.sources.SourceReader.units`, or
+            ``(text, doc, position, split)`` for units whose split is already chosen.
         tokenizer: the tokenizer.
         dtype: the token dtype.
         val_fraction: the validation share (by characters).

@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator, Optional
 
 from lmforge.data.pipeline import SPLITS, StreamSplit, tokenize_units
 from lmforge.data.shards import ShardedTokens, disk_full_error, dtype_for
-from lmforge.data.sources import BLOCK_CHARS, SourceReader
+from lmforge.data.sources import BLOCK_CHARS, SourceReader, fingerprint_files
 from lmforge.errors import DataError
+from lmforge.tokenizers import load_tokenizer, train_tokenizer
 from lmforge.utils.io import atomic_write_json
 
 __all__ = ["TokenizerSpec", "PreparedData", "prepare", "load_prepared", "is_prepared", "default_cache_root",
@@ -65,8 +66,6 @@ class TokenizerSpec:
 
     def key(self) -> dict:
         if self.path:
-            from lmforge.tokenizers import load_tokenizer
-
             return {"file": load_tokenizer(self.path).fingerprint()}
         return {k: v for k, v in asdict(self).items() if k != "path"}
 
@@ -128,8 +127,6 @@ def load_prepared(folder: str | os.PathLike, meta: Optional[dict] = None) -> Pre
         raise DataError(f"{folder} is not a prepared data folder (no valid {MANIFEST}); run `lmforge prepare DATA --out {folder}`")
     if not meta.get("complete"):
         raise DataError(f"{folder} holds an unfinished preparation; run the same `lmforge prepare` again to finish it")
-    from lmforge.tokenizers import load_tokenizer
-
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).is_file() else None
     train, val = (ShardedTokens(folder, meta["shards"][s], meta["dtype"]) for s in SPLITS)
     return PreparedData(train, val, meta, tokenizer, reused=True, cache_dir=folder)
@@ -244,8 +241,6 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
     settings = {"tokenizer": tok_key, "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
                 "skip_bad": skip_bad, "block_chars": block_chars}
     folder = Path(out) if out else _folder_for(Path(data).resolve(), settings, Path(cache_root) if cache_root else None)
-    from lmforge.data.sources import fingerprint_files
-
     key = {"settings": settings, "source": {"path": str(Path(data).resolve()), "fingerprint": fingerprint_files(reader.files),
                                             "files": len(reader.files), "bytes": reader.total_bytes}}
     old = _read_manifest(folder)
@@ -254,8 +249,6 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
         with contextlib.suppress(DataError):
             log.info("reusing prepared data in %s", folder)
             return load_prepared(folder, old)
-    from lmforge.tokenizers import load_tokenizer, train_tokenizer
-
     resume = same and (folder / TOKENIZER_FILE).is_file() and not old.get("complete")
     if resume:
         tok = load_tokenizer(folder / TOKENIZER_FILE)

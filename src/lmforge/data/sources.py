@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 
 from lmforge.errors import DataError
 
-__all__ = ["SourceReader", "list_source_files", "fingerprint_files", "BLOCK_CHARS", "SUFFIXES"]
+__all__ = ["SourceReader", "list_source_files", "fingerprint_files", "cut_blocks", "BLOCK_CHARS", "SUFFIXES"]
 
 #: Target length of a unit in characters (documents longer than this are cut into line blocks).
 BLOCK_CHARS = 1 << 15
@@ -101,6 +101,18 @@ def fingerprint_files(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def cut_blocks(text: str, block: int) -> Iterator[str]:
+    """``text`` in pieces of about ``block`` to ``2 * block`` characters, cut at safe positions only."""
+    while len(text) > 2 * block:
+        at = _cut(text, block)
+        if at >= len(text):
+            break
+        yield text[:at]
+        text = text[at:]
+    if text:
+        yield text
+
+
 def _cut(buf: str, block: int) -> int:
     """A safe cut position at or after ``block`` (within 4 blocks); a hard cut when the text has no space."""
     limit = 4 * block
@@ -172,15 +184,7 @@ class SourceReader:
             raise DataError(f"{self.path} holds no text (all documents are empty); add some text or check --text-field")
 
     def _blocks(self, text: str) -> Iterator[str]:
-        block = self.block_chars
-        while len(text) > 2 * block:
-            at = _cut(text, block)
-            if at >= len(text):
-                break
-            yield text[:at]
-            text = text[at:]
-        if text:
-            yield text
+        return cut_blocks(text, self.block_chars)
 
     def _documents(self, f: Path) -> Iterator[str]:
         kind = _suffix(f)
