@@ -144,7 +144,9 @@ def test_finished_prepare_is_reused_until_data_or_tokenizer_change(tmp_path, mon
 
 
 def test_tokenizer_is_trained_on_a_bounded_sample(tmp_path, monkeypatch):
-    import lmforge.data.prepare as prep
+    import importlib
+
+    prep = importlib.import_module("lmforge.data.prepare")  # the module (lmforge.data.prepare is also the function)
 
     path = tmp_path / "c.txt"
     path.write_text("".join(DOCS) * 200, encoding="utf-8")
