@@ -45,14 +45,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 class PrepareProgress:
-    """A rich progress bar (MB read, MB/s, ETA) fed by ``prepare``'s ``progress(phase, done, total)`` callback."""
+    """Rich progress bars fed by ``prepare``'s ``progress(phase, done, total)`` callback (MB read, MB/s, ETA), and
+    by evaluation (``phase="eval"``: windows scored, windows/s, ETA)."""
 
-    _NAMES = {"sample": "tokenizer sample", "tokenize": "tokenizing"}
+    _NAMES = {"sample": "tokenizer sample", "tokenize": "tokenizing", "eval": "evaluating"}
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, console: Any = None) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.quiet = quiet
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
@@ -61,21 +62,35 @@ class PrepareProgress:
         if self.quiet:
             return
         if self.progress is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("{task.description:<17}"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            self.progress = Progress(TextColumn("{task.description:<17}"), BarColumn(), TextColumn("{task.fields[amount]}"),
+                                     TextColumn("{task.fields[speed]}"), TextColumn("ETA"), TimeRemainingColumn(),
                                      console=self.console)
             self.progress.start()
         if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(self._NAMES.get(phase, phase), total=max(total, done, 1))
-        self.progress.update(self.tasks[phase], completed=done, total=max(total, done, 1))
+            self.tasks[phase] = self.progress.add_task(self._NAMES.get(phase, phase), total=max(total, done, 1),
+                                                       amount="", speed="")
+        task_id = self.tasks[phase]
+        task = self.progress.tasks[task_id]
+        rate = task.speed or 0.0
+        if phase == "eval":
+            amount, speed = f"{done:,}/{total:,} windows", f"{rate:,.1f} windows/s"
+        else:
+            amount, speed = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB", f"{rate / 1e6:,.2f} MB/s"
+        self.progress.update(task_id, completed=done, total=max(total, done, 1), amount=amount, speed=speed)
+
+    def event(self, ev: dict) -> None:
+        """Feeds a training/evaluation event (``{"event": "prepare"|"eval_progress", ...}``)."""
+        self(ev.get("phase", "eval"), ev["done"], ev["total"])
+        if ev["event"] == "eval_progress" and ev["done"] >= ev["total"]:
+            self.close()
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+            self.tasks = {}
 
 
 def prepare_from_args(args: argparse.Namespace) -> Any:

@@ -209,7 +209,7 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
             tokenizer_obj: Any = None, val_fraction: float = 0.1, seed: int = 0, text_field: str = "text",
             workers: Optional[int] = None, skip_bad: bool = False, cache_root: Optional[str | os.PathLike] = None,
             progress: Optional[Progress] = None, shard_tokens: int = SHARD_TOKENS,
-            block_chars: int = BLOCK_CHARS) -> PreparedData:
+            block_chars: Optional[int] = None, reuse_only: bool = False) -> Optional[PreparedData]:
     """Prepares (or reuses, or resumes) the token shards of a corpus.
 
     Args:
@@ -225,7 +225,9 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
         cache_root: where default folders go (default :func:`default_cache_root`).
         progress: called as ``progress(phase, done_bytes, total_bytes)``, phase ``"sample"`` or ``"tokenize"``.
         shard_tokens: tokens per shard (the granularity of resuming).
-        block_chars: units are cut from long documents at about this many characters.
+        block_chars: units are cut from long documents at about this many characters; default: 1/256 of the
+            corpus between 64 characters and 32 KiB, so even a small single file splits into enough line blocks.
+        reuse_only: only open a finished preparation of the same data and settings; None when there is none.
 
     Returns:
         The :class:`PreparedData`; ``reused``/``resumed`` tell what happened.
@@ -236,7 +238,8 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
     if not 0.0 <= val_fraction <= 1.0:
         raise DataError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
     spec = tokenizer or TokenizerSpec()
-    reader = SourceReader(data, text_field=text_field, skip_bad=skip_bad, block_chars=block_chars)
+    reader = SourceReader(data, text_field=text_field, skip_bad=skip_bad)
+    reader.block_chars = block_chars or min(BLOCK_CHARS, max(64, reader.total_bytes // 256))
     tok_key = {"file": tokenizer_obj.fingerprint()} if tokenizer_obj is not None else spec.key()
     settings = {"tokenizer": tok_key, "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
                 "skip_bad": skip_bad, "block_chars": block_chars}
@@ -249,6 +252,8 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
         with contextlib.suppress(DataError):
             log.info("reusing prepared data in %s", folder)
             return load_prepared(folder, old)
+    if reuse_only:
+        return None
     resume = same and (folder / TOKENIZER_FILE).is_file() and not old.get("complete")
     if resume:
         tok = load_tokenizer(folder / TOKENIZER_FILE)

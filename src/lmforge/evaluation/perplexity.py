@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -50,8 +50,10 @@ def lm_figures(total_nats: float, predicted: int, split_targets: int, meta_split
 @torch.no_grad()
 def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional[dict], block_size: int,
                 batch_size: int, device: str | torch.device | None = None, max_batches: Optional[int] = None,
-                autocast: Any = None) -> dict[str, Any]:
-    """Scores a causal LM on every token of a split (contiguous windows, each target exactly once).
+                autocast: Any = None, max_tokens: Optional[int] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Scores a causal LM on every token of a split (contiguous windows, each target exactly once), or on at most
+    ``max_tokens`` of them (windows spread evenly over the split, always the same ones).
 
     Args:
         model: a :class:`~lmforge.models.protocol.CausalLM`; its train/eval mode is restored afterwards.
@@ -62,6 +64,9 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
         device: where to run; default: the model's device.
         max_batches: score only the first this many batches (bits per char/byte are then estimates).
         autocast: an optional context-manager factory (e.g. ``Precision.autocast``).
+        max_tokens: score at most this many targets (bits per char/byte are then estimates for the split);
+            ``None`` or a number at least the split's size scores every target.
+        progress: called as ``progress(windows_done, windows_total)`` after each batch.
 
     Returns:
         ``loss`` (nats/token), ``perplexity``, ``bits_per_char``, ``bits_per_byte``, ``tokens`` (targets
@@ -71,7 +76,7 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
         >>> figs = evaluate_lm(model, data.val, data.meta["val"], 64, 32)  # doctest: +SKIP
         >>> round(figs["bits_per_char"], 3)  # doctest: +SKIP
     """
-    from lmforge.data import IGNORE_INDEX, iter_eval_batches
+    from lmforge.data import IGNORE_INDEX, eval_window_starts, iter_eval_batches
 
     if device is None:
         device = next(model.parameters()).device
@@ -80,7 +85,8 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
     total, count = 0.0, 0
     t0 = time.perf_counter()
     try:
-        for i, (x, y) in enumerate(iter_eval_batches(tokens, block_size, batch_size)):
+        starts = eval_window_starts(len(tokens), block_size, max_tokens)
+        for i, (x, y) in enumerate(iter_eval_batches(tokens, block_size, batch_size, starts=starts)):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device), y.to(device)
@@ -93,6 +99,8 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
                                   ignore_index=IGNORE_INDEX, reduction="sum")
             total += float(nll)
             count += int((y != IGNORE_INDEX).sum())
+            if progress is not None:
+                progress(min(len(starts), (i + 1) * batch_size), len(starts))
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0

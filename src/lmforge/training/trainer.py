@@ -371,10 +371,12 @@ class Trainer:
         if not self.dist.is_main:
             return summary
         if stopped_by != "interrupted":
+            t_eval = time.perf_counter()
             with self.precision.autocast():
                 final = self.task.evaluate(self.raw, max_batches=None)
             names = {"perplexity": "ppl"}
             summary.update({f"val_{names.get(k, k)}": v for k, v in final.items()})
+            summary["final_eval_time"] = round(time.perf_counter() - t_eval, 3)
         else:
             summary.update({"val_loss": last_eval.get("val_loss")})
         summary["wall_time"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)
