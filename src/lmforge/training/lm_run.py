@@ -125,7 +125,7 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
         cfg = run.config
         task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
                       val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing,
-                      eval_tokens=cfg.train.eval_tokens)
+                      eval_tokens=cfg.train.eval_tokens, eval_share=cfg.train.eval_share)
         if progress is not None:
             task.eval_progress = lambda done, total: progress({"event": "eval_progress", "done": done, "total": total})
         trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)

@@ -90,11 +90,14 @@ class LMTask:
         eval_batch_size: windows per evaluation forward pass (default ``batch_size``).
         label_smoothing: cross-entropy label smoothing (arXiv:1512.00567); 0 uses the model's own loss.
         eval_tokens: the most validation tokens one evaluation scores (``None``: all of them).
+        eval_share: an evaluation also scores at most this share of the tokens trained so far (at least one
+            evaluation batch); ``None`` or 0: no such cap.
     """
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
-                 label_smoothing: float = 0.0, eval_tokens: Optional[int] = None) -> None:
+                 label_smoothing: float = 0.0, eval_tokens: Optional[int] = None,
+                 eval_share: Optional[float] = None) -> None:
         from lmforge.data.lm_dataset import WindowSampler, _check
 
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
@@ -107,6 +110,7 @@ class LMTask:
         self.eval_batch_size = eval_batch_size or batch_size
         self.label_smoothing = label_smoothing
         self.eval_tokens = eval_tokens
+        self.eval_share = eval_share
         #: called as ``eval_progress(windows_done, windows_total)`` during the final evaluation
         self.eval_progress: Optional[Any] = None
         self.sampler = WindowSampler(len(train_tokens), block_size, seed)
@@ -150,10 +154,15 @@ class LMTask:
 
     def evaluate(self, model: torch.nn.Module, max_batches: Optional[int] = None,
                  autocast: Any = None) -> dict[str, Any]:
-        """Validation figures on at most ``eval_tokens`` tokens (periodic: also at most ``max_batches`` batches)."""
+        """Validation figures on at most ``eval_tokens`` tokens and ``eval_share`` of the tokens trained so far
+        (periodic evaluations: also at most ``max_batches`` batches)."""
         from lmforge.evaluation.perplexity import evaluate_lm
 
         limit = self.eval_tokens
+        if self.eval_share:
+            trained = self.steps_drawn * self.batch_size * self.block_size
+            share = max(self.eval_batch_size * self.block_size, int(trained * self.eval_share))
+            limit = share if limit is None else min(limit, share)
         if max_batches is not None:
             quick = max_batches * self.eval_batch_size * self.block_size
             limit = quick if limit is None else min(limit, quick)
