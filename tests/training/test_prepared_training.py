@@ -110,6 +110,11 @@ def test_bounded_evaluation_is_deterministic_and_equals_the_full_one_on_a_small_
     assert task.evaluate(model)["loss"] == full["loss"]
     task.eval_tokens = 80
     assert task.evaluate(model)["loss"] == a["loss"]
+    short = LMTask(val, val, T, 4, val_meta=meta, eval_tokens=10_000, eval_share=0.1)  # a run of few steps
+    assert short.evaluate(model)["tokens"] == 32  # nothing trained yet: one evaluation batch (4 windows of 8)
+    for _ in range(50):
+        short.next_batches()
+    assert short.evaluate(model)["tokens"] == 160  # a tenth of the 50 x 4 x 8 tokens trained
 
 
 DOCS = ["Café au lait, s'il vous plaît.\n", "naïve ☕ façade\n", "plain ascii text here\n", "日本語のテキスト\n",
