@@ -9,7 +9,8 @@ import pytest
 
 from lmforge.data import pipeline
 from lmforge.data.pipeline import StreamSplit
-from lmforge.data.prepare import TokenizerSpec, load_prepared, prepare
+from lmforge.data.prepare import load_prepared, prepare
+from lmforge.tokenizers import TokenizerSpec
 from lmforge.data.shards import INDEX_COLUMNS
 from corpora import DOCS, FORMATS, write_corpus
 
@@ -144,9 +145,7 @@ def test_finished_prepare_is_reused_until_data_or_tokenizer_change(tmp_path, mon
 
 
 def test_tokenizer_is_trained_on_a_bounded_sample(tmp_path, monkeypatch):
-    import importlib
-
-    prep = importlib.import_module("lmforge.data.prepare")  # the module (lmforge.data.prepare is also the function)
+    import lmforge.tokenizers.spec as prep  # TokenizerSpec.build trains through this module's train_tokenizer
 
     path = tmp_path / "c.txt"
     path.write_text("".join(DOCS) * 200, encoding="utf-8")

@@ -12,7 +12,8 @@ import pytest
 from corpora import DOCS, make_pdf, write_corpus
 from lmforge.cli.main import main
 from lmforge.data import shards
-from lmforge.data.prepare import TokenizerSpec, prepare
+from lmforge.data.prepare import prepare
+from lmforge.tokenizers import TokenizerSpec
 from lmforge.errors import DataError
 
 CHAR = TokenizerSpec("char")

@@ -122,7 +122,8 @@ DOCS = ["Café au lait, s'il vous plaît.\n", "naïve ☕ façade\n", "plain asc
 
 
 def test_bits_per_byte_from_the_index_equal_the_raw_text(tmp_path):
-    from lmforge.data import TokenizerSpec, prepare
+    from lmforge.data import prepare
+    from lmforge.tokenizers import TokenizerSpec
     from lmforge.evaluation.perplexity import evaluate_lm
 
     path = tmp_path / "c.jsonl"

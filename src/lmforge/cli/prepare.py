@@ -95,11 +95,12 @@ class PrepareProgress:
 
 def prepare_from_args(args: argparse.Namespace) -> Any:
     """Runs (or reuses) ``prepare`` as the shared options say; a prepared folder is opened as it is."""
-    from lmforge.data.prepare import TokenizerSpec, is_prepared, load_prepared, prepare
+    from lmforge.data import is_prepared, load_prepared, prepare
     from lmforge.errors import ConfigError
+    from lmforge.tokenizers import load_tokenizer, TokenizerSpec
 
     if is_prepared(args.data):
-        return load_prepared(args.data)
+        return load_prepared(args.data, load_tokenizer=load_tokenizer)
     if not 0.0 < args.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
     spec = TokenizerSpec(args.tokenizer, vocab_size=args.vocab_size, path=args.tokenizer_file,

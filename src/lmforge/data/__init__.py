@@ -8,9 +8,10 @@ Example:
     True
 """
 
-from lmforge.data.corpus import TEXT_SUFFIXES, default_corpus_path, read_documents, read_text_file, split_documents
-from lmforge.data.encode import LMData, encode_documents, prepare_lm_data, source_hash
-from lmforge.data.prepare import PreparedData, TokenizerSpec, is_prepared, load_prepared, prepare
+from lmforge.data import lm_dataset
+from lmforge.data.corpus import default_corpus_path, read_documents, read_text_file, split_documents, TEXT_SUFFIXES
+from lmforge.data.encode import encode_documents, LMData, prepare_lm_data, source_hash
+from lmforge.data.prepare import is_prepared, load_prepared, prepare, PreparedData
 from lmforge.data.shards import ShardedTokens
 from lmforge.data.sources import SourceReader
 
@@ -21,7 +22,6 @@ _LAZY = {"sample_batch", "iter_eval_batches", "eval_window_starts", "gather_wind
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from lmforge.data import lm_dataset
 
         return getattr(lm_dataset, name)
     raise AttributeError(f"module 'lmforge.data' has no attribute {name!r}")
@@ -41,7 +41,6 @@ __all__ = [
     "load_prepared",
     "is_prepared",
     "PreparedData",
-    "TokenizerSpec",
     "ShardedTokens",
     "SourceReader",
     "eval_window_starts",

@@ -21,7 +21,6 @@ import numpy as np
 
 from lmforge.data.shards import ShardWriter, disk_full_error
 from lmforge.errors import DataError
-from lmforge.tokenizers import tokenizer_from_dict
 
 __all__ = ["StreamSplit", "tokenize_units", "SPLITS"]
 
@@ -101,9 +100,9 @@ def _produce(units: Iterable[tuple[str, int, int]], val_fraction: float, seed: i
 _WORKER_TOK: Any = None
 
 
-def _worker_init(payload: dict) -> None:
+def _worker_init(tokenizer: Any) -> None:
     global _WORKER_TOK
-    _WORKER_TOK = tokenizer_from_dict(payload)
+    _WORKER_TOK = tokenizer  # inherited through fork, never pickled
 
 
 def _worker_encode(texts: list[str]) -> list[np.ndarray]:
@@ -119,7 +118,7 @@ def _pool(tokenizer: Any, workers: int) -> Any:
         return contextlib.nullcontext(None)
     import multiprocessing as mp
 
-    return mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(tokenizer.to_dict(),))
+    return mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(tokenizer,))
 
 
 def _encoded(batches: Iterator[list[tuple]], tokenizer: Any, pool: Any) -> Iterator[tuple[list[tuple], list]]:

@@ -6,7 +6,11 @@ the shard store of :mod:`lmforge.data.shards`. The folder's ``manifest.json`` fi
 names, sizes, times and edges) and the settings: a complete folder with the same fingerprint is reused as it
 is, an incomplete one resumes after its last complete shard, anything else is rebuilt.
 
+The tokenizer is described by a :class:`lmforge.tokenizers.TokenizerSpec` (or any object with its ``key()``,
+``needs_sample``, ``build(sample)`` and ``load(path)``): this layer only streams it a sample and stores the result.
+
 Example:
+    >>> from lmforge.tokenizers import TokenizerSpec
     >>> data = prepare("corpus.txt", tokenizer=TokenizerSpec("bpe", vocab_size=4096))  # doctest: +SKIP
     >>> len(data.train), data.meta["val"]["bytes"]  # doctest: +SKIP
 """
@@ -19,7 +23,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -27,10 +31,9 @@ from lmforge.data.pipeline import SPLITS, StreamSplit, tokenize_units
 from lmforge.data.shards import ShardedTokens, disk_full_error, dtype_for
 from lmforge.data.sources import BLOCK_CHARS, SourceReader, fingerprint_files
 from lmforge.errors import DataError
-from lmforge.tokenizers import load_tokenizer, train_tokenizer
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
-__all__ = ["TokenizerSpec", "PreparedData", "prepare", "load_prepared", "is_prepared", "default_cache_root",
+__all__ = ["PreparedData", "prepare", "load_prepared", "is_prepared", "default_cache_root",
            "publish", "FORMAT", "MANIFEST", "TOKENIZER_FILE"]
 
 log = logging.getLogger(__name__)
@@ -42,32 +45,6 @@ TOKENIZER_FILE = "tokenizer.json"
 #: Publish shards every this many tokens per split (64 MiB of uint16): the granularity of resuming.
 SHARD_TOKENS = 1 << 25
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class TokenizerSpec:
-    """Which tokenizer ``prepare`` trains (or loads, when ``path`` is given).
-
-    Attributes:
-        kind: ``char``, ``word`` or ``bpe``.
-        vocab_size: the vocabulary size (an upper bound for char/word).
-        min_frequency: drop characters, words or merges seen fewer times.
-        lowercase: word only.
-        path: a ``tokenizer.json`` to use instead of training one.
-        sample_mb: train on at most this many MiB of the training split, spread over the corpus.
-    """
-
-    kind: str = "bpe"
-    vocab_size: int = 8192
-    min_frequency: int = 1
-    lowercase: bool = False
-    path: Optional[str] = None
-    sample_mb: float = 64.0
-
-    def key(self) -> dict:
-        if self.path:
-            return {"file": load_tokenizer(self.path).fingerprint()}
-        return {k: v for k, v in asdict(self).items() if k != "path"}
 
 
 @dataclass
@@ -115,8 +92,15 @@ def is_prepared(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
-def load_prepared(folder: str | os.PathLike, meta: Optional[dict] = None) -> PreparedData:
+def load_prepared(folder: str | os.PathLike, meta: Optional[dict] = None,
+                  load_tokenizer: Optional[Callable[[Path], Any]] = None) -> PreparedData:
     """Opens a complete prepared folder (memory maps, nothing is read whole).
+
+    Args:
+        folder: the prepared folder.
+        meta: its manifest, when already read.
+        load_tokenizer: reads the folder's ``tokenizer.json`` into ``.tokenizer`` (e.g.
+            :func:`lmforge.tokenizers.load_tokenizer`); without it ``.tokenizer`` is None.
 
     Raises:
         DataError: the folder is not a complete prepared folder, or a shard is missing or damaged.
@@ -127,7 +111,8 @@ def load_prepared(folder: str | os.PathLike, meta: Optional[dict] = None) -> Pre
         raise DataError(f"{folder} is not a prepared data folder (no valid {MANIFEST}); run `lmforge prepare DATA --out {folder}`")
     if not meta.get("complete"):
         raise DataError(f"{folder} holds an unfinished preparation; run the same `lmforge prepare` again to finish it")
-    tokenizer = load_tokenizer(folder / TOKENIZER_FILE) if (folder / TOKENIZER_FILE).is_file() else None
+    has = load_tokenizer is not None and (folder / TOKENIZER_FILE).is_file()
+    tokenizer = load_tokenizer(folder / TOKENIZER_FILE) if has else None
     train, val = (ShardedTokens(folder, meta["shards"][s], meta["dtype"]) for s in SPLITS)
     return PreparedData(train, val, meta, tokenizer, reused=True, cache_dir=folder)
 
@@ -205,8 +190,8 @@ def publish(folder: Path, key: dict, units: Any, tokenizer: Any, *, val_fraction
     return data
 
 
-def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *, tokenizer: Optional[TokenizerSpec] = None,
-            tokenizer_obj: Any = None, val_fraction: float = 0.1, seed: int = 0, text_field: str = "text",
+def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *, tokenizer: Any,
+            val_fraction: float = 0.1, seed: int = 0, text_field: str = "text",
             workers: Optional[int] = None, skip_bad: bool = False, cache_root: Optional[str | os.PathLike] = None,
             progress: Optional[Progress] = None, shard_tokens: int = SHARD_TOKENS,
             block_chars: Optional[int] = None, reuse_only: bool = False) -> Optional[PreparedData]:
@@ -215,8 +200,8 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
     Args:
         data: the corpus (any input of :class:`~lmforge.data.sources.SourceReader`).
         out: the prepared folder; default: a folder named after the data and settings under ``cache_root``.
-        tokenizer: what tokenizer to train (default: byte-level BPE, 8192 tokens).
-        tokenizer_obj: a ready tokenizer to use instead (nothing is trained).
+        tokenizer: a :class:`lmforge.tokenizers.TokenizerSpec`: the tokenizer to train on a streamed sample, a
+            file to load or a ready tokenizer.
         val_fraction: the share of characters for validation, in [0, 1] (0: everything trains, 1: all is val).
         seed: the split seed (same data and seed -> same split).
         text_field: the text field of JSONL/Parquet/Arrow records.
@@ -237,11 +222,10 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise DataError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
-    spec = tokenizer or TokenizerSpec()
+    spec = tokenizer
     reader = SourceReader(data, text_field=text_field, skip_bad=skip_bad)
     reader.block_chars = block_chars or min(BLOCK_CHARS, max(64, reader.total_bytes // 256))
-    tok_key = {"file": tokenizer_obj.fingerprint()} if tokenizer_obj is not None else spec.key()
-    settings = {"tokenizer": tok_key, "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
+    settings = {"tokenizer": spec.key(), "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
                 "skip_bad": skip_bad, "block_chars": block_chars}
     folder = Path(out) if out else _folder_for(Path(data).resolve(), settings, Path(cache_root) if cache_root else None)
     key = {"settings": settings, "source": {"path": str(Path(data).resolve()), "fingerprint": fingerprint_files(reader.files),
@@ -251,12 +235,12 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
     if same and old.get("complete"):
         with contextlib.suppress(DataError):
             log.info("reusing prepared data in %s", folder)
-            return load_prepared(folder, old)
+            return load_prepared(folder, old, spec.load)
     if reuse_only:
         return None
     resume = same and (folder / TOKENIZER_FILE).is_file() and not old.get("complete")
     if resume:
-        tok = load_tokenizer(folder / TOKENIZER_FILE)
+        tok = spec.load(folder / TOKENIZER_FILE)
         resume = tok.fingerprint() == old.get("tokenizer")
     if not resume:
         try:
@@ -264,14 +248,9 @@ def prepare(data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
         except OSError as err:
             raise disk_full_error(err, folder) from None
         _clear(folder)
-        if tokenizer_obj is not None:
-            tok = tokenizer_obj
-        elif spec.path:
-            tok = load_tokenizer(spec.path)
-        else:
+        if spec.needs_sample:
             log.info("training a %s tokenizer on up to %g MiB of %s", spec.kind, spec.sample_mb, data)
-            tok = train_tokenizer(spec.kind, _sample(reader, val_fraction, seed, spec.sample_mb, progress),
-                                  vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, lowercase=spec.lowercase)
+        tok = spec.build(_sample(reader, val_fraction, seed, spec.sample_mb, progress))
         try:
             tok.save(folder / TOKENIZER_FILE)
         except OSError as err:

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from lmforge.errors import DataError
-from lmforge.utils.io import atomic_path
+from lmforge.utils.files import atomic_path
 
 __all__ = ["ShardWriter", "ShardedTokens", "dtype_for", "INDEX_COLUMNS", "disk_full_error"]
 

@@ -14,7 +14,6 @@ import numpy as np
 from lmforge.data.pipeline import SPLITS
 from lmforge.data.prepare import PreparedData
 from lmforge.data.shards import INDEX_COLUMNS
-from lmforge.tokenizers import UNK_ID
 
 __all__ = ["corpus_stats", "plot_stats"]
 
@@ -68,6 +67,7 @@ def corpus_stats(data: PreparedData, top: int = 20) -> dict[str, Any]:
     total = {"documents": len(doc_tokens), **total}
     order = np.argsort(-counts, kind="stable")[:top]
     tok = data.tokenizer
+    unk = getattr(tok, "unk_id", None)
 
     def name(i: int) -> str:
         return tok.decode([i], skip_special=False) if tok is not None else str(i)
@@ -76,7 +76,7 @@ def corpus_stats(data: PreparedData, top: int = 20) -> dict[str, Any]:
         **total,
         "chars_per_token": total["chars"] / total["tokens"] if total["tokens"] else None,
         "bytes_per_token": total["bytes"] / total["tokens"] if total["tokens"] else None,
-        "unk_rate": float(counts[UNK_ID] / total["tokens"]) if total["tokens"] and len(counts) > UNK_ID else 0.0,
+        "unk_rate": float(counts[unk] / total["tokens"]) if total["tokens"] and unk is not None and unk < len(counts) else None,
         "doc_tokens": _histogram(doc_tokens), "doc_chars": _histogram(doc_chars),
         "doc_tokens_mean": float(doc_tokens.mean()) if len(doc_tokens) else 0.0,
         "doc_tokens_median": float(np.median(doc_tokens)) if len(doc_tokens) else 0.0,
@@ -97,7 +97,7 @@ def plot_stats(stats: dict, path: str | os.PathLike, title: Optional[str] = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.utils.io import atomic_path
+    from lmforge.utils.files import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, key, what in ((axes[0], "doc_tokens", "tokens"), (axes[1], "doc_chars", "characters")):

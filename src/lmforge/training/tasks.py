@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.data.lm_dataset import _check, gather_windows, WindowSampler
 from lmforge.errors import ConfigError
+from lmforge.evaluation.perplexity import evaluate_lm
 
 __all__ = ["Task", "LMTask", "micro_batch_rows"]
 
@@ -98,7 +100,6 @@ class LMTask:
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
                  label_smoothing: float = 0.0, eval_tokens: Optional[int] = None,
                  eval_share: Optional[float] = None) -> None:
-        from lmforge.data.lm_dataset import WindowSampler, _check
 
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
         _check(val_tokens, block_size, 1, 2, "validation split")
@@ -125,7 +126,6 @@ class LMTask:
         self.rows = micro_batch_rows(self.batch_size, world_size, grad_accum)
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from lmforge.data.lm_dataset import gather_windows
 
         starts = self.sampler.next_starts(self.batch_size)  # (B,) the global batch, the same on every rank
         self.steps_drawn += 1
@@ -156,8 +156,6 @@ class LMTask:
                  autocast: Any = None) -> dict[str, Any]:
         """Validation figures on at most ``eval_tokens`` tokens and ``eval_share`` of the tokens trained so far
         (periodic evaluations: also at most ``max_batches`` batches)."""
-        from lmforge.evaluation.perplexity import evaluate_lm
-
         limit = self.eval_tokens
         if self.eval_share:
             trained = self.steps_drawn * self.batch_size * self.block_size
