@@ -56,7 +56,8 @@ def synthesise(path: Path, size: int, seed: int = 0) -> None:
 
 
 def _child_prepare(args: argparse.Namespace) -> None:
-    from lmforge.data.prepare import TokenizerSpec, prepare
+    from lmforge.data import prepare
+    from lmforge.tokenizers import TokenizerSpec
 
     marks: dict[str, list[float]] = {}
 
@@ -102,7 +103,7 @@ def _child_library(args: argparse.Namespace) -> None:
 def _child_first_step(args: argparse.Namespace) -> None:
     launched = float(args.launched)
     from lmforge.config import RunConfig, get_preset
-    from lmforge.training.lm_run import train_lm
+    from lmforge.workflows.lm_run import train_lm
 
     first: list[float] = []
     start: list[float] = []
