@@ -164,3 +164,12 @@ def test_tokenizer_is_trained_on_a_bounded_sample(tmp_path, monkeypatch):
     budget = 0.01 * 2 ** 20  # the corpus is 56 times larger; the sample is spread over it and stops at the budget
     assert 0.8 * budget <= sum(fed) <= budget + 4 * 256
     assert max(fed) <= 4 * 256  # pieces, never one giant string
+
+
+def test_a_real_datasets_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")  # optional: the layout is also covered without it ("hf_disk")
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS, "n": list(range(len(DOCS)))}),
+                               "test": datasets.Dataset.from_dict({"text": ["held out"], "n": [0]})})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    data = prepare(tmp_path / "ds", tmp_path / "out", tokenizer=KINDS["char"], val_fraction=0.0)
+    assert data.train.tolist() == _one_shot(data.tokenizer, DOCS)  # the train split only
