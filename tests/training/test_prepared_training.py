@@ -169,3 +169,18 @@ def test_prepare_then_train_then_eval_from_the_cli(tmp_path, tiny_corpus, capsys
     assert main(["eval", str(run), "--json"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert few["tokens"] == 32 and full["tokens"] > few["tokens"]
+
+
+def test_train_on_raw_data_reuses_what_prepare_wrote(tmp_path, tiny_corpus, capsys, monkeypatch):
+    from lmforge.cli.main import main
+
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["prepare", str(tiny_corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--quiet", "--json"]) == 0
+    folder = json.loads(capsys.readouterr().out)["folder"]
+    stamp = os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns
+    assert main(["train", "--data", str(tiny_corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--out",
+                 str(tmp_path / "run"), "--max-steps", "1", "model.d_model=16", "model.num_layers=1",
+                 "model.block_size=16", "model.attention.num_heads=2", "train.batch_size=2", "train.sample_tokens=0",
+                 "--threads", "1", "--quiet"]) == 0
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(folder)]  # the same cache, not a second copy
+    assert os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns == stamp  # reused as it was
