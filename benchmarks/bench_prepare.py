@@ -9,7 +9,8 @@ downloaded and the files are deleted at the end (``--keep`` keeps them). Then, e
    each phase (tokenizer sample + training, tokenizing + writing shards);
 2. the peer, right after: the ``tokenizers`` library's own ``encode_batch_fast`` (read in 1 MiB blocks, cut at
    line breaks into pieces of 32K characters, batches of 64, the same tokenizer) over the first
-   ``BENCH_PEER_BYTES`` (256 MiB) of the same corpus; the ratio is prepare's tokenizing throughput over the peer's;
+   ``BENCH_PEER_BYTES`` (256 MiB) of the same corpus; then an interleaved A/B on the first ``--ab-mb`` MiB
+   (library, prepare with the same tokenizer, twice), which gives the quoted ratio (both sides see the same load);
 3. ``lmforge train --data PREPARED --max-steps 1``: seconds from launching the process to the start of training
    (data opened, model built) and to the end of the first step;
 4. ``lmforge train --data PREPARED --time-budget B``: training time and the final evaluation's time.
@@ -64,8 +65,9 @@ def _child_prepare(args: argparse.Namespace) -> None:
     def progress(phase: str, done: int, total: int) -> None:
         marks.setdefault(phase, [time.perf_counter(), 0.0])[1] = time.perf_counter()
 
+    spec = TokenizerSpec(path=args.tokenizer_file) if args.tokenizer_file else TokenizerSpec("bpe", vocab_size=args.vocab_size)
     t0 = time.perf_counter()
-    data = prepare(args.corpus, args.out, tokenizer=TokenizerSpec("bpe", vocab_size=args.vocab_size), progress=progress)
+    data = prepare(args.corpus, args.out, tokenizer=spec, progress=progress)
     total = time.perf_counter() - t0
     tok_start = marks["sample"][1] if "sample" in marks else t0
     tokenize = time.perf_counter() - tok_start
@@ -83,7 +85,7 @@ PEER_BYTES = int(os.environ.get("BENCH_PEER_BYTES", 256 << 20))
 def _child_library(args: argparse.Namespace) -> None:
     from lmforge.tokenizers import load_tokenizer
 
-    hf = load_tokenizer(Path(args.out) / "tokenizer.json").hf_tokenizer
+    hf = load_tokenizer(args.tokenizer_file or Path(args.out) / "tokenizer.json").hf_tokenizer
     encode = getattr(hf, "encode_batch_fast", hf.encode_batch)
     t0 = time.perf_counter()
     tokens, carry, batch = 0, "", []
@@ -146,6 +148,25 @@ def _run(cmd: list[str], timed: bool = False) -> dict:
     return out
 
 
+def _ab(me: list[str], corpus: Path, prepared: Path, mb: int) -> list[dict]:
+    """Prepare (tokenizing only: the prepared folder's tokenizer) and the library on the same slice of the corpus,
+    alternating twice, so both see the same load."""
+    part = corpus.with_name("slice.txt")
+    with open(corpus, "rb") as src, open(part, "wb") as dst:
+        dst.write(src.read(mb << 20))
+    tok = str(prepared / "tokenizer.json")
+    out = []
+    for r in range(2):
+        lib = _run([*me, "--child", "library", "--corpus", str(part), "--out", str(prepared), "--tokenizer-file", tok])
+        shutil.rmtree(part.with_name(f"ab{r}"), ignore_errors=True)
+        prep = _run([*me, "--child", "prepare", "--corpus", str(part), "--out", str(part.with_name(f"ab{r}")),
+                     "--tokenizer-file", tok])
+        out.append({"library_mb_s": lib["mb_s"], "prepare_mb_s": prep["tokenize_mb_s"],
+                    "ratio": prep["tokenize_mb_s"] / lib["mb_s"]})
+        print(json.dumps({"what": "ab", **out[-1]}), flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1,5", help="corpus sizes in GB (comma-separated)")
@@ -156,6 +177,8 @@ def main() -> None:
     p.add_argument("--child", choices=["prepare", "library", "train"])
     p.add_argument("--corpus"), p.add_argument("--out"), p.add_argument("--run"), p.add_argument("--launched")
     p.add_argument("--steps", type=int), p.add_argument("--budget-run", dest="budget_run", type=float)
+    p.add_argument("--tokenizer-file")
+    p.add_argument("--ab-mb", type=int, default=128, help="size of the slice for the interleaved A/B (MiB)")
     args = p.parse_args()
     if args.child:
         args.budget = args.budget_run
@@ -177,7 +200,7 @@ def main() -> None:
             common = ["--corpus", str(corpus), "--out", str(out), "--vocab-size", str(args.vocab_size)]
             prep = _run([*me, "--child", "prepare", *common], timed=True)
             lib = [_run([*me, "--child", "library", *common])]
-            rows.append({"gb": size, "prepare": prep, "library": lib})
+            rows.append({"gb": size, "prepare": prep, "library": lib, "ab": _ab(me, corpus, out, args.ab_mb)})
             step = _run([*me, "--child", "train", *common, "--run", str(folder / "run1"), "--steps", "1",
                          "--launched", str(time.time())])
             rows[-1]["first_step"] = step
@@ -194,7 +217,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = max(x["mb_s"] for x in r["library"])
-        ratio = r["prepare"]["tokenize_mb_s"] / best
+        ratio = min(x["ratio"] for x in r["ab"])  # the interleaved A/B (the sequential pair saw different loads)
         br = r.get("budget_run") or {}
         ev = f"{br['final_eval_s']:.1f} s / {br['train_time']:.0f} s" if br.get("final_eval_s") is not None else "-"
         print(f"| {r['gb']:g} GB | {r['prepare']['peak_rss_mb']:,.0f} MB | {r['prepare']['seconds']:,.0f} s | "
