@@ -208,10 +208,10 @@ class BatchEngine:
             budget -= len(chunk)
             if seq.to_prefill:
                 break
-            siblings = [s for s in self._prefilling if s.shares_prefill_with(seq)]
-            for s in siblings:
+            logits, scratch = seq.last_logits, seq.scratch
+            for s in [s for s in self._prefilling if s.shares_prefill_with(seq)]:
                 self._prefilling.remove(s)
-                s.last_logits, s.scratch = seq.last_logits, seq.scratch
+                s.last_logits, s.scratch = logits, scratch
                 self._join(s)
 
     def _join(self, seq: Sequence) -> None:
