@@ -12,7 +12,8 @@ from lmforge.errors import LMForgeError
 
 DESCRIPTION = (
     "Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
-    "/v1/translations, /v1/models, /health) with a web chat page at /. Binds to 127.0.0.1 unless --host says "
+    "/v1/translations, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, /health) with a web chat "
+    "page at /; concurrent requests share decoding steps (continuous batching) unless --no-batching. Binds to 127.0.0.1 unless --host says "
     "otherwise. Needs the [serve] extra: pip install 'lmforge[serve]'."
 )
 
@@ -29,8 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("LMFORGE_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health and / "
                              "(default: $LMFORGE_API_KEY, else no key)")
+    parser.add_argument("--max-batch", type=int, default=32, metavar="N",
+                        help="sequences decoded together by the batching engine (default 32)")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="serve one model step at a time in worker threads (the path before continuous "
+                             "batching; for comparison)")
     parser.add_argument("--max-concurrency", type=int, default=8, metavar="N",
-                        help="generations running at once, taking turns token by token (default 8)")
+                        help="with --no-batching: generations running at once, taking turns token by token "
+                             "(default 8)")
     parser.add_argument("--max-queue", type=int, default=64, metavar="N",
                         help="requests waiting for a free slot before the server answers 429 (default 64)")
     parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
@@ -51,6 +58,8 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.max_concurrency < 1:
         raise LMForgeError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
+    if args.max_batch < 1:
+        raise LMForgeError(f"--max-batch must be at least 1, got {args.max_batch}")
     if args.max_queue < 0:
         raise LMForgeError(f"--max-queue must be 0 or more, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
@@ -73,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         engine = load(args.run)
         apply_compile(engine, args)
     app = create_app(engine, api_key=args.api_key, max_concurrency=args.max_concurrency,
-                     max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024)
+                     max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024,
+                     batching=not args.no_batching, max_batch=args.max_batch)
     print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "
           f"http://{args.host}:{args.port}/v1 (API); Ctrl+C stops", flush=True)
     # On Ctrl+C, streams still running get 5 s to finish; then their generations are cancelled.
