@@ -214,8 +214,18 @@ class BatchEngine:
                 s.last_logits, s.scratch = logits, scratch
                 self._join(s)
 
+    @staticmethod
+    def _take(seq: Sequence, logits: torch.Tensor) -> bool:
+        """``seq.take`` that fails only this sequence if its sampling settings break (never the batch)."""
+        try:
+            return seq.take(logits.view(1, -1))
+        except Exception as err:  # noqa: BLE001 - reported to the request
+            log.warning("a sequence failed: %s", err)
+            seq.fail(err)
+            return False
+
     def _join(self, seq: Sequence) -> None:
-        if not seq.take(seq.last_logits.view(1, -1)):
+        if not self._take(seq, seq.last_logits):
             return  # finished on its first token (or the first after a re-prefill)
         seq.row = len(self._running)
         self._running.append(seq)
@@ -245,7 +255,7 @@ class BatchEngine:
         logits = self.slots.decode(tokens)
         self.steps += 1
         for seq, row_logits in zip(list(self._running), logits):
-            if not seq.take(row_logits.view(1, -1)):
+            if not self._take(seq, row_logits):
                 self._leave(seq)
             elif self.slots.full(seq.row):  # context full: re-prefill from the latest tokens
                 self._refill(seq)

@@ -68,6 +68,13 @@ class GenerationRequest:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
 
+def _finite(x: Tensor, raw: Tensor) -> Tensor:
+    """Processed logits made safe to sample from: overflowed maxima stay the (equal) maxima, NaN is dropped,
+    and a row with nothing left falls back to the raw logits."""
+    x = torch.nan_to_num(x.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    return x if bool(torch.isfinite(x).any()) else raw.float()
+
+
 class Sequence:
     """One choice of a request while the engine works on it (created by :meth:`for_request`)."""
 
@@ -139,6 +146,8 @@ class Sequence:
         x = logits if self.bias is None else logits + self.bias
         for proc in self.processors:
             x = proc(x, p, self.sstate)
+        if not bool(torch.isfinite(x).any()) or bool(torch.isnan(x).any() or torch.isposinf(x).any()):
+            x = _finite(x, logits)  # an extreme temperature or penalty overflowed
         tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
         self.n_gen += 1
         if self.sstate is not None:

@@ -150,7 +150,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
     _install_errors(app, srv)
     for router in ROUTERS:
         app.include_router(router)
-    install_openapi(app, context, vocab)
+    install_openapi(app, kind, context, vocab)
     app.add_middleware(GuardMiddleware, api_key=api_key, public_paths=PUBLIC_PATHS, max_body_bytes=max_body_bytes,
                        body_timeout_s=body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -30,15 +30,21 @@ _WHY = {
 }
 
 
-def errors(*codes: int, post: bool = False, busy: bool = False) -> dict[int | str, dict[str, Any]]:
+def errors(*codes: int, post: bool = False, busy: bool = False, streams: bool = False) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route: 401 and 500 always, ``codes``, 400/408/413 for a route with a body,
-    and 429 for a route that queues model work."""
+    429 for a route that queues model work; ``streams``: a 200 may also be server-sent events."""
     wanted = {401, 500, *codes}
     if post:
         wanted |= {400, 408, 413}
     if busy:
         wanted.add(429)
-    return {code: {"model": ErrorResponse, "description": _WHY[code]} for code in sorted(wanted)}
+    out: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse, "description": _WHY[code]}
+                                            for code in sorted(wanted)}
+    if streams:
+        out[200] = {"description": "a JSON object, or with stream: true server-sent events ending with "
+                                   "data: [DONE]",
+                    "content": {"application/json": {}, "text/event-stream": {}}}
+    return out
 
 
 def range_pattern(n: int) -> str:
@@ -83,18 +89,25 @@ def _limit(doc: dict, context: Optional[int], vocab: Optional[int]) -> None:
                         option["maximum"] = context
         if name in ("CompletionRequest", "DetokenizeRequest"):
             _walk(props.get("prompt" if name == "CompletionRequest" else "tokens", {}), cap_ids)
-        bias = props.get("logit_bias", {})
-        if vocab:
-            _walk(bias, lambda node: node.update(pattern=range_pattern(vocab)) if "pattern" in node else None)
+        for option in props.get("logit_bias", {}).get("anyOf", []):
+            if option.get("type") == "object":  # pydantic does not write the key pattern itself
+                option["propertyNames"] = {"pattern": range_pattern(vocab) if vocab else "^[0-9]{1,9}$"}
 
 
-def install_openapi(app: FastAPI, context: Optional[int], vocab: Optional[int]) -> None:
-    """Makes ``app.openapi()`` return the corrected document (built once)."""
+# Routes that only one kind of run offers (the others answer them with 400 unsupported_for_model).
+_ONLY = {"/v1/translations": "translation", "/v1/completions": "lm", "/v1/chat/completions": "lm",
+         "/v1/embeddings": "lm", "/tokenize": "lm", "/detokenize": "lm", "/tokenizer_info": "lm"}
+
+
+def install_openapi(app: FastAPI, kind: str, context: Optional[int], vocab: Optional[int]) -> None:
+    """Makes ``app.openapi()`` return the corrected document (built once), listing only the routes the
+    served ``kind`` of run offers."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                               description=app.description)
+            doc["paths"] = {p: ops for p, ops in doc.get("paths", {}).items() if _ONLY.get(p, kind) == kind}
             for path in doc.get("paths", {}).values():
                 for op in path.values():
                     op.get("responses", {}).pop("422", None)

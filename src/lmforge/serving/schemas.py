@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatMessage",
@@ -23,6 +23,8 @@ __all__ = [
     "StreamOptions",
     "ResponseFormat",
     "TokenizeRequest",
+    "TokenizeCompletionRequest",
+    "TokenizeChatRequest",
     "DetokenizeRequest",
     "ErrorResponse",
     "UNSUPPORTED_FIELDS",
@@ -61,8 +63,25 @@ TokenId = Annotated[int, Field(ge=0)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
+def _whole_numbers(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer: turn such floats into ints before strict validation (a float
+    field still accepts the int)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integers(cls, data: Any) -> Any:
+        return _whole_numbers(data)
 
 
 class _TextPart(_Request):
@@ -101,7 +120,7 @@ class _Sampling(_Request):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     max_tokens: Optional[int] = Field(None, ge=1)
     stop: Optional[Union[NonEmpty, Annotated[list[NonEmpty], Field(max_length=MAX_STOP)]]] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    seed: Optional[int] = Field(None, ge=0, description="any size; used modulo 2**63")
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -144,7 +163,7 @@ class _Sampling(_Request):
         ):
             value = getattr(self, name)
             if value is not None:
-                kwargs[name] = value
+                kwargs[name] = value % 2**63 if name == "seed" else value
         if self.stop:
             kwargs["stop"] = list(self.stop)
         return kwargs
@@ -244,15 +263,26 @@ class TranslationRequest(_Request):
         return _check_texts(value, "input")
 
 
-class TokenizeRequest(_Request):
-    """``POST /tokenize`` (vLLM's fields): ``prompt`` text, or chat ``messages`` rendered with the template."""
+class TokenizeCompletionRequest(_Request):
+    """``POST /tokenize`` with ``prompt`` text (vLLM's fields)."""
 
-    prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = Field(None, min_length=1)
+    prompt: str
     model: Optional[str] = None
     add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Request):
+    """``POST /tokenize`` with chat ``messages``, rendered with the run's chat template (vLLM's fields)."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    model: Optional[str] = None
+    add_special_tokens: bool = False
     add_generation_prompt: bool = True
     return_token_strs: bool = False
+
+
+TokenizeRequest = Union[TokenizeCompletionRequest, TokenizeChatRequest]
 
 
 class DetokenizeRequest(_Request):

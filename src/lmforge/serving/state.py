@@ -55,13 +55,14 @@ class ServerState:
     def max_new(self, req: Any) -> int:
         """Tokens to generate: the request's ``max_completion_tokens`` or ``max_tokens`` (400 above the
         context), else the server's default capped by the context."""
+        for param in ("max_tokens", "max_completion_tokens"):
+            value = getattr(req, param, None)
+            if value is not None and self.context is not None and value > self.context:
+                raise APIError(400, f"{param}={value} is above the model's context of {self.context} tokens; "
+                               f"ask for at most {self.context}", param=param, code="context_length_exceeded")
         asked = getattr(req, "max_completion_tokens", None)
-        param = "max_completion_tokens"
         if asked is None:
-            asked, param = req.max_tokens, "max_tokens"
-        if asked is not None and self.context is not None and asked > self.context:
-            raise APIError(400, f"{param}={asked} is above the model's context of {self.context} tokens; "
-                           f"ask for at most {self.context}", param=param, code="context_length_exceeded")
+            asked = req.max_tokens
         if asked is not None:
             return int(asked)
         return min(self.default_max_tokens, self.context) if self.context else self.default_max_tokens

@@ -22,7 +22,7 @@ def _choice(index: int, delta_or_message: dict, reason: Optional[str], logprobs:
     return {"index": index, key: delta_or_message, "logprobs": logprobs, "finish_reason": reason}
 
 
-@router.post("/v1/chat/completions", responses=errors(404, post=True, busy=True))
+@router.post("/v1/chat/completions", responses=errors(404, post=True, busy=True, streams=True))
 async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depends(server)) -> Any:
     """The assistant's reply to ``messages`` (``n`` independent choices, generated as one batch).
     ``top_logprobs`` counts only with ``logprobs: true``."""

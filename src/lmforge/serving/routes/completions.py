@@ -52,7 +52,7 @@ def _body(choice: _Choice, index: int, text: str, reason: Optional[str], logprob
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
 
-@router.post("/v1/completions", responses=errors(404, post=True, busy=True))
+@router.post("/v1/completions", responses=errors(404, post=True, busy=True, streams=True))
 async def completions(req: CompletionRequest, srv: ServerState = Depends(server)) -> Any:
     """Completes each prompt ``n`` times (choice ``p * n + c`` is choice ``c`` of prompt ``p``)."""
     srv.check_model(req.model)

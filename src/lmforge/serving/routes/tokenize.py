@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 
 from lmforge.serving.openapi import errors
 from lmforge.serving.responses import APIError
-from lmforge.serving.schemas import DetokenizeRequest, TokenizeRequest
+from lmforge.serving.schemas import DetokenizeRequest, TokenizeChatRequest, TokenizeRequest
 from lmforge.serving.state import ServerState, server
 
 __all__ = ["router"]
@@ -36,9 +36,7 @@ async def tokenize(req: TokenizeRequest, srv: ServerState = Depends(server)) -> 
     tokenizers add no special tokens to plain text, so ``add_special_tokens`` changes nothing."""
     srv.check_model(req.model)
     tok = _tokenizer(srv, "/tokenize")
-    if (req.prompt is None) == (req.messages is None):
-        raise APIError(400, "send exactly one of 'prompt' and 'messages'", param="prompt", code="invalid_value")
-    if req.messages is not None:
+    if isinstance(req, TokenizeChatRequest):
         ids, _ = srv.engine.chat_request([m.as_dict() for m in req.messages])
     else:
         ids = list(tok.encode(req.prompt))
