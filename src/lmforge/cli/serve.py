@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting for a free slot before the server answers 429 (default 64)")
     parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
                         help="largest request body accepted, in KiB (default 1024)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 can be much faster on a busy "
+                             "machine, where a multi-threaded step waits for descheduled threads)")
     add_compile_arg(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise LMForgeError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
     if args.max_batch < 1:
         raise LMForgeError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.threads is not None and args.threads < 1:
+        raise LMForgeError(f"--threads must be at least 1, got {args.threads}")
     if args.max_queue < 0:
         raise LMForgeError(f"--max-queue must be 0 or more, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
@@ -75,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine: object = args.run
     if args.compile:
         from lmforge.api import load
