@@ -117,6 +117,9 @@ class KVSlots:
             state = KVCache(k.size(0), slots, k.size(2), k.size(4), 2 * max_context, device=k.device, dtype=k.dtype)
         if not hasattr(state, "valid"):
             raise TypeError(f"{type(state).__name__} has no per-row slots; this model cannot be batched")
+        for k, v in _layers(state):  # masked columns are still read (weight 0): no NaN from uninitialised memory
+            k.zero_()
+            v.zero_()
         state.padded = True  # every row has its own columns and positions from the start
         self.state = state
         self.columns = state.valid.size(1)
