@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lmforge.models.transformer.cache import KVCache
+from lmforge.models.transformer.decode import fast_decoder
 
 __all__ = ["LSTMSlots", "KVSlots", "make_slots"]
 
@@ -100,7 +101,7 @@ class KVSlots:
     """A Transformer's key/value cache used as ``slots`` rows of independent sequences (module docstring).
 
     Args:
-        decoder: the model, or its fast decoding path (:func:`lmforge.inference.fast_decode.fast_decoder`);
+        decoder: the model, or its fast decoding path (:func:`lmforge.models.transformer.decode.fast_decoder`);
             its ``init_state`` must return a cache with ``k``, ``v``, ``valid``, ``seen``, ``length`` and
             ``padded`` (both do).
         max_context: the model's context length (a row holds at most this many tokens).
@@ -114,7 +115,8 @@ class KVSlots:
         state = decoder.init_state(slots)
         if isinstance(state, KVCache):  # room for a second context's worth of columns: fewer compactions
             k = state.k
-            state = KVCache(k.size(0), slots, k.size(2), k.size(4), 2 * max_context, device=k.device, dtype=k.dtype)
+            state = KVCache(k.size(0), slots, k.size(2), k.size(4), 2 * max_context, device=k.device, dtype=k.dtype,
+                            capacity=2 * max_context)  # allocated up front: views of its rows must not regrow
         if not hasattr(state, "valid"):
             raise TypeError(f"{type(state).__name__} has no per-row slots; this model cannot be batched")
         for k, v in _layers(state):  # masked columns are still read (weight 0): no NaN from uninitialised memory
@@ -203,8 +205,6 @@ def make_slots(model: Any, slots: int) -> Any:
     Raises:
         TypeError: a model this engine cannot batch (a bidirectional Transformer re-reads its whole context).
     """
-    from lmforge.inference.fast_decode import fast_decoder
-
     if getattr(model, "max_context", None) is None:
         return LSTMSlots(model, slots)
     decoder = fast_decoder(model, compile=False) or model
