@@ -190,7 +190,7 @@ class LM:
             yield chunk
 
     # ------------------------------------------------------------------ serving many users, scoring
-    def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 64, max_queue: int = 256) -> "BatchEngine":
+    def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256) -> "BatchEngine":
         """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model."""
         from lmforge.inference.engine import BatchEngine
 

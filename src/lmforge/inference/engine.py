@@ -8,7 +8,7 @@ waiting for its longest member. The sequences live in slots of one batched decod
 LSTM), so sequences of different lengths share a batch without recomputation.
 
 One background thread owns the model. Each iteration it runs queued jobs (scoring, embeddings), admits waiting
-requests into free slots, prefills at most ``prefill_chunk`` prompt tokens (a long prompt is prefilled in
+requests into free slots, prefills at most ``prefill_chunk`` prompt tokens (512; a long prompt is prefilled in
 chunks over several iterations, so running streams wait at most one chunk between two tokens: chunked
 prefill), then advances every running sequence by one token. Each sequence keeps its own sampling settings,
 ``torch.Generator`` (seeded per request), stop strings, ``max_new_tokens`` and logit bias; what it produces
@@ -65,7 +65,7 @@ class BatchEngine:
         >>> eng.submit(GenerationRequest(ids, SamplingParams(temperature=0), sink=print))  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 64,
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
                  max_queue: int = 256) -> None:
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1")
@@ -195,24 +195,42 @@ class BatchEngine:
                 self._prefilling.extend(Sequence.for_request(handle, self, i) for i in range(handle.request.n))
 
     def _prefill(self) -> None:
-        """Prefills up to ``prefill_chunk`` prompt tokens; sequences whose prompt is done take their first token
-        and join the batch. The choices of one request share one prefill."""
+        """Prefills up to ``prefill_chunk`` prompt tokens. Fresh prompts of one length that fit are fed as one
+        batch (the re-prefills of sequences that filled their context together, or requests that came
+        together); a longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
+        take their first token and join the batch; the choices of one request share one prefill."""
         budget = self.prefill_chunk
         while self._prefilling and budget > 0:
-            seq = self._prefilling[0]
-            if seq.scratch is None:
-                seq.scratch = self.slots.scratch()
-            chunk = seq.to_prefill[:budget]
-            seq.last_logits, seq.scratch = self.slots.feed(seq.scratch, chunk)
-            seq.to_prefill = seq.to_prefill[len(chunk):]
+            head = self._prefilling[0]
+            size = len(head.to_prefill)
+            if head.scratch is None and size <= budget:
+                reps: list[Sequence] = []
+                for s in self._prefilling:
+                    if s.scratch is None and len(s.to_prefill) == size and (len(reps) + 1) * size <= budget \
+                            and not any(s.shares_prefill_with(r) for r in reps):
+                        reps.append(s)
+                budget -= size * len(reps)
+                logits, scratch = self.slots.feed(self.slots.scratch(len(reps)), [r.to_prefill for r in reps])
+                for i, rep in enumerate(reps):
+                    self._prefilled(rep, logits[i], scratch, i)
+                continue
+            if head.scratch is None:
+                head.scratch = self.slots.scratch()
+            chunk = head.to_prefill[:budget]
+            logits, head.scratch = self.slots.feed(head.scratch, [chunk])
+            head.to_prefill = head.to_prefill[len(chunk):]
             budget -= len(chunk)
-            if seq.to_prefill:
+            if head.to_prefill:
                 break
-            logits, scratch = seq.last_logits, seq.scratch
-            for s in [s for s in self._prefilling if s.shares_prefill_with(seq)]:
-                self._prefilling.remove(s)
-                s.last_logits, s.scratch = logits, scratch
-                self._join(s)
+            self._prefilled(head, logits[0], head.scratch, 0)
+
+    def _prefilled(self, seq: Sequence, logits: torch.Tensor, scratch: Any, srow: int) -> None:
+        """``seq``'s prompt is in row ``srow`` of ``scratch``: it and the choices sharing its prefill join."""
+        for s in [s for s in self._prefilling if s.shares_prefill_with(seq)]:
+            self._prefilling.remove(s)
+            s.to_prefill = []
+            s.last_logits, s.scratch, s.srow = logits, scratch, srow
+            self._join(s)
 
     @staticmethod
     def _take(seq: Sequence, logits: torch.Tensor) -> bool:
@@ -229,7 +247,7 @@ class BatchEngine:
             return  # finished on its first token (or the first after a re-prefill)
         seq.row = len(self._running)
         self._running.append(seq)
-        self.slots.insert(seq.row, seq.scratch)
+        self.slots.insert(seq.row, seq.scratch, seq.srow)
         seq.scratch = seq.last_logits = None
         if self.slots.full(seq.row):  # a prompt as long as the context: no room for the token just chosen
             self._refill(seq)

@@ -88,7 +88,8 @@ class Sequence:
         self.tokens = list(ids)  # everything fed or to feed: the source of a re-prefill
         self.to_prefill: list[int] = ids
         self.max_context = ctx
-        self.scratch: Any = None
+        self.scratch: Any = None  # the prefill state; this sequence is its row ``srow``
+        self.srow = 0
         self.last_logits: Optional[Tensor] = None
         self.row: Optional[int] = None
         self.next_input = 0
@@ -146,11 +147,11 @@ class Sequence:
         x = logits if self.bias is None else logits + self.bias
         for proc in self.processors:
             x = proc(x, p, self.sstate)
-        if not bool(torch.isfinite(x).any()) or bool(torch.isnan(x).any() or torch.isposinf(x).any()):
+        if self.processors and not bool(torch.isfinite(x.max())):  # NaN, +inf or nothing left
             x = _finite(x, logits)  # an extreme temperature or penalty overflowed
         tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
         self.n_gen += 1
-        if self.sstate is not None:
+        if self.sstate is not None and (self.sstate.seen is not None or self.sstate.counts is not None):
             self.sstate.update(torch.tensor([tok], device=logits.device))
         if tok in self.stop_ids:
             return self.finish("stop")

@@ -45,20 +45,20 @@ class LSTMSlots:
         self.slots = slots
         self.h, self.c = model.init_state(slots)
 
-    def scratch(self) -> Any:
-        """A fresh batch-1 state to prefill one prompt into."""
-        return self.model.init_state(1)
+    def scratch(self, rows: int = 1) -> Any:
+        """A fresh state of ``rows`` rows to prefill prompts into."""
+        return self.model.init_state(rows)
 
-    def feed(self, scratch: Any, ids: list[int]) -> tuple[Tensor, Any]:
-        """Feeds ``ids`` after ``scratch``; returns the last position's logits (V,) and the new scratch."""
-        idx = torch.as_tensor([ids], dtype=torch.long, device=self.h.device)
+    def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
+        """Feeds equally long ``ids`` (one list per scratch row); returns their last logits (rows, V)."""
+        idx = torch.as_tensor(ids, dtype=torch.long, device=self.h.device)
         logits, scratch = self.model.step(idx, scratch)
-        return logits[0, -1], scratch
+        return logits[:, -1], scratch
 
-    def insert(self, row: int, scratch: Any) -> None:
-        """Copies a prefilled scratch state into ``row``."""
-        self.h[:, row] = scratch[0][:, 0]
-        self.c[:, row] = scratch[1][:, 0]
+    def insert(self, row: int, scratch: Any, srow: int = 0) -> None:
+        """Copies row ``srow`` of a prefilled scratch state into ``row``."""
+        self.h[:, row] = scratch[0][:, srow]
+        self.c[:, row] = scratch[1][:, srow]
 
     def move(self, src: int, dst: int) -> None:
         """Copies row ``src`` into row ``dst``."""
@@ -84,16 +84,19 @@ def _layers(state: Any) -> list[tuple[Tensor, Tensor]]:
     return [(state.k[i], state.v[i]) for i in range(len(state.k))]
 
 
-def _rows(state: Any, n: int) -> Any:
-    """A shallow copy of ``state`` seeing only rows ``0 .. n-1`` (its tensors are views: writes go through)."""
+def _rows(state: Any, n: int, base: int) -> Any:
+    """A shallow copy of ``state`` seeing only rows ``0 .. n-1`` and columns from ``base`` on (its tensors are
+    views: writes go through); its ``length`` counts from ``base``."""
     view = copy.copy(state)
     if isinstance(state.k, list):
-        view.k, view.v = [t[:n] for t in state.k], [t[:n] for t in state.v]
+        view.k, view.v = [t[:n, :, base:] for t in state.k], [t[:n, :, base:] for t in state.v]
     else:
-        view.k, view.v = state.k[:, :n], state.v[:, :n]
-    for name in ("valid", "seen", "positions"):
-        if hasattr(state, name):
-            setattr(view, name, getattr(state, name)[:n])
+        view.k, view.v = state.k[:, :n, :, base:], state.v[:, :n, :, base:]
+    view.valid = state.valid[:n, base:]
+    view.seen = state.seen[:n]
+    if hasattr(state, "positions"):
+        view.positions = state.positions[:n, base:]
+    view.length = state.length - base
     return view
 
 
@@ -112,11 +115,14 @@ class KVSlots:
         self.decoder = decoder
         self.max_context = max_context
         self.slots = slots
-        state = decoder.init_state(slots)
-        if isinstance(state, KVCache):  # room for a second context's worth of columns: fewer compactions
-            k = state.k
-            state = KVCache(k.size(0), slots, k.size(2), k.size(4), 2 * max_context, device=k.device, dtype=k.dtype,
-                            capacity=2 * max_context)  # allocated up front: views of its rows must not regrow
+        # four contexts' worth of columns, so the cursor rarely has to be brought back (a compaction); each step
+        # only sees the window of columns that hold some row's tokens (at most a context)
+        if isinstance(decoder, torch.nn.Module):
+            k = decoder.init_state(1).k
+            state = KVCache(k.size(0), slots, k.size(2), k.size(4), None, device=k.device, dtype=k.dtype,
+                            capacity=4 * max_context)  # allocated up front: views of its rows must not regrow
+        else:
+            state = decoder.init_state(slots, spare=3 * max_context)
         if not hasattr(state, "valid"):
             raise TypeError(f"{type(state).__name__} has no per-row slots; this model cannot be batched")
         for k, v in _layers(state):  # masked columns are still read (weight 0): no NaN from uninitialised memory
@@ -126,16 +132,18 @@ class KVSlots:
         self.state = state
         self.columns = state.valid.size(1)
 
-    def scratch(self) -> Any:
-        return self.decoder.init_state(1)
+    def scratch(self, rows: int = 1) -> Any:
+        return self.decoder.init_state(rows)
 
-    def feed(self, scratch: Any, ids: list[int]) -> tuple[Tensor, Any]:
-        idx = torch.as_tensor([ids], dtype=torch.long, device=self.state.valid.device)
+    def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
+        """Feeds equally long ``ids`` (one list per scratch row); returns their last logits (rows, V)."""
+        idx = torch.as_tensor(ids, dtype=torch.long, device=self.state.valid.device)
         logits, scratch = self.decoder.step(idx, scratch)
-        return logits[0, -1], scratch
+        return logits[:, -1], scratch
 
-    def insert(self, row: int, scratch: Any) -> None:
-        """Writes a prefilled scratch cache (``p`` tokens) into the ``p`` columns before the cursor of ``row``."""
+    def insert(self, row: int, scratch: Any, srow: int = 0) -> None:
+        """Writes row ``srow`` of a prefilled scratch cache (``p`` tokens) into the ``p`` columns before the
+        cursor of ``row``."""
         st, p = self.state, int(scratch.length)
         if st.length < p:  # move the cursor on; the skipped columns hold nothing for any row
             st.valid[:, st.length:p] = False
@@ -144,8 +152,8 @@ class KVSlots:
         st.valid[row] = False
         st.valid[row, end - p:end] = True
         for (kb, vb), (ks, vs) in zip(_layers(st), _layers(scratch)):
-            kb[row, :, end - p:end] = ks[0, :, :p]
-            vb[row, :, end - p:end] = vs[0, :, :p]
+            kb[row, :, end - p:end] = ks[srow, :, :p]
+            vb[row, :, end - p:end] = vs[srow, :, :p]
         st.seen[row] = p
         if hasattr(st, "positions"):
             st.positions[row, end - p:end] = torch.arange(p, device=st.positions.device)
@@ -180,22 +188,23 @@ class KVSlots:
         st.valid[n:] = False
         st.length = end
 
+    def _base(self, n: int) -> int:
+        """The first column holding a token of any of the ``n`` occupied rows."""
+        st = self.state
+        used = st.valid[:n, :st.length].any(0)
+        return int(used.int().argmax()) if bool(used.any()) else st.length
+
     def decode(self, tokens: Tensor) -> Tensor:
         """Feeds one token per occupied row (``tokens`` (n,)); returns their next-token logits (n, V)."""
-        n = tokens.numel()
-        if self.state.length + 1 > min(self.columns, _step_limit(self.decoder, self.columns)):
+        n, st = tokens.numel(), self.state
+        base = self._base(n)
+        if st.length + 1 > self.columns or st.length + 1 - base > self.max_context:
             self._compact(n)
-        view = _rows(self.state, n)
+            base = self._base(n)
+        view = _rows(st, n, base)
         logits, view = self.decoder.step(tokens.view(n, 1), view)
-        self.state.length = view.length
+        st.length = base + view.length
         return logits[:, -1]
-
-
-def _step_limit(decoder: Any, columns: int) -> int:
-    """The most columns the decoder's ``step`` accepts (the fast decoder stops at its context)."""
-    if isinstance(decoder, torch.nn.Module):
-        return columns
-    return int(getattr(decoder, "max_context", columns) or columns)
 
 
 def make_slots(model: Any, slots: int) -> Any:
