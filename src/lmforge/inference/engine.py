@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from lmforge.inference.engine_seq import Event, GenerationRequest, Sequence, TokenLogprob
+from lmforge.inference.engine_seq import Event, GenerationRequest, Sequence, TokenLogprob, choose_plain
 from lmforge.inference.slots import make_slots
 
 __all__ = ["BatchEngine", "Event", "GenerationRequest", "RequestHandle", "TokenLogprob"]
@@ -138,11 +138,21 @@ class BatchEngine:
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ the engine thread
+    def _warm_up(self) -> None:
+        """One prefill and one decoding step on a throwaway row, so that the first request does not pay for
+        torch's lazy initialisation (a second or more on a CPU)."""
+        eos = int(getattr(self.tokenizer, "eos_id", 0) or 0)
+        _, scratch = self.slots.feed(self.slots.scratch(), [[eos, eos]])
+        self.slots.insert(0, scratch)
+        self.slots.decode(torch.tensor([eos], device=self.device))
+        self.slots.reset()
+
     def _loop(self) -> None:
         was_training = bool(getattr(self.model, "training", False))
         self.model.eval()
         try:
             with torch.inference_mode():
+                self._warm_up()
                 while self._iteration():
                     pass
         finally:
@@ -233,10 +243,10 @@ class BatchEngine:
             self._join(s)
 
     @staticmethod
-    def _take(seq: Sequence, logits: torch.Tensor) -> bool:
+    def _take(seq: Sequence, logits: torch.Tensor, tok: Optional[int] = None) -> bool:
         """``seq.take`` that fails only this sequence if its sampling settings break (never the batch)."""
         try:
-            return seq.take(logits.view(1, -1))
+            return seq.take(logits.view(1, -1), tok)
         except Exception as err:  # noqa: BLE001 - reported to the request
             log.warning("a sequence failed: %s", err)
             seq.fail(err)
@@ -272,8 +282,10 @@ class BatchEngine:
         tokens = torch.as_tensor([s.next_input for s in self._running], dtype=torch.long, device=self.device)
         logits = self.slots.decode(tokens)
         self.steps += 1
-        for seq, row_logits in zip(list(self._running), logits):
-            if not self._take(seq, row_logits):
+        running = list(self._running)
+        chosen = choose_plain(running, logits)
+        for seq, row_logits, tok in zip(running, logits, chosen):
+            if not self._take(seq, row_logits, tok):
                 self._leave(seq)
             elif self.slots.full(seq.row):  # context full: re-prefill from the latest tokens
                 self._refill(seq)

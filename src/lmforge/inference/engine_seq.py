@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.inference.detokenize import IncrementalDetokenizer, find_stop, held_back
-from lmforge.inference.sampling import SamplingParams, SamplingState, active_processors, choose_next
+from lmforge.inference.sampling import SAMPLERS, SamplingParams, SamplingState, active_processors, choose_next
 
-__all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob"]
+__all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob", "choose_plain"]
 
 
 @dataclass
@@ -139,17 +139,25 @@ class Sequence:
             top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
         return TokenLogprob(tok, float(lsm[tok]), top)
 
-    def take(self, logits: Tensor) -> bool:
-        """Chooses the next token from ``logits`` (1, V) and reports it; False once the sequence is finished."""
+    @property
+    def plain(self) -> bool:
+        """Whether the next token depends only on the temperature (the engine then samples such rows together,
+        see :func:`choose_plain`)."""
+        return self.bias is None and self.processors in ([], [SAMPLERS.get("temperature")])
+
+    def take(self, logits: Tensor, tok: Optional[int] = None) -> bool:
+        """Chooses the next token from ``logits`` (1, V) (unless the engine already chose ``tok``) and reports
+        it; False once the sequence is finished."""
         p = self.params
         if self.n_gen >= p.max_new_tokens:
             return self.finish("length")
-        x = logits if self.bias is None else logits + self.bias
-        for proc in self.processors:
-            x = proc(x, p, self.sstate)
-        if self.processors and not bool(torch.isfinite(x.max())):  # NaN, +inf or nothing left
-            x = _finite(x, logits)  # an extreme temperature or penalty overflowed
-        tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
+        if tok is None:
+            x = logits if self.bias is None else logits + self.bias
+            for proc in self.processors:
+                x = proc(x, p, self.sstate)
+            if self.processors and not bool(torch.isfinite(x.max())):  # NaN, +inf or nothing left
+                x = _finite(x, logits)  # an extreme temperature or penalty overflowed
+            tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
         self.n_gen += 1
         if self.sstate is not None and (self.sstate.seen is not None or self.sstate.counts is not None):
             self.sstate.update(torch.tensor([tok], device=logits.device))
@@ -199,3 +207,34 @@ class Sequence:
     def fail(self, error: BaseException) -> None:
         """Ends the sequence with an error event."""
         self._emit("", "error", error)
+
+
+def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
+    """Next tokens of the :attr:`Sequence.plain` rows of ``logits`` (n, V) in a few batched operations, the same
+    choice :func:`~lmforge.inference.sampling.choose_next` makes for each row alone (argmax when greedy, else
+    the exponential race on the softmax of ``logits / temperature`` with the row's own generator); ``None``
+    for the other rows (and for a row whose scaled logits overflowed), which choose one by one."""
+    out: list[Optional[int]] = [None] * len(seqs)
+    rows = [i for i, s in enumerate(seqs) if s.plain and s.n_gen < s.params.max_new_tokens]
+    if not rows:
+        return out
+    sub = logits[rows].float()
+    temps = [seqs[i].params.temperature for i in rows]
+    picked = torch.argmax(sub, dim=-1)
+    sampled = [j for j, t in enumerate(temps) if t > 0]
+    ok = [True] * len(rows)
+    if sampled:
+        t = torch.tensor([temps[j] for j in sampled], dtype=sub.dtype, device=sub.device).view(-1, 1)
+        scaled = sub[sampled] / t
+        finite = torch.isfinite(scaled.max(dim=-1).values).tolist()
+        probs = torch.softmax(scaled, dim=-1)
+        noise = torch.empty_like(probs)
+        for k, j in enumerate(sampled):
+            noise[k].exponential_(generator=seqs[rows[j]].generator)
+        picked[sampled] = torch.argmax(probs / noise.clamp_min_(1e-30), dim=-1)
+        for k, j in enumerate(sampled):
+            ok[j] = bool(finite[k])
+    for j, tok in enumerate(picked.tolist()):
+        if ok[j]:
+            out[rows[j]] = int(tok)
+    return out

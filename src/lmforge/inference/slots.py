@@ -69,6 +69,9 @@ class LSTMSlots:
         """Whether ``row`` can take no more tokens (never, for an LSTM)."""
         return False
 
+    def reset(self) -> None:
+        """Empties every row (rows are overwritten when a sequence joins; nothing to clear)."""
+
     def decode(self, tokens: Tensor) -> Tensor:
         """Feeds one token per occupied row (``tokens`` (n,)); returns their next-token logits (n, V)."""
         n = tokens.numel()
@@ -166,6 +169,12 @@ class KVSlots:
         for name in ("valid", "seen", "positions"):
             if hasattr(st, name):
                 getattr(st, name)[dst] = getattr(st, name)[src]
+
+    def reset(self) -> None:
+        """Empties every row and brings the cursor back to the first column."""
+        self.state.valid.zero_()
+        self.state.seen.zero_()
+        self.state.length = 0
 
     def full(self, row: int) -> bool:
         """Whether ``row`` holds a whole context (it must be re-prefilled from its latest tokens)."""
