@@ -6,7 +6,8 @@ against ``lmforge serve --no-batching`` (one model step at a time), and the same
 offline with ``LM.complete`` in batches of ``--clients`` (the ceiling the server is measured against). With
 ``--rounds 2`` the three are interleaved twice. Each server is the real command in a subprocess on a free
 loopback port, so the server and the clients do not share a Python interpreter. Every request must end with
-``data: [DONE]`` and a 200 status; the script exits non-zero otherwise.
+``data: [DONE]`` and a 200 status; the script exits non-zero otherwise. Each server gets one short warm-up
+request before the measured load.
 
 Reported per mode: successes, time to first token (first content delta; p50/p99), request latency (p50/p99),
 and tokens/s (generated tokens, from the streamed ``usage``, divided by the wall time of the whole run); then
@@ -142,6 +143,7 @@ def serve_and_load(run: Path, args: argparse.Namespace, extra: list[str]) -> dic
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         wait_healthy(url, proc)
+        asyncio.run(run_load(url, 1, 1, 2))  # one warm-up request (first-call costs of the request path)
         results, wall = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens))
     finally:
         proc.terminate()

@@ -90,6 +90,7 @@ class BatchBackend:
         self.lm = lm
         self.metrics = metrics
         self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
+        lm.chat_request([{"role": "user", "content": "warm-up"}])  # loads the chat code before the first request
 
     @property
     def queued(self) -> int:
