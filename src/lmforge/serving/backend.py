@@ -16,7 +16,9 @@ client disconnect calls to stop the generation and free its slot.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from lmforge.inference.engine import Event, GenerationRequest
@@ -29,6 +31,34 @@ __all__ = ["BatchBackend", "Generation", "SerialBackend"]
 Prompt = Union[str, list[int]]
 
 
+class _Mailbox:
+    """Hands events from the engine thread to the event loop with one wake-up for all that arrived together
+    (a decoding step yields one event per running sequence), instead of one wake-up per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue, Event]] = []
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, event: Event) -> None:
+        with self.lock:
+            self.items.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
+_MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+
+
 class Generation:
     """The events of one request's ``n`` choices, as they come; records time to first token and token counts."""
 
@@ -37,6 +67,9 @@ class Generation:
         self.per_prompt = per_prompt or n  # choices per prompt (a completions request may hold several prompts)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
+        if self.loop not in _MAILBOXES:
+            _MAILBOXES[self.loop] = _Mailbox(self.loop)
+        self.mailbox = _MAILBOXES[self.loop]
         self.metrics = metrics
         self.started = time.monotonic()
         self.first = False
@@ -47,7 +80,7 @@ class Generation:
     def sink(self, event: Event) -> None:
         """Called from the producing thread."""
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            self.mailbox.post(self.queue, event)
         except RuntimeError:  # the event loop is gone (shutting down)
             self.cancel()
 

@@ -111,9 +111,14 @@ def event_stream(gen: Any, render: Callable[[Any], list[bytes]], head: list[byte
         try:
             for chunk in head:
                 yield chunk
+            pending: list[bytes] = []
             async for event in gen:
-                for chunk in render(event):
-                    yield chunk
+                pending.extend(render(event))
+                if pending and gen.queue.empty():  # send what arrived together in one write
+                    yield b"".join(pending)
+                    pending.clear()
+            if pending:
+                yield b"".join(pending)
             for chunk in finish():
                 yield chunk
             yield b"data: [DONE]\n\n"
