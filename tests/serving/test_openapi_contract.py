@@ -41,11 +41,12 @@ def _schemathesis() -> list[str]:
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_failure(serve, short_run):
+def test_schemathesis_finds_no_failure(serve, short_run, tmp_path):
     srv = serve(str(short_run), default_max_tokens=8)
     proc = subprocess.run([*_schemathesis(), "run", f"{srv.url}/openapi.json", "--checks", "all",
                            "--max-examples", "8", "--seed", "1", "--request-timeout", "30",
-                           "--no-color"], capture_output=True, text=True, timeout=600)
+                           "--no-color"], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)  # schemathesis keeps its cache in the working directory
     report = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, report
     assert "No issues found" in proc.stdout or " passed" in proc.stdout, report
