@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),
     "serve": ("lmforge.cli.serve", "serve a run over an OpenAI-compatible HTTP API with a web chat page"),
     "translate": ("lmforge.cli.translate", "translate text with a translation run, one sentence per line"),
-    "export": ("lmforge.cli.export", "export a Transformer to a Hugging Face (Llama) folder"),
+    "export": ("lmforge.cli.export", "export a Transformer to a Hugging Face folder or ONNX (LoRA adapters merged)"),
+    "import": ("lmforge.cli.import_hf", "import a local Hugging Face checkpoint (Llama, Mistral, Qwen2, GPT-2) as a run"),
 }
 
 

@@ -90,14 +90,14 @@ class _Wrapped(nn.Module):
         return _generate_ids(self.core, start_tokens, max_length, sampling)
 
 
-class SimpleTransformer(Seq2SeqTransformer):
+class SimpleTransformer(_Wrapped):
     """An encoder-decoder Transformer for translation (arXiv:1706.03762), built from flat arguments.
 
     ``model(src, tgt)`` -> logits ``[batch, tgt_len, tgt_vocab]``; ``model.encode(src)`` -> memory
     ``[batch, src_len, d_model]``; ``model.decode(tgt, memory)`` -> logits. Padding (``pad_idx``) in the source is
-    masked. It is a :class:`~lmforge.models.seq2seq.transformer.Seq2SeqTransformer` (RoPE in self-attention,
-    pre-norm LayerNorm, tied target embedding and output layer by default), so lmforge's beam search and
-    ``lmforge.models.run_folder`` work on it.
+    masked. It wraps a :class:`~lmforge.models.seq2seq.transformer.Seq2SeqTransformer` (RoPE in self-attention,
+    pre-norm LayerNorm, tied target embedding and output layer by default), reachable as ``model.core``, with
+    the same parameter names and methods, so lmforge's beam search and ``lmforge.models.run_folder`` work on it.
 
     Args:
         src_vocab_size: source vocabulary size.
@@ -135,12 +135,16 @@ class SimpleTransformer(Seq2SeqTransformer):
         if data["d_ff"] is None:
             data["d_ff"] = 4 * data["d_model"]  # the original paper's ratio (512 -> 2048)
         data.update(options, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size or src_vocab_size)
-        super().__init__(Seq2SeqTransformerConfig.parse(data, source="SimpleTransformer"))
+        super().__init__(Seq2SeqTransformer(Seq2SeqTransformerConfig.parse(data, source="SimpleTransformer")))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:  # type: ignore[override]
+        """Logits ``(B, T, tgt_vocab)`` for target inputs ``tgt_in`` given source ids ``src``."""
+        return self.core(src, tgt_in)
 
 
-class SimpleSeq2SeqLSTM(Seq2SeqLSTM):
-    """An encoder-decoder LSTM for translation (arXiv:1409.3215): lmforge's
-    :class:`~lmforge.models.seq2seq.lstm.Seq2SeqLSTM` under its classic name.
+class SimpleSeq2SeqLSTM(_Wrapped):
+    """An encoder-decoder LSTM for translation (arXiv:1409.3215) over lmforge's
+    :class:`~lmforge.models.seq2seq.lstm.Seq2SeqLSTM` (``model.core``; same parameter names and methods).
 
     ``SimpleSeq2SeqLSTM(src_vocab_size, tgt_vocab_size, emb_dim=256, hidden_dim=512, num_layers=2, dropout=0.1,
     pad_idx=0, config=None)``; a :class:`~lmforge.config.Config`'s ``lstm_emb_dim``, ``lstm_hidden_dim``,
@@ -157,6 +161,17 @@ class SimpleSeq2SeqLSTM(Seq2SeqLSTM):
         >>> lstm.output(out).shape
         torch.Size([2, 1, 90])
     """
+
+    def __init__(self, src_vocab_size: int = 10000, tgt_vocab_size: Optional[int] = None, emb_dim: int = 256,
+                 hidden_dim: int = 512, num_layers: int = 2, dropout: float = 0.1, pad_idx: int = 0,
+                 config: Any = None, **options: Any) -> None:
+        super().__init__(Seq2SeqLSTM(src_vocab_size, tgt_vocab_size, emb_dim=emb_dim, hidden_dim=hidden_dim,
+                                     num_layers=num_layers, dropout=dropout, pad_idx=pad_idx, config=config,
+                                     **options))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:  # type: ignore[override]
+        """Logits ``(B, T, tgt_vocab)`` for target inputs ``tgt_in`` given source ids ``src``."""
+        return self.core(src, tgt_in)
 
 
 class SimpleLSTM_LM(_Wrapped):

@@ -20,6 +20,8 @@ from lmforge.evaluation.perplexity import evaluate_lm
 from lmforge.inference.generation import generate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
+from lmforge.models.run_folder import load_run
+from lmforge.models.weights import master_weights
 from lmforge.tokenizers import load_tokenizer, TokenizerSpec
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import current_dist, main_first, process_group
@@ -45,6 +47,25 @@ class LMRun:
 
 def _cache_dir(config: RunConfig, run_dir: Path) -> Path:
     return Path(config.data.cache_dir) if config.data.cache_dir else run_dir / ".lmforge_cache"
+
+
+def _init_from(config: RunConfig, init_from: str | Path) -> tuple[RunConfig, Any, Any]:
+    """``(config, model, tokenizer)`` to continue training the run ``init_from`` (trained or imported): its model
+    and weights, its tokenizer (which the data is encoded with), a new optimiser."""
+    base = load_run(init_from)
+    if base.config.task != "lm" or base.tokenizer is None:
+        raise ConfigError(f"--init-from {init_from}: needs a language-model run with its tokenizer.json")
+    tok, want = base.tokenizer, config.tokenizer
+    if want.path and load_tokenizer(want.path).fingerprint() != tok.fingerprint():
+        raise ConfigError(f"tokenizer.path {want.path} differs from the tokenizer of {init_from}, which --init-from reuses "
+                          "(its model was trained on those ids); drop --tokenizer-file")
+    if want.kind != tok.kind:
+        raise ConfigError(f"tokenizer.kind is {want.kind!r} but {init_from} has a {tok.kind!r} tokenizer, which --init-from "
+                          f"reuses (its model was trained on those ids); drop --tokenizer or set tokenizer.kind={tok.kind}")
+    data = config.model_dump(mode="json")
+    data["model"] = base.config.model.model_dump(mode="json")
+    config = RunConfig.parse(data, source=f"--init-from {init_from}")
+    return config, master_weights(base.model, frozen=bool(config.train.lora_rank)), tok
 
 
 def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache_dir: str | Path,
@@ -89,7 +110,8 @@ def _prepared(config: RunConfig, tokenizer: Any = None, progress: Any = None, va
                    reuse_only=reuse_only)
 
 
-def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None) -> LMRun:
+def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None,
+                   init_from: str | Path | None = None) -> LMRun:
     """Prepares the corpus (or opens a prepared folder), loads its tokenizer and builds the model.
 
     Raw data is streamed into token shards with bounded memory by :func:`~lmforge.data.prepare` (reused when a
@@ -100,6 +122,7 @@ def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None
         config: the run config; ``model.vocab_size`` is set from the tokenizer.
         resume: continue the run in ``config.out_dir``; its saved tokenizer must be the data's.
         progress: the trainer's progress callback (receives ``{"event": "prepare", ...}`` events).
+        init_from: continue from this run's weights (trained or imported): its model and tokenizer are reused.
 
     Returns:
         An :class:`LMRun` whose ``config`` is the resolved one that will be saved.
@@ -109,15 +132,19 @@ def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None
         raise ConfigError(f"task {config.task!r} is not a language-model run; use --task translate for translation")
     run_dir = Path(config.out_dir)
     saved = run_dir / ckpt.TOKENIZER_FILE
+    base_model, fixed = None, None
+    if init_from is not None and not resume:
+        config, base_model, fixed = _init_from(config, init_from)
     with main_first(current_dist()):
         if resume and not saved.is_file():
             raise CheckpointError(f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
-        data = _prepared(config, load_tokenizer(saved) if resume else None, progress)
+        fixed = load_tokenizer(saved) if resume else fixed
+        data = _prepared(config, fixed, progress)
     tokenizer = data.tokenizer
-    if resume and tokenizer.fingerprint() != load_tokenizer(saved).fingerprint():
-        raise CheckpointError(f"{config.data.path} was prepared with another tokenizer than the run in {run_dir}; "
-                              "resume with the data the run was trained on")
-    if config.model.vocab_size != tokenizer.vocab_size:
+    if fixed is not None and tokenizer.fingerprint() != fixed.fingerprint():
+        raise CheckpointError(f"{config.data.path} was prepared with another tokenizer than the run it continues "
+                              f"({run_dir if resume else init_from}); pass the raw data instead of that prepared folder")
+    if config.model.vocab_size != tokenizer.vocab_size and base_model is None:  # an imported model may pad its vocab
         if resume:
             raise CheckpointError(
                 f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
@@ -127,17 +154,19 @@ def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None
     if config.tokenizer.kind != tokenizer.kind:
         config = config.with_overrides({"tokenizer.kind": tokenizer.kind})
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = base_model if base_model is not None else build_model(config.model)
     return LMRun(config=config, tokenizer=tokenizer, data=data, model=model, run_dir=run_dir)
 
 
 def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
-             sample_prompt: Optional[str] = "\n") -> dict:
+             sample_prompt: Optional[str] = "\n", init_from: str | Path | None = None) -> dict:
     """Trains a language model as ``config`` says and writes the run folder ``config.out_dir``.
 
     Args:
         config: the run config (``task: lm``).
         resume: continue the run in ``config.out_dir``.
+        init_from: continue training the weights of this run (trained or imported) with a new optimiser
+            (``train.lora_rank`` > 0: LoRA adapters only); its tokenizer is reused and must match the config's.
         progress: the trainer's progress callback (see :class:`~lmforge.training.trainer.Trainer`).
         sample_prompt: after training, generate ``train.sample_tokens`` tokens from this prompt into
             ``summary["sample"]``; ``None`` skips the sample.
@@ -147,7 +176,7 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
     """
 
     with process_group(resolve_device(config.train.device)):  # joined before the data: rank 0 prepares it
-        run = prepare_lm_run(config, resume=resume, progress=progress)
+        run = prepare_lm_run(config, resume=resume, progress=progress, init_from=init_from)
         cfg = run.config
         task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
                       val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing,
@@ -157,6 +186,8 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
         trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)
         summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
+    if init_from is not None:
+        summary["init_from"] = str(init_from)
     if sample_prompt is not None and cfg.train.sample_tokens > 0 and trainer.dist.is_main:
         summary["sample"] = sample_text(trainer.raw, run.tokenizer, sample_prompt, cfg.train.sample_tokens,
                                         seed=cfg.train.seed)
