@@ -378,9 +378,8 @@ class Trainer:
         if not self.dist.is_main:
             return summary
         if stopped_by != "interrupted":
-            t_eval = time.perf_counter()
-            with self.precision.autocast():
-                final = self.task.evaluate(self.raw, max_batches=None)
+            with self.precision.autocast():  # (the clock is read before the evaluation starts)
+                t_eval, final = time.perf_counter(), self.task.evaluate(self.raw, max_batches=None)
             summary.update({f"val_{ {'perplexity': 'ppl'}.get(k, k)}": v for k, v in final.items()})
             summary["final_eval_time"] = round(time.perf_counter() - t_eval, 3)
         else:
