@@ -10,16 +10,23 @@ from lmforge.data.lm_dataset import WindowSampler, eval_window_starts, gather_wi
 from lmforge.data.shards import ShardedTokens, ShardWriter
 
 
-def test_windows_of_an_epoch_are_disjoint_and_cover_the_grid():
+def test_windows_of_a_batch_are_disjoint_and_an_epoch_visits_every_cell_once():
     s = WindowSampler(10_001, 16, seed=5)
     per_epoch = s.windows_per_epoch
-    starts = np.concatenate([s.next_starts(8) for _ in range(per_epoch // 8)])
-    assert s.epoch == 0 and len(set(starts.tolist())) == len(starts)
-    spans = np.sort(starts)
-    assert np.all(np.diff(spans) >= 16)  # non-overlapping: each window's T inputs are its own
-    assert spans.max() + 17 <= 10_001 and (spans - spans[0]).tolist() == list(range(0, 16 * len(spans), 16))
-    s.next_starts(8)
-    assert s.epoch == 1  # the remainder of the epoch, smaller than a batch, is skipped
+    batches = [s.next_starts(8) for _ in range(per_epoch // 8)]
+    for b in batches:
+        spans = np.sort(b)
+        assert np.all(np.diff(spans) >= 16)  # non-overlapping: each window's T inputs are its own
+        assert spans.max() + 17 <= 10_001
+    cells = np.concatenate([b // 16 for b in batches])
+    assert sorted(cells.tolist()) == list(range(per_epoch)) and s.epoch == 1  # 624 cells: 78 batches exactly
+    assert len({int(b[0] % 16) for b in batches}) > 8  # a new phase inside the cells every batch
+    odd = WindowSampler(10_001 + 16 * 3, 16, seed=5)  # 627 cells: the last 3 of an epoch are skipped
+    for _ in range(78):
+        odd.next_starts(8)
+    assert odd.epoch == 0 and odd.pos == 624
+    odd.next_starts(8)
+    assert (odd.epoch, odd.pos) == (1, 8)
 
 
 def test_sampler_resumes_exactly_from_its_state():

@@ -58,13 +58,14 @@ def gather_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.nd
 
 
 class WindowSampler:
-    """Training windows of ``block_size + 1`` tokens that never overlap within an epoch, in a seeded random order.
+    """Training windows of ``block_size + 1`` tokens in a seeded random order; the windows of a batch never overlap.
 
-    Epoch ``e`` lays a grid of windows over the split from a seeded offset (``0 <= offset < block_size``) and
-    shuffles it with a generator seeded by ``(seed, e)``; a batch is the next ``batch_size`` windows of that
-    order. So the windows of one batch are disjoint, ranks that take disjoint rows of the global batch read
-    disjoint windows, and the position ``(epoch, pos)`` is all a checkpoint needs to resume exactly. The order
-    of one epoch is kept as uint32 (4 bytes a window).
+    The split is cut into ``block_size``-token cells. Epoch ``e`` visits every cell once, in an order shuffled by a
+    generator seeded with ``(seed, e)``; a batch is the next ``batch_size`` cells of that order, each window
+    starting at the same seeded phase inside its cell (a new phase every batch, so over training windows start at
+    every position, as with uniformly random windows). So the windows of one batch are disjoint, ranks that take
+    disjoint rows of the global batch read disjoint windows, and ``(epoch, pos)`` is all a checkpoint needs to
+    resume exactly. The order of one epoch is kept as uint32 (4 bytes a cell).
 
     Args:
         n_tokens: length of the split.
@@ -76,37 +77,34 @@ class WindowSampler:
         if n_tokens < block_size + 1:
             raise DataError(f"the training split has {n_tokens} tokens, too few for block_size={block_size}; lower the block size")
         self.n, self.block_size, self.seed = n_tokens, block_size, seed
+        self.phases = min(block_size, n_tokens - block_size)  # a window may start this far into its cell
         self.epoch, self.pos = 0, 0
-        self._cached: tuple[int, int, np.ndarray] | None = None
+        self._cached: tuple[int, np.ndarray] | None = None
 
-    def _layout(self, epoch: int) -> tuple[int, np.ndarray]:
+    def _order(self, epoch: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            offset = int(rng.integers(0, min(self.block_size, self.n - self.block_size)))
-            count = (self.n - 1 - offset) // self.block_size
+            count = (self.n - self.phases) // self.block_size
             order = np.arange(count, dtype=np.uint32 if count < 2 ** 32 else np.int64)
-            rng.shuffle(order)
-            self._cached = (epoch, offset, order)
-        return self._cached[1], self._cached[2]
+            np.random.default_rng([self.seed, epoch]).shuffle(order)
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     @property
     def windows_per_epoch(self) -> int:
-        return len(self._layout(self.epoch)[1])
+        return len(self._order(self.epoch))
 
     def next_starts(self, batch_size: int) -> np.ndarray:
         """Start offsets of the next ``batch_size`` windows (an epoch's remainder smaller than a batch is skipped)."""
-        out: list[np.ndarray] = []
-        need = batch_size
-        while need:
-            offset, order = self._layout(self.epoch)
-            if self.pos >= len(order) or (self.pos + need > len(order) and len(order) >= batch_size):
-                self.epoch, self.pos = self.epoch + 1, 0
-                continue
-            take = order[self.pos:self.pos + need]
-            self.pos += len(take)
-            out.append(offset + take.astype(np.int64) * self.block_size)
-            need -= len(take)
-        return np.concatenate(out)
+        order = self._order(self.epoch)
+        if self.pos + batch_size > len(order) and len(order) >= batch_size:
+            self.epoch, self.pos = self.epoch + 1, 0
+            order = self._order(self.epoch)
+        phase = int(np.random.default_rng([self.seed, self.epoch, self.pos, 1]).integers(0, self.phases))
+        cells = np.resize(np.roll(order, -self.pos), batch_size)  # wraps only when an epoch is smaller than a batch
+        self.pos += batch_size
+        if self.pos >= len(order):
+            self.epoch, self.pos = self.epoch + 1, 0
+        return phase + cells.astype(np.int64) * self.block_size
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
