@@ -105,6 +105,16 @@ class LM:
 
         return compile_decoding(self.model, enabled)
 
+    def quantize(self, bits: int = 8, group_size: int = 32) -> "LM":
+        """Quantizes the model's weights in place (weight-only int8 or int4, see
+        :func:`lmforge.models.quantized.quantize_model`); a model already quantized is left as it is.
+        Returns ``self``."""
+        from lmforge.models.quantized import quantization_of, quantize_model
+
+        if quantization_of(self.model) is None:
+            quantize_model(self.model, bits, group_size)
+        return self
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``."""
         return len(self.tokenizer.encode(text))

@@ -258,7 +258,7 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
         from lmforge.interop.hf import llama_incompatibilities
     except ImportError:  # pragma: no cover
         return None
-    if llama_incompatibilities(cfg):
+    if llama_incompatibilities(cfg) or getattr(model, "quantization", None):
         return None
     p = next(model.parameters(), None)
     if p is None or p.dtype not in (torch.float32, torch.float64) or p.device.type not in ("cpu", "cuda"):

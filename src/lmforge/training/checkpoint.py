@@ -269,6 +269,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         raise
     except Exception as err:  # a config that validates but cannot be built
         raise CheckpointError(f"{run_dir}: the model in {CONFIG_FILE} cannot be built ({err})") from None
+    if config.quantization is not None:  # written by `lmforge quantize`: int8/int4 layers before the weights
+        from lmforge.models.quantized import quantize_model
+
+        quantize_model(model, config.quantization.bits, config.quantization.group_size)
     _load_weights(model, path)
     model.to(device)
     model.eval()
