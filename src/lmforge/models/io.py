@@ -150,12 +150,14 @@ def save_weights(model: nn.Module, path: str | Path, extra_metadata: Optional[di
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous()
     cfg = _config_dict(model)
+    quant = getattr(model, "quantization", None)  # models.quantized: rebuilt by load_model before the weights
     metadata = {
         "format": _FORMAT,
         "family": str((cfg or {}).get("family") or type(model).__name__),
         "config": json.dumps(cfg) if cfg is not None else "null",
         "aliases": json.dumps(aliases),
         "sha256": _checksum(tensors),
+        **({"quantization": json.dumps(quant)} if quant else {}),
         **(extra_metadata or {}),
     }
     with atomic_path(path) as tmp:
@@ -392,6 +394,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(f"model folder {directory} not found; check the path, or save/train a model there first")
     config = _read_model_config(directory)
     model = build_model(config)
+    quant = read_metadata(directory / WEIGHTS_FILE).get("quantization")
+    if quant:  # written from a quantized model: rebuild its int8/int4 layers first
+        from lmforge.models.quantized import quantize_model
+
+        spec = json.loads(quant)
+        quantize_model(model, int(spec["bits"]), int(spec.get("group_size", 32)))
     load_weights(model, directory / WEIGHTS_FILE)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
