@@ -6,7 +6,9 @@ Activations stay float; only the stored weights shrink:
   [-127, 127] (the per-channel absmax scheme of LLM.int8(), arXiv:2208.07339, without its outlier split).
 * **int4**: asymmetric, one scale and minimum per group of ``group_size`` input channels:
   ``W[n, k] ~= q[n, k] * scale[n, g] + low[n, g]`` with ``q`` in [0, 15] and ``g = k // group_size`` (grouped
-  min-max quantization as in GPTQ's round-to-nearest baseline, arXiv:2210.17323). Two values share a byte:
+  min-max quantization as in GPTQ's round-to-nearest baseline, arXiv:2210.17323). A matrix whose half width
+  ``K/2`` is not a multiple of ``group_size`` uses the largest group size below it that divides ``K/2``
+  (the scales' shape records it). Two values share a byte:
   the low nibble of column ``j`` holds ``q[:, j]`` and the high nibble ``q[:, j + K/2]`` (half-split), so a
   kernel unpacks one half of the row with ``& 15`` and the other with ``>> 4``, no interleaving.
 
@@ -54,9 +56,9 @@ def quantize_weight(w: Tensor, bits: int, group_size: int = 32) -> QWeight:
         return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
     if bits != 4:
         raise ConfigError(f"quantization bits must be 8 or 4, got {bits}")
-    if k % (2 * group_size):
-        raise ConfigError(f"int4 needs each matrix's input width to be a multiple of 2 x group_size ({2 * group_size}); "
-                          f"a ({n} x {k}) matrix is not: choose a group size dividing {k // 2}, or use int8")
+    if k % 2:
+        raise ConfigError(f"int4 needs even matrix widths; a ({n} x {k}) matrix is not: use int8")
+    group_size = max(d for d in range(1, min(group_size, k // 2) + 1) if (k // 2) % d == 0)  # groups never straddle the halves
     wg = w.view(n, k // group_size, group_size)
     low, high = wg.amin(-1), wg.amax(-1)
     scale = ((high - low) / 15.0).clamp(min=1e-12)
@@ -135,6 +137,12 @@ class QuantLinear(nn.Module):
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> Tensor:
         """The float weight (out, in) this layer stands for."""
         return dequantize_weight(self.qweight_parts, dtype or self.scale.dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized float weight (out, in), computed on each read, for code that reads ``.weight``
+        of a linear layer (its device and dtype, or its values)."""
+        return self.dequantize()
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -221,13 +229,13 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32) -> nn.Modu
     Args:
         model: a float model (any family); already-quantized layers are left alone.
         bits: 8 or 4.
-        group_size: input channels per int4 group (a divisor of half of each matrix's input width).
+        group_size: input channels per int4 group (at most; see :func:`quantize_weight`).
 
     Returns:
         ``model``.
 
     Raises:
-        ConfigError: ``bits`` is not 8 or 4, or an int4 matrix's width does not fit the group size.
+        ConfigError: ``bits`` is not 8 or 4, or an int4 matrix has an odd width.
     """
     if bits not in (8, 4):
         raise ConfigError(f"quantization bits must be 8 or 4, got {bits}")
