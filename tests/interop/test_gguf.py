@@ -77,7 +77,7 @@ def test_gguf_metadata_and_permuted_query_rows(toy, tmp_path):
     assert torch.equal(q[0], ours[0]) and torch.equal(q[1], ours[hd // 2]) and torch.equal(q[2], ours[1])
 
 
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f16", "q8_0", "q4_0"])
 def test_smaller_gguf_types_load_and_mostly_agree(toy, tmp_path, dtype):
     model, tok = toy
     path = export_gguf(model, tok, tmp_path / f"m-{dtype}.gguf", dtype)
@@ -86,7 +86,7 @@ def test_smaller_gguf_types_load_and_mostly_agree(toy, tmp_path, dtype):
     ours = _lmforge_greedy(model, tok, PROMPTS[0], 32)
     agree = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), 32)
     print(f"{dtype}: llama.cpp agrees with lmforge fp32 on the first {agree} of 32 greedy tokens")
-    assert agree >= 4
+    assert len(theirs) == 32 and (dtype == "q4_0" or agree >= 4)  # 4-bit blocks may change even the first token
 
 
 def _run(tmp_path, model_cfg, tok):

@@ -14,7 +14,7 @@ DESCRIPTION = ("Export a model folder or run folder. --format hf writes a Llama-
 __all__ = ["DESCRIPTION", "configure", "run"]
 
 _HF_DTYPES = ("float32", "bfloat16", "float16")
-_GGUF_DTYPES = ("f32", "f16", "q8_0")
+_GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="hf: a Hugging Face Llama folder; gguf: one llama.cpp file (default hf)")
     parser.add_argument("--out", required=True, metavar="PATH", help="folder (hf) or .gguf file (gguf) to write")
     parser.add_argument("--dtype", choices=_HF_DTYPES + _GGUF_DTYPES,
-                        help="weights: float32|bfloat16|float16 for hf (default float32), f32|f16|q8_0 for gguf (default f32)")
+                        help="weights: float32|bfloat16|float16 for hf (default float32), f32|f16|q8_0|q4_0 for gguf (default f32)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,8 +12,8 @@ What can be exported:
   Character and word tokenizers cannot be carried: llama.cpp's vocabularies (SentencePiece, BPE over bytes,
   WordPiece, Unigram) all fall back to byte tokens for unseen text, which those vocabularies do not have.
 
-Weights: ``f32`` (exact), ``f16`` (matrices in half precision, norms in float32) or ``q8_0`` (llama.cpp's 8-bit
-blocks of 32 for the matrices and the embedding). A run quantized by ``lmforge quantize`` is exported from its
+Weights: ``f32`` (exact), ``f16`` (matrices in half precision, norms in float32), ``q8_0`` or ``q4_0``
+(llama.cpp's 8-bit and 4-bit blocks of 32, for the matrices and the embedding). A run quantized by ``lmforge quantize`` is exported from its
 dequantized weights.
 
 llama.cpp rotates Llama queries and keys in interleaved pairs (channels 2j, 2j+1), where lmforge, like Hugging
@@ -39,7 +39,7 @@ __all__ = ["export_gguf", "export_run_gguf", "gguf_incompatibilities", "GGUF_DTY
 
 log = logging.getLogger(__name__)
 
-GGUF_DTYPES = ("f32", "f16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 
 def gguf_incompatibilities(model: nn.Module) -> list[str]:
@@ -151,7 +151,7 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | Path, dtype: str =
         model: a Llama-compatible :class:`~lmforge.models.transformer.Transformer` (float or quantized).
         tokenizer: its byte-level BPE tokenizer.
         path: the ``.gguf`` file to write.
-        dtype: ``f32``, ``f16`` or ``q8_0``.
+        dtype: ``f32``, ``f16``, ``q8_0`` or ``q4_0``.
         name: the model's name in the file (``general.name``).
 
     Returns:
@@ -178,7 +178,8 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | Path, dtype: str =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype]
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(dtype)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name or "lmforge")
@@ -203,9 +204,8 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | Path, dtype: str =
             arr = t.numpy()
             if dtype == "f16" and arr.ndim == 2:
                 w.add_tensor(tname, arr.astype(np.float16))
-            elif dtype == "q8_0" and arr.ndim == 2 and arr.shape[1] % 32 == 0:
-                q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-                w.add_tensor(tname, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            elif qtype is not None and arr.ndim == 2 and arr.shape[1] % 32 == 0:
+                w.add_tensor(tname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
             else:
                 w.add_tensor(tname, arr.astype(np.float32))
         w.write_header_to_file()
