@@ -21,6 +21,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -129,6 +130,64 @@ def bench_lstm(args) -> list[tuple[int, float]]:
     return out
 
 
+def bench_llamacpp(args) -> None:
+    """lmforge against llama.cpp on the same weights (exported to GGUF): batch 1 decode-only tokens/s at each
+    thread count, fp32 vs F32, int8 vs Q8_0, int4 vs Q4_0, the two engines interleaved; then batch 8 and 64."""
+    import copy
+
+    from llamacpp_peer import LlamaCpp, agreement, bpe_tokenizer, export_ggufs, lmforge_batch_tps, lmforge_decode_tps
+
+    from lmforge.models.quantized import quantize_model
+
+    torch.manual_seed(0)
+    model = build_model(llama_style(args.vocab_size)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.05)
+    variants = {"fp32": (model, "f32"), "int8": (quantize_model(copy.deepcopy(model), 8), "q8_0"),
+                "int4": (quantize_model(copy.deepcopy(model), 4), "q4_0")}
+    prompt = _prompts(1, args.prompt, args.vocab_size)[0]
+    new = args.new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_ggufs(model, bpe_tokenizer(args.vocab_size), Path(tmp), [g for _, g in variants.values()])
+        print("\n| threads | lmforge weights | lmforge tok/s (default path) | eager | compiled | llama.cpp type | "
+              "llama.cpp tok/s | lmforge / llama.cpp (default) | greedy tokens equal (of 32) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for threads in args.llamacpp_threads:
+            torch.set_num_threads(threads)
+            for name, (m, gtype) in variants.items():
+                peer = LlamaCpp(files[gtype], threads)
+                same = agreement(m, peer, prompt, 32)
+                lmforge_decode_tps(m, prompt, 8, compile=True)  # compiles (or loads Inductor's cache) once
+                best = {"default": 0.0, "eager": 0.0, "compiled": 0.0, "peer": 0.0}
+                for _ in range(args.repeats):  # interleaved, best of each
+                    best["default"] = max(best["default"], lmforge_decode_tps(m, prompt, new))
+                    best["peer"] = max(best["peer"], peer.decode_tps(prompt, new))
+                    best["eager"] = max(best["eager"], lmforge_decode_tps(m, prompt, new, compile=False))
+                    best["compiled"] = max(best["compiled"], lmforge_decode_tps(m, prompt, new, compile=True))
+                peer.close()
+                print(f"| {threads} | {name} | {best['default']:.0f} | {best['eager']:.0f} | {best['compiled']:.0f} | "
+                      f"{gtype.upper()} | {best['peer']:.0f} | **{best['default'] / best['peer']:.2f}x** | {same} |",
+                      flush=True)
+        torch.set_num_threads(max(args.llamacpp_threads))
+        print(f"\n| batch ({max(args.llamacpp_threads)} threads) | weights | lmforge tok/s (wall, prompts included) | "
+              "llama.cpp tok/s | ratio |")
+        print("|---|---|---|---|---|")
+        for batch in [b for b in args.batches if b > 1]:
+            prompts = _prompts(batch, args.prompt, args.vocab_size)
+            n = args.new_tokens if batch < 64 else max(16, args.new_tokens // 2)
+            for name in ("fp32", "int8"):
+                m, gtype = variants[name]
+                peer = LlamaCpp(files[gtype], max(args.llamacpp_threads), slots=batch, ctx_per_slot=args.prompt + n + 8)
+                ours = theirs = 0.0
+                for _ in range(args.repeats):
+                    ours = max(ours, lmforge_batch_tps(m, prompts, n))
+                    theirs = max(theirs, peer.batch_tps(prompts, n))
+                peer.close()
+                print(f"| {batch} | {name} / {gtype.upper()} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
@@ -139,13 +198,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lstm-tokens", type=int, default=1024)
     ap.add_argument("--skip-hf", action="store_true", help="only the LSTM figures")
+    ap.add_argument("--llamacpp", action="store_true", help="compare with llama.cpp (xllamacpp) instead of transformers")
+    ap.add_argument("--llamacpp-threads", type=int, nargs="+", default=[1, 2], help="thread counts for --llamacpp")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
     print(f"machine: {info.get('cpu', info)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    if not args.skip_hf:
+    if args.llamacpp:
+        bench_llamacpp(args)
+    elif not args.skip_hf:
         import transformers
 
         rows = bench_transformer(args)

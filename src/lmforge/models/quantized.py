@@ -7,8 +7,8 @@ Activations stay float; only the stored weights shrink:
 * **int4**: asymmetric, one scale and minimum per group of ``group_size`` input channels:
   ``W[n, k] ~= q[n, k] * scale[n, g] + low[n, g]`` with ``q`` in [0, 15] and ``g = k // group_size`` (grouped
   min-max quantization as in GPTQ's round-to-nearest baseline, arXiv:2210.17323). A matrix whose half width
-  ``K/2`` is not a multiple of ``group_size`` uses the largest group size below it that divides ``K/2``
-  (the scales' shape records it). Two values share a byte:
+  ``K/2`` is not a multiple of ``group_size`` uses the divisor of ``K/2`` closest to it (the scales' shape
+  records it). Scales and minimums are stored in float16, as llama.cpp's 4-bit blocks store theirs. Two values share a byte:
   the low nibble of column ``j`` holds ``q[:, j]`` and the high nibble ``q[:, j + K/2]`` (half-split), so a
   kernel unpacks one half of the row with ``& 15`` and the other with ``>> 4``, no interleaving.
 
@@ -35,7 +35,7 @@ from lmforge.errors import ConfigError
 
 __all__ = [
     "QuantLinear", "QuantLSTM", "quantize_model", "dequantize_model", "quantization_of", "quantize_weight",
-    "dequantize_weight", "matvec",
+    "dequantize_weight", "matvec", "decode_weight", "decode_mm", "decode_addmm", "decode_matvec",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,13 @@ def quantize_weight(w: Tensor, bits: int, group_size: int = 32) -> QWeight:
         raise ConfigError(f"quantization bits must be 8 or 4, got {bits}")
     if k % 2:
         raise ConfigError(f"int4 needs even matrix widths; a ({n} x {k}) matrix is not: use int8")
-    group_size = max(d for d in range(1, min(group_size, k // 2) + 1) if (k // 2) % d == 0)  # groups never straddle the halves
+    # groups never straddle the two halves: the divisor of K/2 closest to group_size (the smaller on a tie)
+    group_size = min((d for d in range(1, k // 2 + 1) if (k // 2) % d == 0), key=lambda d: (abs(d - group_size), d))
     wg = w.view(n, k // group_size, group_size)
     low, high = wg.amin(-1), wg.amax(-1)
-    scale = ((high - low) / 15.0).clamp(min=1e-12)
-    q = torch.round((wg - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).view(n, k)
+    scale, low = ((high - low) / 15.0).half(), low.half()  # stored in float16; q is computed against the stored values
+    s32, l32 = scale.float()[..., None], low.float()[..., None]
+    q = torch.where(s32 > 0, torch.round((wg - l32) / s32.clamp(min=1e-30)), 0).clamp(0, 15).to(torch.uint8).view(n, k)
     return (q[:, : k // 2] | (q[:, k // 2:] << 4)).contiguous(), scale, low
 
 
@@ -97,6 +99,49 @@ def matvec(x: Tensor, qw: Union[Tensor, QWeight]) -> Tensor:
     hi = (packed >> 4).to(x.dtype).view(n, groups // 2, g)
     y = ((xg[0] * lo).sum(-1) * scale[:, : groups // 2]).sum(-1) + ((xg[1] * hi).sum(-1) * scale[:, groups // 2:]).sum(-1)
     return (y + (x.view(groups, g).sum(-1) * low).sum(-1)).unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------- decoding-path weights
+# The fast decoding path (models/transformer/decode.py, compiled.py) holds each matrix either as a float (K, N)
+# tensor or, for a quantized layer, as a tuple ``(gain, *parts)``: the parts of :func:`quantize_weight` (rows
+# = outputs) and an optional input gain (K,) applied to ``x`` first (the RMSNorm gain that the float path folds
+# into its matrices; folding it into integer weights would round them a second time).
+
+
+def decode_weight(layer: nn.Module, gain: Optional[Tensor] = None, rows: Any = None) -> Optional[QWeight]:
+    """``(gain, *parts)`` of a :class:`QuantLinear` for the decoding path (``rows`` reorders the output rows
+    of every part), or ``None`` when ``layer`` is not quantized."""
+    if not isinstance(layer, QuantLinear):
+        return None
+    parts = layer.qweight_parts
+    if rows is not None:
+        parts = tuple(rows(t) for t in parts)
+    return (None if gain is None else gain.detach().float(), *(t.contiguous() for t in parts))
+
+
+def decode_mm(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
+    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (dequantized)."""
+    if isinstance(w, Tensor):
+        return torch.mm(x, w)
+    gain, *parts = w
+    return F.linear(x if gain is None else x * gain, dequantize_weight(tuple(parts), x.dtype))
+
+
+def decode_addmm(x: Tensor, a: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
+    """``x + a @ w`` (see :func:`decode_mm`)."""
+    return torch.addmm(x, a, w) if isinstance(w, Tensor) else x + decode_mm(a, w)
+
+
+def decode_matvec(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
+    """``x @ W.T`` inside the compiled step: ``w`` is a float (N, K) matrix or a decoding-path tuple; one row
+    is a fused reduction over the (integer) weights (:func:`matvec`), more rows a matrix product."""
+    if isinstance(w, Tensor):
+        return matvec(x, w) if x.shape[0] == 1 else torch.mm(x, w.t())
+    gain, *parts = w
+    x = x if gain is None else x * gain
+    if x.shape[0] == 1:
+        return matvec(x, tuple(parts))
+    return F.linear(x, dequantize_weight(tuple(parts), x.dtype))
 
 
 def _register(module: nn.Module, prefix: str, qw: QWeight) -> None:
@@ -136,7 +181,7 @@ class QuantLinear(nn.Module):
 
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> Tensor:
         """The float weight (out, in) this layer stands for."""
-        return dequantize_weight(self.qweight_parts, dtype or self.scale.dtype)
+        return dequantize_weight(self.qweight_parts, dtype or (torch.float32 if self.bias is None else self.bias.dtype))
 
     @property
     def weight(self) -> Tensor:
