@@ -24,7 +24,7 @@ import torch
 from lmforge.config import RunConfig, get_preset
 from lmforge.evaluation.metrics import machine_info
 from lmforge.models import build_model
-from lmforge.models.io import count_parameters
+from lmforge.models.run_folder import count_parameters
 
 
 def _sync(device: torch.device) -> None:

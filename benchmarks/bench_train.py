@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from lmforge.config import RunConfig, get_preset
-    from lmforge.training.lm_run import train_lm
+    from lmforge.workflows.lm_run import train_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)

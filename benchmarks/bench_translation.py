@@ -50,7 +50,7 @@ def _cpu_name() -> str:
 
 def run_one(family: str, args: argparse.Namespace) -> dict:
     """Trains one family for ``args.minutes`` and scores it on test2016; returns the figures."""
-    from lmforge.training.translate_run import evaluate_translation, train_translation
+    from lmforge.workflows.translate_run import evaluate_translation, train_translation
 
     data = Path(args.data)
     out = Path(args.out) / family

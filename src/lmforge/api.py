@@ -16,7 +16,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
-from lmforge.errors import CheckpointError
+from lmforge.config import RunConfig
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.inference.chat import (
+    CHAT_TEMPLATES,
+    ChatSession,
+    prompt_budget,
+    render_chat,
+    run_chat_repl,
+    trim_messages,
+)
+from lmforge.inference.embeddings import Embedder
+from lmforge.inference.generation import generate, stream
+from lmforge.inference.retrieval import load_or_build_index, read_texts as _read, SearchIndex
+from lmforge.inference.sampling import SamplingParams
+from lmforge.inference.translate import Translator
+from lmforge.models.capabilities import model_capabilities
+from lmforge.models.protocol import CausalLM
+from lmforge.models.run_folder import load_run
+from lmforge.models.transformer.decode import compile_decoding
+from lmforge.tokenizers.base import Tokenizer
+from lmforge.utils.device import resolve_device as _resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -29,17 +49,9 @@ __all__ = ["LM", "load", "resolve_device", "Translator", "chat_repl", "read_text
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"mps"`` when available, else ``"cpu"``."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    """``"auto"`` -> ``"cuda"`` when available, else ``"mps"`` when available, else ``"cpu"``; see
+    :func:`lmforge.utils.device.resolve_device`."""
+    return str(_resolve_device(device))
 
 
 class LM:
@@ -53,7 +65,7 @@ class LM:
         path: the run folder, when loaded from one.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", chat_template: str = "plain",
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer, name: str = "model", chat_template: str = "plain",
                  path: Optional[Path] = None, summary: Optional[dict] = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -74,7 +86,6 @@ class LM:
             chat_template: overrides the template the run records (``summary.json`` ``chat_template``).
             weights: ``"last"`` or ``"best"``.
         """
-        from lmforge.training.checkpoint import load_run
 
         run = load_run(run_dir, device=resolve_device(device), weights=weights)
         if run.config.task != "lm":
@@ -93,15 +104,19 @@ class LM:
         return getattr(self.model, "max_context", None)
 
     @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do (``causal_lm``, ``embeddings``, ``kv_cache``...), as its family declares."""
+        return model_capabilities(self.model)
+
+    @property
     def family(self) -> str:
         """The model family (``transformer`` or ``lstm``)."""
         return str(getattr(self.model.config, "family", type(self.model).__name__))
 
     def compile_decoding(self, enabled: bool = True) -> bool:
         """Decodes through a ``torch.compile``'d step from now on (see
-        :func:`lmforge.inference.fast_decode.compile_decoding`); returns whether this model and device support
+        :func:`lmforge.models.transformer.decode.compile_decoding`); returns whether this model and device support
         it. The first generation then compiles (seconds); later ones decode about twice as fast on a CPU."""
-        from lmforge.inference.fast_decode import compile_decoding
 
         return compile_decoding(self.model, enabled)
 
@@ -122,40 +137,40 @@ class LM:
     # ------------------------------------------------------------------ generation
     def complete(self, prompts: Sequence[Any], **sampling: Any) -> list["Completion"]:
         """Completions of several prompts (texts or token ids), batched; see ``SamplingParams`` for options."""
-        from lmforge.inference.generation import generate
 
         return generate(self.model, self.tokenizer, list(prompts), **sampling)
 
-    def generate(self, prompt: str, **sampling: Any) -> str:
-        """The text generated after ``prompt``."""
+    def generate(self, prompt: str | Sequence[int], **sampling: Any) -> str:
+        """The text generated after one prompt: a string, or a list of token ids.
+
+        Several prompts go to :meth:`complete` (batched, one ``Completion`` each); a list of strings here is a
+        :class:`~lmforge.errors.ConfigError` that says so, rather than being misread as token ids.
+        """
+        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+            raise ConfigError("LM.generate takes one prompt (a string or a list of token ids); for several prompts "
+                              "use lm.complete([...]) (one Completion each) or [lm.generate(p) for p in prompts]")
         return self.complete([prompt], **{**sampling, "num_samples": 1})[0].text
 
     def stream(self, prompt: Any, **sampling: Any) -> Iterator["TextChunk"]:
         """The text generated after ``prompt``, piece by piece (the last piece has ``finish_reason``)."""
-        from lmforge.inference.generation import stream
 
         return stream(self.model, self.tokenizer, prompt, **sampling)
 
     # ------------------------------------------------------------------ chat
     def chat_session(self, system: Optional[str] = None, use_context: bool = True, **sampling: Any) -> "ChatSession":
         """A multi-turn :class:`~lmforge.inference.chat.ChatSession` with this model's chat template."""
-        from lmforge.inference.chat import ChatSession
-        from lmforge.inference.sampling import SamplingParams
 
         params = SamplingParams.from_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=128), **sampling)
         return ChatSession(self.model, self.tokenizer, self.chat_template, system=system, params=params,
                            use_context=use_context)
 
     def _chat_prompt(self, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
-        from lmforge.inference.chat import prompt_budget, render_chat, trim_messages
 
         budget = prompt_budget(self.max_context, max_new_tokens)
         kept = trim_messages(self.tokenizer, messages, budget, self.chat_template)
         return render_chat(self.tokenizer, kept, True, self.chat_template)
 
     def _chat_params(self, sampling: dict) -> Any:
-        from lmforge.inference.chat import CHAT_TEMPLATES
-        from lmforge.inference.sampling import SamplingParams
 
         tpl = CHAT_TEMPLATES.get(self.chat_template)
         p = SamplingParams.from_kwargs(None, **sampling)
@@ -165,8 +180,6 @@ class LM:
     def chat(self, messages: Sequence[dict], **sampling: Any) -> "Completion":
         """The assistant's reply to ``messages`` (``[{"role": "user", "content": ...}, ...]``), history trimmed
         to the context window (oldest turns first, the system prompt kept)."""
-        from lmforge.inference.chat import CHAT_TEMPLATES
-        from lmforge.inference.generation import generate
 
         p = self._chat_params(sampling)
         done = generate(self.model, self.tokenizer, [self._chat_prompt(messages, p.max_new_tokens)], p)[0]
@@ -175,7 +188,6 @@ class LM:
 
     def stream_chat(self, messages: Sequence[dict], **sampling: Any) -> Iterator["TextChunk"]:
         """The assistant's reply to ``messages``, streamed."""
-        from lmforge.inference.generation import stream
 
         p = self._chat_params(sampling)
         started = False
@@ -188,7 +200,6 @@ class LM:
     # ------------------------------------------------------------------ embeddings and search
     def embedder(self, pooling: str = "mean") -> Any:
         """The :class:`~lmforge.inference.embeddings.Embedder` of this model (cached per pooling)."""
-        from lmforge.inference.embeddings import Embedder
 
         if pooling not in self._embedders:
             self._embedders[pooling] = Embedder(self.model, self.tokenizer, pooling=pooling)
@@ -202,7 +213,6 @@ class LM:
                pooling: str = "mean") -> tuple[list["SearchHit"], bool]:
         """Ranks ``docs`` by similarity to ``query``. With ``index_path`` the document vectors are saved there
         and reused while the documents and the model stay the same. Returns ``(hits, index_rebuilt)``."""
-        from lmforge.inference.retrieval import SearchIndex, load_or_build_index
 
         emb = self.embedder(pooling)
         if index_path is None:
@@ -218,14 +228,12 @@ class LM:
 def chat_repl(session: "ChatSession", lines: Any = None, out: Any = None, interactive: bool = True) -> int:
     """Runs the chat loop (``/help``, ``/clear``, ``/system``, ``/save``, ``/exit``) on ``session``; see
     :func:`lmforge.inference.chat.run_chat_repl`. Returns the number of replies."""
-    from lmforge.inference.chat import run_chat_repl
 
     return run_chat_repl(session, lines=lines, out=out, interactive=interactive)
 
 
 def read_texts(path: str | Path) -> list[str]:
     """Texts of a file: one per non-empty line, or the ``"text"`` fields of a ``.jsonl``."""
-    from lmforge.inference.retrieval import read_texts as _read
 
     return _read(path)
 
@@ -240,9 +248,8 @@ def default_index_path(run_dir: str | Path, docs_path: str | Path, pooling: str 
     return Path(run_dir) / ".lmforge_cache" / "search" / f"{docs_path.stem}-{tag}.npz"
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Any:
+def load(run_dir: str | Path, device: str = "auto") -> "LM | Translator":
     """Loads whatever the run folder holds: an :class:`LM`, or a ``Translator`` for a translation run."""
-    from lmforge.config import RunConfig
 
     cfg_path = Path(run_dir) / "config.yaml"
     if cfg_path.is_file():
@@ -251,20 +258,5 @@ def load(run_dir: str | Path, device: str = "auto") -> Any:
         except Exception:  # a damaged config: LM.load reports it properly
             task = "lm"
         if task == "translate":
-            return _translator().load(run_dir, device=device)
+            return Translator.load(run_dir, device=device)
     return LM.load(run_dir, device=device)
-
-
-def _translator() -> Any:
-    try:
-        from lmforge.inference.translate import Translator
-    except ImportError as err:  # pragma: no cover - translation not installed
-        raise CheckpointError(f"this is a translation run, but lmforge.inference.translate is unavailable ({err})") from None
-    return Translator
-
-
-def __getattr__(name: str) -> Any:
-    # ``Translator`` is re-exported lazily so that importing the facade does not import translation code.
-    if name == "Translator":
-        return _translator()
-    raise AttributeError(f"module 'lmforge.api' has no attribute {name!r}")

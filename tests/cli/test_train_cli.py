@@ -71,7 +71,7 @@ def test_eval_matches_bits_per_char_computed_by_hand(tmp_path, tiny_corpus, caps
     run = tmp_path / "run"
     _train(capsys, "--data", str(tiny_corpus), "--out", str(run), "--max-steps", "1", *TINY)
     # make the model uniform: all weights zero -> all logits zero -> every token costs log2(V) bits
-    from lmforge.models.io import save_weights
+    from lmforge.models.run_folder import save_weights
     from lmforge.training.checkpoint import load_run
 
     loaded = load_run(run)

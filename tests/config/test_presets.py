@@ -10,7 +10,7 @@ import torch
 from lmforge.config import PRESETS, RunConfig, get_preset
 from lmforge.config.presets import PARAMETER_COUNTS
 from lmforge.models import build_model
-from lmforge.models.io import count_parameters
+from lmforge.models.run_folder import count_parameters
 
 
 def _model_config(name: str, vocab: int):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from entry_doc_snippets import assert_lines_in_doc, doc_text, run_doc
 
-from lmforge.chatbot import (
+from lmforge.compat.chatbot import (
     BPETokenizer,
     ChatInterface,
     CustomAIModel,
@@ -27,7 +27,7 @@ from lmforge.models.transformer import Transformer
 PAGE = "chatbot.md"
 
 ISSUE_SNIPPET = """
-from lmforge.chatbot import TransformerModel, TransformerConfig, BPETokenizer, ChatInterface, TrainingPipeline, DatasetLoader
+from lmforge.compat.chatbot import TransformerModel, TransformerConfig, BPETokenizer, ChatInterface, TrainingPipeline, DatasetLoader
 config = TransformerConfig.small(vocab_size=5000)        # also .medium() and .large()
 model = TransformerModel(config)
 tokenizer = BPETokenizer(vocab_size=5000)

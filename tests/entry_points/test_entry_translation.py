@@ -44,7 +44,7 @@ def test_page_shows_the_issue_snippet():
 def test_page_runs(capsys):
     ns = run_doc(PAGE, SUBS)
     model, lstm, small, again = ns["model"], ns["lstm"], ns["small"], ns["again"]
-    assert isinstance(model, Seq2SeqTransformer) and isinstance(lstm, Seq2SeqLSTM)
+    assert isinstance(model.core, Seq2SeqTransformer) and isinstance(lstm.core, Seq2SeqLSTM)
     assert tuple(ns["memory"].shape) == (2, 12, 32)
     assert tuple(ns["logits"].shape) == (2, 9, 100)
     # Config overrides the constructor's arguments.

@@ -129,27 +129,32 @@ def test_forward_latency_on_a_toy_module() -> None:
 
 
 class _CountingDecoder(nn.Module):
-    """A decoder whose step takes longer as the state grows, like attention over a KV cache."""
+    """A decoder whose step takes longer as the state grows, like attention over a KV cache. Time is a fake
+    clock that each step advances by ``per_token_s`` per token in the state, so the test does not depend on
+    the machine's load."""
 
     def __init__(self, vocab: int = 5, per_token_s: float = 0.0005) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.zeros(vocab))
         self.per_token_s = per_token_s
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def init_state(self, batch_size: int) -> int:
         return 0
 
     def step(self, idx: torch.Tensor, state: int) -> tuple[torch.Tensor, int]:
         state += idx.shape[1]
-        time.sleep(self.per_token_s * state)
+        self.now += self.per_token_s * state
         return self.w.expand(idx.shape[0], idx.shape[1], -1), state
 
 
 def test_decode_step_times_grow_with_the_state() -> None:
-    times = decode_step_times(_CountingDecoder(), length=12, batch_size=2, repeats=2)
-    assert len(times) == 12
-    assert times[-1] > times[0] * 4  # step 12 sleeps 12x as long as step 1
-    assert times[0] >= 0.0005
+    model = _CountingDecoder()
+    times = decode_step_times(model, length=12, batch_size=2, repeats=2, clock=model.clock)
+    assert times == pytest.approx([0.0005 * n for n in range(1, 13)])  # step n costs n tokens of state
 
 
 # ------------------------------------------------------------------------------------------ disk, machine

@@ -110,8 +110,8 @@ def test_cli_renders_from_a_saved_report_without_training(tmp_path: Path, monkey
     (src / "report.json").write_text(json.dumps(_report()))
     import lmforge.evaluation.report as report_mod
 
-    # Training would go through lmforge.evaluation.compare; make any use of it fail loudly.
-    monkeypatch.setitem(__import__("sys").modules, "lmforge.evaluation.compare", None)
+    # Training would go through lmforge.workflows.compare; make any use of it fail loudly.
+    monkeypatch.setitem(__import__("sys").modules, "lmforge.workflows.compare", None)
     assert main(["compare", "--from", str(src / "report.json")]) == 0
     md = (src / "report.md").read_text()
     assert md == report_mod.render_markdown(_report(), ["loss_vs_time.png", "loss_vs_tokens.png", "decode_time.png", "memory.png"])

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from lmforge.compat.chatbot import ChatInterface
 from lmforge.errors import DataError
 from lmforge.inference.chat import (
     CHAT_TEMPLATES,
-    ChatInterface,
     ChatSession,
     render_chat,
     render_chat_with_mask,

@@ -12,11 +12,13 @@ import torch
 from lmforge.api import LM
 from lmforge.config import RunConfig
 from lmforge.errors import ConfigError, DataError
-from lmforge.inference.chat import ChatInterface, render_chat_with_mask
+from lmforge.compat.chatbot import ChatInterface
+from lmforge.inference.chat import render_chat_with_mask
 from lmforge.models import build_model
 from lmforge.tokenizers import train_tokenizer
 from lmforge.training.checkpoint import save_run
-from lmforge.training.finetune import ChatSFTTask, _collate, encode_conversations, finetune, read_conversations
+from lmforge.training.tasks_chat import ChatSFTTask, _collate, encode_conversations, read_conversations
+from lmforge.workflows.finetune import finetune
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 HELD_OUT_NUMBERS = {17, 28, 39, 46, 53, 65, 72, 84, 91}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmforge.config import LSTMConfig
-from lmforge.inference.compiled_decode import CompiledLlamaDecoder
-from lmforge.inference.fast_decode import FastLlamaDecoder, compile_decoding, fast_decoder
+from lmforge.models.transformer.compiled import CompiledLlamaDecoder
+from lmforge.models.transformer.decode import FastLlamaDecoder, compile_decoding, fast_decoder
 from lmforge.inference.generation import generate
 from lmforge.models import build_model
 
@@ -80,7 +80,7 @@ def test_compile_decoding_is_the_models_default_and_reports_support():
 
 
 def test_a_failed_compile_falls_back_to_eager_decoding(monkeypatch):
-    from lmforge.inference import compiled_decode
+    from lmforge.models.transformer import compiled as compiled_decode
 
     def broken(self, *args):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")

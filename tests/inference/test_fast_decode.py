@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import TransformerConfig
-from lmforge.inference.fast_decode import FastLlamaDecoder, fast_decoder
+from lmforge.models.transformer.decode import FastLlamaDecoder, fast_decoder
 from lmforge.inference.generation import generate
 from lmforge.models import build_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.config import Seq2SeqLSTMConfig, Seq2SeqTransformerConfig
-from lmforge.inference.search import beam_search, greedy_search, length_penalty, sample_search
+from lmforge.inference.beam_search import beam_search, greedy_search, length_penalty, sample_search
 from lmforge.models import build_model
 
 BOS, EOS, A, B = 0, 1, 2, 3  # ids of the table model
@@ -98,6 +98,12 @@ def test_beam_ties_break_by_lower_token_id() -> None:
 
 
 def _models():
+    with torch.random.fork_rng():  # the same weights whatever ran before (an unlucky draw can say EOS at once)
+        torch.manual_seed(1)
+        return _build_models()
+
+
+def _build_models():
     t = build_model(Seq2SeqTransformerConfig(src_vocab_size=24, tgt_vocab_size=20, d_model=32, num_heads=2,
                                              num_encoder_layers=1, num_decoder_layers=2, d_ff=64, dropout=0.0,
                                              max_len=20)).eval()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import Seq2SeqTransformerConfig
-from lmforge.inference.search import beam_search
+from lmforge.inference.beam_search import beam_search
 from lmforge.inference.translate import Translator
 from lmforge.models import build_model
 from lmforge.tokenizers import train_tokenizer

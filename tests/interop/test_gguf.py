@@ -12,7 +12,7 @@ from lmforge.config import RunConfig
 from lmforge.errors import ConfigError
 from lmforge.interop.gguf import export_gguf
 from lmforge.models import build_model
-from lmforge.training.checkpoint import save_run
+from lmforge.models.run_folder import save_run
 from trained_toy import trained
 
 gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf package (pip install 'lmforge[gguf]')")

@@ -12,7 +12,7 @@ from lmforge.config import LSTMConfig  # noqa: E402
 from lmforge.errors import ConfigError  # noqa: E402
 from lmforge.interop.hf import export_hf, llama_incompatibilities  # noqa: E402
 from lmforge.models import build_model  # noqa: E402
-from lmforge.models.io import save_model  # noqa: E402
+from lmforge.models.run_folder import save_model  # noqa: E402
 from lmforge.models.transformer import Transformer, TransformerConfig  # noqa: E402
 
 V = 48

@@ -28,7 +28,7 @@ def recipe():
 
 def test_recipe_registers_a_working_family(recipe, tmp_path):
     from lmforge.models import build_model
-    from lmforge.models.io import load_model, save_model
+    from lmforge.models.run_folder import load_model, save_model
 
     assert "gru" in MODELS
     model = build_model(recipe["GRUConfig"](vocab_size=50, hidden_dim=16, num_layers=2)).eval()

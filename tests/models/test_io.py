@@ -16,7 +16,7 @@ from lmforge.config import LSTMConfig, TransformerConfig, get_preset
 from lmforge.config.model import ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.models import MODELS, build_model
-from lmforge.models.io import count_parameters, load_model, load_weights, read_metadata, save_model, save_weights
+from lmforge.models.run_folder import count_parameters, load_model, load_weights, read_metadata, save_model, save_weights
 
 V = 65
 

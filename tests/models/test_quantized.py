@@ -19,7 +19,7 @@ from lmforge.cli.main import main
 from lmforge.config import RunConfig
 from lmforge.models.quantized import (QuantLinear, QuantLSTM, dequantize_weight, matvec, quantization_of,
                                       quantize_model, quantize_weight)
-from lmforge.training.checkpoint import save_run
+from lmforge.models.run_folder import save_run
 from trained_toy import corpus, trained, validation_ids
 
 

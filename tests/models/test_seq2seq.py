@@ -13,7 +13,8 @@ from lmforge.config import Seq2SeqLSTMConfig, Seq2SeqTransformerConfig
 from lmforge.errors import ConfigError
 from lmforge.models import build_model
 from lmforge.models.seq2seq import Seq2SeqLSTM, Seq2SeqTransformer
-from lmforge.models.seq2seq.attention import RotaryEmbedding
+from lmforge.models.transformer.attention import apply_rope
+from lmforge.models.transformer.positions import NoPositions, RotaryEmbedding
 
 SV, TV, PAD = 37, 29, 0
 
@@ -96,8 +97,9 @@ def test_incremental_decoding_equals_full_decoding(make) -> None:
 def test_transformer_cross_attention_keys_values_computed_once() -> None:
     model = tfm()
     calls = []
-    for layer in model.decoder_layers:
-        layer.cross_attn.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    for layer in model.decoder_layers:  # the source keys/values are projected once per layer, then reused
+        orig = layer.cross_attn.project_kv
+        layer.cross_attn.project_kv = lambda m, orig=orig: (calls.append(1), orig(m))[1]
     state = model.start_decoding(rand_ids(2, 5, SV))
     for _ in range(4):
         _, state = model.decode_step(torch.full((2, 1), 2), state)
@@ -114,7 +116,8 @@ def test_decoder_is_causal(make) -> None:
 
 
 def test_rope_scores_depend_only_on_relative_offset() -> None:
-    rope = RotaryEmbedding(8)
+    pos = RotaryEmbedding(8)
+    rope = lambda x, p: apply_rope(x, *pos.rotary(torch.tensor([[p]])))  # noqa: E731
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
     score = lambda m, n: (rope(q, m) * rope(k, n)).sum().item()  # noqa: E731
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
@@ -127,11 +130,10 @@ def test_rope_scores_depend_only_on_relative_offset() -> None:
 
 def test_rope_is_applied_inside_attention_not_to_embeddings() -> None:
     model = tfm(positional="rope")
-    assert not hasattr(model, "pos_table")
     src, tgt = rand_ids(1, 5, SV), rand_ids(1, 4, TV)
-    model.encoder_layers[0].self_attn.rope = None  # without RoPE the encoder is blind to order ...
-    for layer in list(model.encoder_layers) + list(model.decoder_layers):
-        layer.self_attn.rope = None
+    x = torch.randn(1, 5, model.config.d_model)
+    torch.testing.assert_close(model.pos.embed(x, torch.arange(5)[None]), x)  # nothing added to embeddings
+    model.pos = NoPositions()  # without RoPE the encoder is blind to order ...
     perm = torch.tensor([[4, 3, 2, 1, 0]])
     same = model(src, tgt)
     torch.testing.assert_close(model(src.gather(1, perm), tgt), same, atol=1e-5, rtol=1e-4)

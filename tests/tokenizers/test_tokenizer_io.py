@@ -8,7 +8,7 @@ import pytest
 
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers import load_tokenizer, train_tokenizer
-from lmforge.utils import io as io_utils
+from lmforge.utils import files as io_utils
 
 
 @pytest.fixture

@@ -80,16 +80,18 @@ def _prepare(task: str, cfg: dict, out_file, env=None) -> None:
     tokenizers and who wrote the token cache (from the data module's log line)."""
     import logging
 
-    import lmforge.tokenizers as toks
+    import lmforge.workflows.lm_run as lm_run_mod
+    import lmforge.workflows.translate_run as mt_run_mod
     from lmforge.training.distributed import process_group
-    from lmforge.training.lm_run import train_lm
-    from lmforge.training.translate_run import prepare_translation_run
+    from lmforge.workflows.lm_run import train_lm
+    from lmforge.workflows.translate_run import prepare_translation_run
 
     if env:
         os.environ.update(env)
     torch.set_num_threads(1)
-    calls, real = [], toks.train_tokenizer
-    toks.train_tokenizer = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    calls, real = [], lm_run_mod.train_tokenizer
+    counted = lambda *a, **k: calls.append(a[0]) or real(*a, **k)  # noqa: E731
+    lm_run_mod.train_tokenizer = mt_run_mod.train_tokenizer = counted
     messages: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -104,7 +106,7 @@ def _prepare(task: str, cfg: dict, out_file, env=None) -> None:
                 run = prepare_translation_run(RunConfig.parse(cfg))
             world, fingerprints = info.world_size, [run.src_tokenizer.fingerprint(), run.tgt_tokenizer.fingerprint()]
     finally:  # the single-process calls run in the test process itself
-        toks.train_tokenizer = real
+        lm_run_mod.train_tokenizer = mt_run_mod.train_tokenizer = real
         logger.removeHandler(handler)
     with open(out_file, "w") as f:
         json.dump({"world": world, "calls": len(calls), "fingerprints": fingerprints,

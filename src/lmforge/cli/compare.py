@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {paths['markdown']} and {len(paths['plots'])} plots from {source}")
         return 0
 
-    from lmforge.evaluation.compare import CompareSettings, run_compare
+    from lmforge.workflows.compare import CompareSettings, run_compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if len(models) < 1:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.api import LM, read_texts
     from lmforge.errors import DataError
-    from lmforge.utils.io import atomic_open
+    from lmforge.utils.files import atomic_open
 
     texts = list(args.texts) + (read_texts(args.input) if args.input else [])
     if not texts:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates the run and prints the figures."""
     from pathlib import Path
 
-    from lmforge.training.checkpoint import CONFIG_FILE
+    from lmforge.models.run_folder import RUN_CONFIG_FILE as CONFIG_FILE
 
     config_path = Path(args.run_dir) / CONFIG_FILE
     is_translation = bool(args.src or args.ref)
@@ -57,13 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if is_translation:
         if not (args.src and args.ref):
             raise ConfigError("a translation run is evaluated on aligned files: pass --src FILE --ref FILE")
-        try:
-            from lmforge.training import translate_run
-        except ImportError:
-            raise ConfigError("translation evaluation is not available (lmforge.training.translate_run is missing)") from None
-        figs = translate_run.evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
+        from lmforge.workflows.translate_run import evaluate_translation
+
+        figs = evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
     else:
-        from lmforge.training.lm_run import evaluate_run
+        from lmforge.workflows.lm_run import evaluate_run
 
         figs = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device)
     if args.json:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tunes and prints the new run's figures."""
     from lmforge.cli.train import _ProgressBar
     from lmforge.config import parse_overrides
-    from lmforge.training.finetune import finetune
+    from lmforge.workflows.finetune import finetune
 
     overrides = parse_overrides(args.overrides)
     for flag, key in (("max_steps", "train.max_steps"), ("epochs", "train.epochs"), ("time_budget", "train.time_budget"),

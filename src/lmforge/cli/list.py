@@ -20,7 +20,7 @@ COMPONENT_REGISTRIES: dict[str, str] = {
     "attention": "lmforge.models.transformer.attention:ATTENTION",
     "ffn (mlps)": "lmforge.models.transformer.ffn:MLPS",
     "activations": "lmforge.models.transformer.ffn:ACTIVATIONS",
-    "tokenizers": "lmforge.tokenizers.io:TOKENIZERS",
+    "tokenizers": "lmforge.tokenizers.serialization:TOKENIZERS",
     "samplers": "lmforge.inference.sampling:SAMPLERS",
     "chat templates": "lmforge.inference.chat:CHAT_TEMPLATES",
     "pooling": "lmforge.inference.embeddings:POOLING",
@@ -60,7 +60,7 @@ def _presets(args: argparse.Namespace) -> list[dict[str, Any]]:
     from lmforge.config import PRESETS, RunConfig, get_preset
     from lmforge.config.presets import PARAMETER_COUNTS
     from lmforge.models import build_model
-    from lmforge.models.io import count_parameters
+    from lmforge.models.run_folder import count_parameters
 
     out = []
     for name in sorted(PRESETS):
@@ -85,8 +85,9 @@ def _presets(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _models() -> list[dict[str, Any]]:
-    from lmforge.models.io import config_class_for
-    from lmforge.models.registry import CAPABILITIES, MODELS
+    from lmforge.models.run_folder import config_class_for
+    from lmforge.models.capabilities import family_capabilities
+    from lmforge.models.registry import MODELS
 
     out = []
     for family in MODELS.names():
@@ -99,7 +100,7 @@ def _models() -> list[dict[str, Any]]:
             config = config_class_for(family).__name__
         except (ImportError, AttributeError, LMForgeError):
             doc = "(module not available)"
-        out.append({"family": family, "capabilities": sorted(CAPABILITIES.get(family, set())), "class": target,
+        out.append({"family": family, "capabilities": sorted(family_capabilities(family)), "class": target,
                     "config": config, "description": doc})
     return out
 

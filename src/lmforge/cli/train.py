@@ -212,17 +212,6 @@ def _report(summary: dict, as_json: bool) -> None:
     print(f"run folder: {summary['run_dir']}")
 
 
-def _translate_entry(name: str) -> Any:
-    try:
-        from lmforge.training import translate_run
-    except ImportError:
-        raise ConfigError("translation training is not available in this installation (lmforge.training.translate_run is missing)") from None
-    fn = getattr(translate_run, name, None)
-    if fn is None:
-        raise ConfigError(f"lmforge.training.translate_run has no {name}(); translation training is unavailable")
-    return fn
-
-
 def run(args: argparse.Namespace) -> int:
     """Trains as the options say and prints the figures, a sample and the run folder."""
     import logging
@@ -238,9 +227,11 @@ def run(args: argparse.Namespace) -> int:
         bar.console.print(f"note: replacing the run in {config.out_dir} (use --resume to continue it, --out DIR to keep it)")
     try:
         if config.task == "translate":
-            summary = _translate_entry("train_translation")(config, resume=resume, progress=bar)
+            from lmforge.workflows.translate_run import train_translation
+
+            summary = train_translation(config, resume=resume, progress=bar)
         else:
-            from lmforge.training.lm_run import train_lm
+            from lmforge.workflows.lm_run import train_lm
 
             summary = train_lm(config, resume=resume, progress=bar)
     finally:

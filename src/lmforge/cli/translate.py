@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             bar.stop()
     text = "".join(t.replace("\n", " ") + "\n" for t in out)
     if args.output is not None:
-        from lmforge.utils.io import atomic_write_text
+        from lmforge.utils.files import atomic_write_text
 
         atomic_write_text(args.output, text)
     else:

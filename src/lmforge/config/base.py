@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmforge.errors import ConfigError
-from lmforge.utils.io import atomic_write_text
+from lmforge.utils.files import atomic_write_text
 
 __all__ = [
     "StrictModel",

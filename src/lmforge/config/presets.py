@@ -29,7 +29,7 @@ def _lstm(emb: int, hidden: int, layers: int, dropout: float = 0.2, **extra: Any
 
 
 # Translation presets name their tokenizer: byte-level BPE (a run config without a tokenizer kind still gets BPE
-# for translation, see lmforge.training.translate_run; the preset says it outright).
+# for translation, see lmforge.workflows.translate_run; the preset says it outright).
 _TRANSLATE: dict[str, Any] = {"task": "translate", "tokenizer": {"kind": "bpe"}}
 
 

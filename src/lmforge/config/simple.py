@@ -1,6 +1,6 @@
 """``Config``: the flat override object of the classic translation classes (torch-free).
 
-:class:`~lmforge.models.simple.SimpleTransformer` and :class:`~lmforge.models.simple.SimpleSeq2SeqLSTM` accept
+:class:`~lmforge.compat.simple.SimpleTransformer` and :class:`~lmforge.compat.simple.SimpleSeq2SeqLSTM` accept
 ``config=Config(...)``. Every field defaults to ``None``, meaning "keep the constructor's argument"; a field that is
 set overrides it. The Transformer reads the unprefixed fields, the LSTM the ``lstm_*`` ones, so one ``Config`` can
 describe both models of a comparison.

@@ -7,8 +7,9 @@ Example:
     True
 """
 
-from lmforge.data.corpus import TEXT_SUFFIXES, default_corpus_path, read_documents, read_text_file, split_documents
-from lmforge.data.encode import LMData, encode_documents, prepare_lm_data, source_hash
+from lmforge.data import lm_dataset
+from lmforge.data.corpus import default_corpus_path, read_documents, read_text_file, split_documents, TEXT_SUFFIXES
+from lmforge.data.encode import encode_documents, LMData, prepare_lm_data, source_hash
 
 # The batch helpers need torch; they are imported on first use so that reading and tokenizing a corpus
 # (``lmforge tokenizer train``) does not pay for importing torch.
@@ -17,7 +18,6 @@ _LAZY = {"sample_batch", "iter_eval_batches", "IGNORE_INDEX"}
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from lmforge.data import lm_dataset
 
         return getattr(lm_dataset, name)
     raise AttributeError(f"module 'lmforge.data' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lmforge.errors import DataError
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = ["LMData", "prepare_lm_data", "encode_documents", "source_hash", "CACHE_VERSION"]
 

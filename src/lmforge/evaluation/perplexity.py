@@ -7,13 +7,17 @@ models with different tokenizers compare fairly. Padding targets (-100) never co
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lmforge.data import IGNORE_INDEX, iter_eval_batches
 
 __all__ = ["evaluate_lm", "lm_figures"]
 
@@ -48,6 +52,29 @@ def lm_figures(total_nats: float, predicted: int, split_targets: int, meta_split
 
 
 @torch.no_grad()
+@torch.no_grad()
+def score_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  device: str | torch.device, autocast: Any = None) -> tuple[float, int]:
+    """The one validation loop: summed next-token cross-entropy (nats) and the number of targets scored over
+    ``(inputs, targets)`` batches (targets equal to ``IGNORE_INDEX`` are skipped), in eval mode, the model's
+    train/eval mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits, _ = model(x)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),  # (B*T, V)
+                                  ignore_index=IGNORE_INDEX, reduction="sum")
+            total += float(nll)
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
 def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional[dict], block_size: int,
                 batch_size: int, device: str | torch.device | None = None, max_batches: Optional[int] = None,
                 autocast: Any = None) -> dict[str, Any]:
@@ -71,30 +98,12 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
         >>> figs = evaluate_lm(model, data.val, data.meta["val"], 64, 32)  # doctest: +SKIP
         >>> round(figs["bits_per_char"], 3)  # doctest: +SKIP
     """
-    from lmforge.data import IGNORE_INDEX, iter_eval_batches
 
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
     t0 = time.perf_counter()
-    try:
-        for i, (x, y) in enumerate(iter_eval_batches(tokens, block_size, batch_size)):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(device), y.to(device)
-            if autocast is not None:
-                with autocast():
-                    logits, _ = model(x)
-            else:
-                logits, _ = model(x)
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),  # (B*T, V)
-                                  ignore_index=IGNORE_INDEX, reduction="sum")
-            total += float(nll)
-            count += int((y != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
+    batches = itertools.islice(iter_eval_batches(tokens, block_size, batch_size), max_batches)
+    total, count = score_batches(model, batches, device, autocast)
     seconds = time.perf_counter() - t0
     figs = lm_figures(total, count, max(1, len(tokens) - 1), meta_split)
     figs["tokens_per_s"] = count / seconds if seconds > 0 else float("inf")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lmforge.errors import DataError
-from lmforge.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from lmforge.utils.files import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["Metric", "METRICS", "load_report", "render_markdown", "summary_paragraph", "write_plots", "write_report"]
 

@@ -23,7 +23,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.inference.generation import Completion, TextChunk, generate, stream
 from lmforge.inference.sampling import SamplingParams
 from lmforge.registry import Registry
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
 __all__ = [
     "ChatTemplate",
@@ -33,7 +33,6 @@ __all__ = [
     "trim_messages",
     "prompt_budget",
     "ChatSession",
-    "ChatInterface",
     "run_chat_repl",
     "REPL_HELP",
 ]
@@ -248,7 +247,7 @@ REPL_HELP = """commands:
 
 def run_chat_repl(session: ChatSession, lines: Optional[Iterable[str]] = None, out: Optional[TextIO] = None,
                   interactive: bool = True, read: Callable[[str], str] = input, **sampling: Any) -> int:
-    """The chat loop behind ``lmforge chat`` and :meth:`ChatInterface.start_chat`.
+    """The chat loop behind ``lmforge chat`` and ``lmforge.chatbot.ChatInterface.start_chat``.
 
     Interactive: prompts with ``you> `` and streams each reply. Otherwise every line of ``lines`` is one user
     message and each reply is written on its own line, so a chat can be scripted. Returns the number of replies.
@@ -298,50 +297,3 @@ def run_chat_repl(session: ChatSession, lines: Optional[Iterable[str]] = None, o
             out.flush()
             replies += 1
     return replies
-
-
-def _unpack(model: Any) -> tuple[Any, Any, str]:
-    """(CausalLM, tokenizer, template) from an ``LM`` facade or a model with a tokenizer attached."""
-    if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "chat_template"):
-        return model.model, model.tokenizer, model.chat_template  # lmforge.api.LM
-    tokenizer = getattr(model, "tokenizer", None) or getattr(model, "vocabulary", None)
-    return model, tokenizer, getattr(model, "chat_template", None) or "plain"
-
-
-class ChatInterface:
-    """The chatbot-style entry point: ``ChatInterface(model, use_context=True).send("hi")``.
-
-    Args:
-        model: an :class:`lmforge.api.LM`, or a language model with its tokenizer attached (``model.tokenizer``).
-        use_context: keep the conversation (trimmed to the context window); False answers each message alone.
-        template: chat template; default the model's own (``tokens`` for fine-tuned chat runs, else ``plain``).
-        system: optional system prompt. sampling: default sampling settings (``temperature=0``...).
-    """
-
-    def __init__(self, model: Any, use_context: bool = True, template: Optional[str] = None,
-                 system: Optional[str] = None, **sampling: Any) -> None:
-        core, tokenizer, default_template = _unpack(model)
-        params = SamplingParams.from_kwargs(SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=128), **sampling)
-        self.session = ChatSession(core, tokenizer, template or default_template, system=system, params=params,
-                                   use_context=use_context)
-
-    @property
-    def history(self) -> list[dict]:
-        """The conversation so far."""
-        return self.session.messages
-
-    def send(self, text: str, **sampling: Any) -> str:
-        """Sends one user message; returns the reply."""
-        return self.session.send(text, **sampling)
-
-    def reset(self) -> None:
-        """Forgets the conversation."""
-        self.session.clear()
-
-    def start_chat(self, lines: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> int:
-        """An interactive session on the terminal (or one message per line of ``lines``/stdin when not a
-        terminal); see :func:`run_chat_repl`."""
-        interactive = lines is None and sys.stdin.isatty()
-        if lines is None and not interactive:
-            lines = sys.stdin
-        return run_chat_repl(self.session, lines=lines, out=out, interactive=interactive)

@@ -34,6 +34,7 @@ from lmforge.inference.sampling import (
     choose_next,
     make_generators,
 )
+from lmforge.models.transformer.decode import fast_decoder
 
 __all__ = [
     "Completion",
@@ -121,8 +122,6 @@ class _Decoder:
     def __init__(self, model: Any, rows: list[list[int]], params: SamplingParams, stop_ids: Sequence[int],
                  sample_indices: Sequence[int], pad_id: int = 0, fast: bool = True,
                  compile: Optional[bool] = None) -> None:
-        from lmforge.inference.fast_decode import fast_decoder
-
         # the lean decoding path for Llama-style Transformers, else the model's own init_state/step
         self.model = (fast_decoder(model, compile=compile) if fast else None) or model
         self.params = params
@@ -236,12 +235,12 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], params: Opti
         tokenizer: its tokenizer (may be ``None`` when every prompt is token ids; text is then empty).
         prompts: texts or token-id lists, of any lengths.
         params: sampling settings; keyword ``overrides`` (``temperature=0``...) are applied on top.
-        fast: use the lean decoding path (:mod:`lmforge.inference.fast_decode`) for Llama-style Transformers;
+        fast: use the lean decoding path (:mod:`lmforge.models.transformer.decode`) for Llama-style Transformers;
             False always runs the model's own ``step``.
         compile: on that path, run one-token steps through ``torch.compile``
-            (:mod:`lmforge.inference.compiled_decode`; CPU only for now): seconds to compile on first use, then
+            (:mod:`lmforge.models.transformer.compiled`; CPU only for now): seconds to compile on first use, then
             faster decoding. Worth it for long outputs, chat sessions and servers. ``None`` (the default) follows
-            :func:`~lmforge.inference.fast_decode.compile_decoding`.
+            :func:`~lmforge.models.transformer.decode.compile_decoding`.
 
     Returns:
         One :class:`Completion` per prompt and sample, prompt-major (prompt 0's samples first).

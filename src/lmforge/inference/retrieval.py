@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from lmforge.errors import DataError
-from lmforge.utils.io import atomic_open
+from lmforge.utils.files import atomic_open
 
 __all__ = [
     "SearchIndex",

@@ -35,6 +35,9 @@ __all__ = [
     "process_logits",
     "choose_next",
     "make_generators",
+    "filter_logits",
+    "keep_top_k",
+    "keep_top_p",
 ]
 
 LogitsProcessor = Callable[[Tensor, "SamplingParams", "SamplingState"], Tensor]
@@ -175,22 +178,18 @@ def temperature(logits: Tensor, params: SamplingParams, state: SamplingState) ->
     return logits if t in (0.0, 1.0) else logits / t
 
 
-@SAMPLERS.register("top_k")
-def top_k(logits: Tensor, params: SamplingParams, state: SamplingState) -> Tensor:
-    """Keeps the ``top_k`` largest logits per row (ties at the k-th value are kept)."""
-    k = params.top_k
-    if k is None or k >= logits.size(-1):
+def keep_top_k(logits: Tensor, k: Optional[int]) -> Tensor:
+    """Keeps the ``k`` largest logits per row (ties at the k-th value are kept); ``None`` or 0 keeps all."""
+    if k is None or not 0 < k < logits.size(-1):
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-@SAMPLERS.register("top_p")
-def top_p(logits: Tensor, params: SamplingParams, state: SamplingState) -> Tensor:
+def keep_top_p(logits: Tensor, p: Optional[float]) -> Tensor:
     """Nucleus filter (arXiv:1904.09751): keeps the smallest set of most likely tokens whose probability
-    reaches ``top_p``; a token is kept when the probability mass strictly before it is below ``top_p``."""
-    p = params.top_p
-    if p is None or p >= 1.0:
+    reaches ``p``; a token is kept when the probability mass strictly before it is below ``p``."""
+    if p is None or not 0.0 < p < 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
@@ -199,6 +198,24 @@ def top_p(logits: Tensor, params: SamplingParams, state: SamplingState) -> Tenso
     remove_sorted[..., 0] = False  # the most likely token always stays
     remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
+
+
+def filter_logits(logits: Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> Tensor:
+    """Top-k, then top-p filtering of ``logits`` (B, V): the one implementation, used by generation's sampler
+    chain and by translation's sampling search."""
+    return keep_top_p(keep_top_k(logits, top_k), top_p)
+
+
+@SAMPLERS.register("top_k")
+def top_k(logits: Tensor, params: SamplingParams, state: SamplingState) -> Tensor:
+    """Keeps the ``top_k`` largest logits per row (:func:`keep_top_k`)."""
+    return keep_top_k(logits, params.top_k)
+
+
+@SAMPLERS.register("top_p")
+def top_p(logits: Tensor, params: SamplingParams, state: SamplingState) -> Tensor:
+    """Nucleus filter (:func:`keep_top_p`)."""
+    return keep_top_p(logits, params.top_p)
 
 
 @SAMPLERS.register("min_p")

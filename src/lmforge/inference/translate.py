@@ -16,18 +16,19 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from lmforge.inference.search import beam_search, greedy_search, sample_search
+from lmforge.data.pair_batching import encode_source
+from lmforge.errors import CheckpointError
+from lmforge.inference.beam_search import beam_search, greedy_search, sample_search
+from lmforge.models.capabilities import model_capabilities
+from lmforge.models.protocol import Seq2SeqLM
+from lmforge.models.run_folder import load_run
+from lmforge.tokenizers.base import Tokenizer
+from lmforge.utils.device import resolve_device
 
 __all__ = ["Translator"]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    return torch.device(device)
+
 
 
 class Translator:
@@ -41,7 +42,7 @@ class Translator:
         name: a display name (the run folder's name when loaded).
     """
 
-    def __init__(self, model: Any, src_tokenizer: Any, tgt_tokenizer: Any = None, *, alpha: float = 0.6,
+    def __init__(self, model: Seq2SeqLM, src_tokenizer: Tokenizer, tgt_tokenizer: Optional[Tokenizer] = None, *, alpha: float = 0.6,
                  name: str = "translator") -> None:
         self.model = model.eval()
         self.src_tokenizer = src_tokenizer
@@ -60,10 +61,8 @@ class Translator:
         Raises:
             CheckpointError: the folder is missing, damaged, or not a translation run.
         """
-        from lmforge.errors import CheckpointError
-        from lmforge.training.checkpoint import load_run
 
-        run = load_run(run_dir, device=_resolve_device(device), weights=weights)
+        run = load_run(run_dir, device=resolve_device(device), weights=weights)
         if run.config.task != "translate":
             raise CheckpointError(f"{run_dir} is a {run.config.task!r} run, not a translation run; load it with lmforge.api.LM.load")
         if run.src_tokenizer is None:
@@ -75,8 +74,12 @@ class Translator:
         """Where the model lives."""
         return next(self.model.parameters()).device
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do (``{"seq2seq"}``), as its family declares."""
+        return model_capabilities(self.model)
+
     def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
-        from lmforge.data.pair_batching import encode_source
 
         ids = [encode_source(self.src_tokenizer, t) for t in texts]
         order = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: len(ids[i]))

@@ -23,6 +23,7 @@ attention score unchanged (the same reordering llama.cpp's own ``convert_hf_to_g
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -32,8 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import ConfigError
-from lmforge.utils.io import atomic_path
+from lmforge.interop.hf import llama_state_dict
+from lmforge.models.quantized import dequantize_model, quantization_of
+from lmforge.models.run_folder import load_model
+from lmforge.models.transformer.decode import llama_incompatibilities
+from lmforge.utils.files import atomic_path
 
 __all__ = ["export_gguf", "export_run_gguf", "gguf_incompatibilities", "GGUF_DTYPES"]
 
@@ -44,9 +50,6 @@ GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 def gguf_incompatibilities(model: nn.Module) -> list[str]:
     """What GGUF's ``llama`` architecture cannot hold in ``model`` (empty when it can be exported)."""
-    from lmforge.config.transformer import TransformerConfig
-    from lmforge.interop.hf import llama_incompatibilities
-
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, TransformerConfig):
         family = getattr(cfg, "family", type(model).__name__)
@@ -117,8 +120,6 @@ def _write_tokenizer(w: Any, tokenizer: Any, vocab_size: int) -> None:
 
 def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(GGUF name, float32 tensor) of every weight, Q/K rows permuted for llama.cpp's rotary layout."""
-    from lmforge.interop.hf import llama_state_dict
-
     c = model.config
     H, Hkv = c.attention.num_heads, c.attention.kv_heads
     sd = llama_state_dict(model, dtype=torch.float32)
@@ -168,11 +169,7 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | Path, dtype: str =
         raise ConfigError("GGUF (llama architecture) cannot hold " + "; ".join(problems)
                           + "; only Llama-style Transformers export to GGUF")
     gguf = _gguf()
-    from lmforge.models.quantized import dequantize_model, quantization_of
-
     if quantization_of(model) is not None:
-        import copy
-
         model = dequantize_model(copy.deepcopy(model))
     c, a = model.config, model.config.attention
     path = Path(path)
@@ -218,7 +215,5 @@ def export_gguf(model: nn.Module, tokenizer: Any, path: str | Path, dtype: str =
 
 def export_run_gguf(run_dir: str | Path, path: str | Path, dtype: str = "f32") -> Path:
     """Exports a run folder (or a ``save_model`` folder) to a GGUF file; see :func:`export_gguf`."""
-    from lmforge.models.io import load_model
-
     model = load_model(run_dir)
     return export_gguf(model, getattr(model, "tokenizer", None), path, dtype, name=Path(run_dir).resolve().name)

@@ -19,30 +19,14 @@ from torch import nn
 
 from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import ConfigError
-from lmforge.utils.io import atomic_path, atomic_write_json
+from lmforge.models.run_folder import load_model
+from lmforge.models.transformer.decode import llama_incompatibilities
+from lmforge.utils.files import atomic_path, atomic_write_json
 
 __all__ = ["llama_incompatibilities", "llama_config", "llama_state_dict", "export_hf", "export_model_dir"]
 
 # lmforge's fixed special ids (see lmforge.tokenizers): <pad>=0, <bos>=2, <eos>=3.
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
-
-
-def llama_incompatibilities(config: TransformerConfig) -> list[str]:
-    """The settings of ``config`` that a Llama model cannot express, as ``key=value (Llama needs X)`` strings."""
-    c, a = config, config.attention
-    wanted = [
-        ("norm.type", c.norm.type, "rmsnorm"),
-        ("norm.placement", c.norm.placement, "pre"),
-        ("positional.encoding", c.positional.encoding, "rope"),
-        ("ffn.variant", c.ffn.variant, "swiglu"),
-        ("attention.mask_type", a.mask_type, "causal"),
-        ("parallel_layers", c.parallel_layers, False),
-        ("scale_embeddings", c.scale_embeddings, False),
-    ]
-    problems = [f"{key}={value!r} (Llama needs {want!r})" for key, value, want in wanted if value != want]
-    if a.variant == "complex":
-        problems.append("attention.variant='complex' (Llama needs mha, gqa or mqa)")
-    return problems
 
 
 def _check(config: Any) -> TransformerConfig:
@@ -155,7 +139,6 @@ def export_hf(model: nn.Module, out_dir: str | Path, dtype: torch.dtype = torch.
 
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Exports a model folder (``save_model``) or a run folder to a Llama-format folder; see :func:`export_hf`."""
-    from lmforge.models.io import load_model
 
     model = load_model(model_dir)
     return export_hf(model, out_dir, dtype)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from lmforge.registry import Registry
 
-__all__ = ["MODELS", "build_model", "CAPABILITIES"]
+__all__ = ["MODELS", "build_model", "CAPABILITIES", "upgrade_state_dict"]
 
 MODELS: Registry[Any] = Registry("model family")
 
@@ -31,6 +31,12 @@ CAPABILITIES: dict[str, set[str]] = {
 }
 
 
+# family -> "module:function" renaming, in place, the keys that older versions of the family saved.
+KEY_UPGRADES: dict[str, str] = {
+    "seq2seq_transformer": "lmforge.models.seq2seq.transformer:upgrade_state_dict",
+}
+
+
 def _resolve(entry: Any) -> Callable[[Any], Any]:
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
@@ -41,3 +47,11 @@ def _resolve(entry: Any) -> Callable[[Any], Any]:
 def build_model(config: Any) -> Any:
     """Builds the ``nn.Module`` for a model config, dispatching on ``config.family``."""
     return _resolve(MODELS.get(config.family))(config)
+
+
+def upgrade_state_dict(model: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` with the keys an older version of ``model``'s family saved renamed to today's names
+    (``model.load_state_dict`` does the same itself; this lets a loader check the names first)."""
+    family = getattr(getattr(model, "config", None), "family", None)
+    entry = KEY_UPGRADES.get(family) if isinstance(family, str) else None
+    return tensors if entry is None else _resolve(entry)(tensors)

@@ -24,7 +24,7 @@ from lmforge.tokenizers.base import (
 )
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
-from lmforge.tokenizers.io import TOKENIZERS, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from lmforge.tokenizers.serialization import TOKENIZERS, load_tokenizer, tokenizer_from_dict, train_tokenizer
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = [

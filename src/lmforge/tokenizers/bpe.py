@@ -26,7 +26,7 @@ from lmforge.tokenizers.base import (
     content_fingerprint,
     resolve_tokenizer_path,
 )
-from lmforge.utils.io import atomic_write_json
+from lmforge.utils.files import atomic_write_json
 
 __all__ = ["BPETokenizer", "MIN_BPE_VOCAB"]
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from lmforge.tokenizers import load_tokenizer
 
 __all__ = ["DistInfo", "init_distributed", "wrap_ddp", "all_reduce_sum", "barrier", "cleanup", "env_world_size",
            "current_dist", "process_group", "main_first", "shared_tokenizer"]
@@ -144,7 +145,6 @@ def shared_tokenizer(info: DistInfo, path: Path, train: Callable[[], Any]) -> An
 
     Call it inside :func:`main_first`. In a single process it is just ``train()`` (nothing is written).
     """
-    from lmforge.tokenizers import load_tokenizer
 
     if not info.enabled:
         return train()

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from lmforge.utils.io import atomic_write_bytes
+from lmforge.utils.files import atomic_write_bytes
 
 __all__ = ["plot_losses"]
 

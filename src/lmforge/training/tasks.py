@@ -12,13 +12,16 @@ data-parallel run follows the single-process run (to float tolerance).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.data import sample_batch
+from lmforge.data.lm_dataset import _check
 from lmforge.errors import ConfigError
+from lmforge.evaluation.perplexity import evaluate_lm, lm_figures, score_batches
 
 __all__ = ["Task", "LMTask", "micro_batch_rows"]
 
@@ -89,7 +92,6 @@ class LMTask:
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
                  label_smoothing: float = 0.0) -> None:
-        from lmforge.data.lm_dataset import _check
 
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
         _check(val_tokens, block_size, 1, 2, "validation split")
@@ -112,7 +114,6 @@ class LMTask:
         self.rows = micro_batch_rows(self.batch_size, world_size, grad_accum)
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from lmforge.data import sample_batch
 
         x, y = sample_batch(self.train_tokens, self.block_size, self.batch_size, self.generator)  # (B, T) global
         self.steps_drawn += 1
@@ -140,38 +141,26 @@ class LMTask:
 
     def evaluate(self, model: torch.nn.Module, max_batches: Optional[int] = None,
                  autocast: Any = None) -> dict[str, Any]:
-        from lmforge.evaluation.perplexity import evaluate_lm, lm_figures
 
         if max_batches is None:
             return evaluate_lm(model, self.val_tokens, self.val_meta, self.block_size, self.eval_batch_size,
                                device=self.device, autocast=autocast)
         return self._quick_eval(model, max_batches, autocast, lm_figures)
 
-    @torch.no_grad()
     def _quick_eval(self, model: torch.nn.Module, max_batches: int, autocast: Any, lm_figures: Any) -> dict[str, Any]:
         # A fixed set of windows spread evenly over the validation split, so successive evaluations compare.
         n = len(self.val_tokens) - 1
         T = min(self.block_size, n)
         windows = min(max_batches * self.eval_batch_size, max(1, n // T))
         starts = np.linspace(0, n - T, windows).astype(np.int64)
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        try:
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for b in range(0, windows, self.eval_batch_size):
-                s = starts[b:b + self.eval_batch_size]
-                index = s[:, None] + np.arange(T + 1)[None, :]  # (B, T+1)
-                w = torch.from_numpy(np.asarray(self.val_tokens[index], dtype=np.int64)).to(self.device)
-                x, y = w[:, :-1], w[:, 1:]  # (B, T)
-                if autocast is not None:
-                    with autocast():
-                        logits, _ = model(x)
-                else:
-                    logits, _ = model(x)
-                total += float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"))
-                count += y.numel()
-        finally:
-            model.train(was_training)
+                index = starts[b:b + self.eval_batch_size, None] + np.arange(T + 1)[None, :]  # (B, T+1)
+                w = torch.from_numpy(np.asarray(self.val_tokens[index], dtype=np.int64))
+                yield w[:, :-1], w[:, 1:]  # (B, T)
+
+        total, count = score_batches(model, batches(), self.device, autocast)
         return lm_figures(total, count, n, self.val_meta)
 
     def steps_per_epoch(self) -> float:

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.pair_batching import IGNORE_INDEX, PairBatch, collate_pairs, token_batches
+from lmforge.data.pair_batching import collate_pairs, IGNORE_INDEX, PairBatch, token_batches
 from lmforge.errors import DataError
+from lmforge.evaluation.translation import corpus_scores
+from lmforge.inference.translate import Translator
 
 __all__ = ["TranslationTask"]
 
@@ -132,8 +134,6 @@ class TranslationTask:
     def _bleu(self, model: torch.nn.Module) -> dict[str, Any]:
         if not self.val_text or self.tokenizers is None or self.bleu_sentences <= 0:
             return {}
-        from lmforge.evaluation.translation import corpus_scores
-        from lmforge.inference.translate import Translator
 
         pairs = self.val_text[: self.bleu_sentences]
         translator = Translator(model, *self.tokenizers)

@@ -30,13 +30,16 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.models.weights import count_parameters, load_weights
 from lmforge.training import checkpoint as ckpt
-from lmforge.training.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed, wrap_ddp
-from lmforge.training.logging import MetricsLog
+from lmforge.training.distributed import all_reduce_sum, cleanup, DistInfo, init_distributed, wrap_ddp
+from lmforge.training.metrics_log import MetricsLog
 from lmforge.training.optim import build_optimizer
+from lmforge.training.plots import plot_losses
 from lmforge.training.precision import resolve_device, resolve_precision
 from lmforge.training.schedule import LRSchedule
-from lmforge.training.tasks import Task, epochs_to_steps
+from lmforge.training.tasks import epochs_to_steps, Task
+from lmforge.utils.files import atomic_write_json
 
 __all__ = ["Trainer", "TrainingError", "count_parameters"]
 
@@ -47,16 +50,6 @@ Progress = Callable[[dict], None]
 
 class TrainingError(LMForgeError):
     """Training cannot go on (for example, the loss keeps being NaN); the message says what to change."""
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Distinct trainable parameters (tied tensors counted once)."""
-    seen, n = set(), 0
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
 
 
 class _Interrupt:
@@ -172,7 +165,7 @@ class Trainer:
                 f"{self.run_dir} holds a {state.get('family')!r} run but the config asks for {self.config.model.family!r}; "
                 "resume with the run's own config.yaml"
             )
-        ckpt._load_weights(self.raw, weights)
+        load_weights(self.raw, weights)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
@@ -221,7 +214,9 @@ class Trainer:
         finally:
             cleanup(self.dist)
 
-    def _fit(self, resume: bool) -> dict:
+    def _setup(self, resume: bool) -> tuple[Any, list, Optional[MetricsLog], Any, int]:
+        """Optimizer, schedule, precision and budget; restores a resumed run. Returns the (wrapped) model, the
+        trainable parameters, the metrics log, the TensorBoard writer and the parameter count."""
         tc = self.tc
         self.raw = ckpt.unwrap_model(self.model).to(self.device)
         self.raw.train()
@@ -246,9 +241,14 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None) \
             if self.run_dir is not None and self.dist.is_main else None
         tb = self._tensorboard()
-        n_params = count_parameters(self.raw)
+        n_params = count_parameters(self.raw, trainable_only=True)
         self._emit("start", step=self.step, max_steps=self.max_steps, time_budget=tc.time_budget, parameters=n_params,
                    device=str(self.device), precision=self.precision.name, world_size=self.dist.world_size)
+        return model, params, metrics, tb, n_params
+
+    def _fit(self, resume: bool) -> dict:
+        tc = self.tc
+        model, params, metrics, tb, n_params = self._setup(resume)
 
         bad_steps, loss_acc, loss_n, step_time, stopped_by = 0, 0.0, 0, None, None
         last_eval: dict = {}
@@ -258,17 +258,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = self.schedule.set(self.step, self._progress_fraction(self.step, self.elapsed))
                 batches = self.task.next_batches()
-                loss_sum = torch.zeros((), device=self.device)
-                n_tokens = 0
-                for i, batch in enumerate(batches):
-                    sync = i == len(batches) - 1 or not self.dist.enabled
-                    ctx = contextlib.nullcontext() if sync else model.no_sync()
-                    with ctx:
-                        with self.precision.autocast():
-                            loss = self.task.loss(model, batch)
-                        self.scaler.scale(loss / len(batches)).backward()
-                    loss_sum += loss.detach().float()
-                    n_tokens += self.task.batch_tokens(batch)
+                loss_sum, n_tokens = self._accumulate(model, batches)
                 self.scaler.unscale_(self.optimizer)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
                 flags = torch.stack([loss_sum / len(batches),
@@ -323,6 +313,22 @@ class Trainer:
         if stopped_by is None:
             stopped_by = "max_steps" if self.max_steps and self.step >= self.max_steps else "time_budget"
         return self._finish(stopped_by, n_params, last_eval, metrics, tb)
+
+    def _accumulate(self, model: Any, batches: list) -> tuple[torch.Tensor, int]:
+        """Forward and backward over a step's micro-batches (gradients synchronised on the last one only);
+        returns the summed loss and the tokens seen."""
+        loss_sum = torch.zeros((), device=self.device)
+        n_tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else model.no_sync()
+            with ctx:
+                with self.precision.autocast():
+                    loss = self.task.loss(model, batch)
+                self.scaler.scale(loss / len(batches)).backward()
+            loss_sum += loss.detach().float()
+            n_tokens += self.task.batch_tokens(batch)
+        return loss_sum, n_tokens
 
     def _finished(self) -> bool:
         if self.max_steps is not None and self.step >= self.max_steps:
@@ -381,12 +387,10 @@ class Trainer:
         if tb is not None:
             tb.close()
         if self.run_dir is not None:
-            from lmforge.utils.io import atomic_write_json
 
             atomic_write_json(self.run_dir / ckpt.SUMMARY_FILE, summary)
             if metrics is not None:
                 try:
-                    from lmforge.training.plots import plot_losses
 
                     plot_losses(metrics.records(), self.run_dir / "loss.png", title=f"{self.config.model.family}")
                 except Exception as err:  # a figure must never lose a finished run

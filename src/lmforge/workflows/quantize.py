@@ -18,7 +18,7 @@ from typing import Any
 from lmforge.config.quantization import QuantizationConfig
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.quantized import quantize_model
-from lmforge.training.checkpoint import TOKENIZER_FILE, load_run, save_run
+from lmforge.models.run_folder import TOKENIZER_FILE, load_run, save_run
 
 __all__ = ["quantize_run", "size_report"]
 

@@ -1,7 +1,7 @@
 """Encoder-decoder translation models: the seq2seq Transformer and the seq2seq LSTM.
 
 Both satisfy :class:`~lmforge.models.protocol.Seq2SeqLM` (``model(src, tgt_in)``, ``encode``, ``decode``) and the
-incremental-decoding contract used by :mod:`lmforge.inference.search`: ``start_decoding(src) -> state``,
+incremental-decoding contract used by :mod:`lmforge.inference.beam_search`: ``start_decoding(src) -> state``,
 ``decode_step(tgt, state) -> (logits, state)`` and ``state.select(index)``.
 """
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.config.seq2seq import Seq2SeqLSTMConfig
-from lmforge.models.seq2seq.attention import padding_mask
+from lmforge.models.transformer.attention import padding_mask
 from lmforge.models.seq2seq.rnn_attention import RNNAttention
 
 __all__ = ["Seq2SeqLSTM", "LSTMMemory", "LSTMDecodeState"]

@@ -1,113 +1,50 @@
-"""The encoder-decoder Transformer (arXiv:1706.03762) for translation.
+"""The encoder-decoder Transformer (arXiv:1706.03762) for translation, built from the decoder-only
+Transformer's parts (:mod:`lmforge.models.transformer`): an encoder layer is a :class:`Block` with a
+bidirectional padding mask, a decoder layer is a :class:`Block` with cross-attention, and incremental decoding
+keeps everything in the one :class:`KVCache`.
 
 Self-attention uses RoPE by default (arXiv:2104.09864, rotating Q and K inside attention) or the sinusoidal table;
 cross-attention has no position term. Pre-norm (arXiv:2002.04745) or post-norm, LayerNorm or RMSNorm
-(arXiv:1910.07467). The target embedding is tied to the output layer by default (arXiv:1608.05859).
+(arXiv:1910.07467), a ReLU MLP. The target embedding is tied to the output layer by default (arXiv:1608.05859).
 
 Incremental decoding: :meth:`Seq2SeqTransformer.start_decoding` encodes the source and computes every decoder
 layer's cross-attention keys/values once; :meth:`~Seq2SeqTransformer.decode_step` then feeds new target tokens,
-extending a per-layer self-attention KV cache. Letters: B batch, S source length, T target length, D width,
-V target vocabulary.
+extending the self-attention cache. Letters: B batch, S source length, T target length, D width, V target
+vocabulary.
+
+Weights saved before the parts were shared (separate ``q_proj``/``k_proj``/``v_proj``, ``fc1``/``fc2``,
+``sub1.norm``...) are renamed on load by :func:`upgrade_state_dict`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from lmforge.config.seq2seq import Seq2SeqTransformerConfig
-from lmforge.models.seq2seq.attention import MultiHeadAttention, RotaryEmbedding, padding_mask, sinusoidal_table
+from lmforge.models.transformer.attention import AttnMask, SelfAttention, causal_after, padding_mask
+from lmforge.models.transformer.cache import KVCache
+from lmforge.models.transformer.ffn import MLP
+from lmforge.models.transformer.model import Block
+from lmforge.models.transformer.norms import NORMS
+from lmforge.models.transformer.positions import RotaryEmbedding, SinusoidalPositions
 
-__all__ = ["Seq2SeqTransformer", "TransformerDecodeState"]
+__all__ = ["Seq2SeqTransformer", "TransformerDecodeState", "upgrade_state_dict"]
 
-KV = tuple[Tensor, Tensor]
-
-
-def _norm(kind: str, d: int) -> nn.Module:
-    return nn.RMSNorm(d) if kind == "rmsnorm" else nn.LayerNorm(d)
-
-
-class _FeedForward(nn.Module):
-    def __init__(self, d: int, d_ff: int, dropout: float) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.drop = nn.Linear(d, d_ff), nn.Linear(d_ff, d), nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+TransformerDecodeState = KVCache  # the decoding state is the one KV cache (its ``select`` picks rows)
 
 
-class _Sublayer(nn.Module):
-    """A residual branch with its norm: pre-norm ``x + f(norm(x))`` or post-norm ``norm(x + f(x))``."""
-
-    def __init__(self, cfg: Seq2SeqTransformerConfig) -> None:
-        super().__init__()
-        self.norm = _norm(cfg.norm_type, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.pre = cfg.norm_placement == "pre"
-
-    def inp(self, x: Tensor) -> Tensor:
-        return self.norm(x) if self.pre else x
-
-    def out(self, x: Tensor, y: Tensor) -> Tensor:
-        x = x + self.drop(y)
-        return x if self.pre else self.norm(x)
-
-
-class EncoderLayer(nn.Module):
-    """Self-attention over the source, then a feed-forward block."""
-
-    def __init__(self, cfg: Seq2SeqTransformerConfig, rope: Optional[RotaryEmbedding]) -> None:
-        super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, rope)
-        self.ffn = _FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.sub1, self.sub2 = _Sublayer(cfg), _Sublayer(cfg)
-
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        y, _ = self.self_attn.self_attention(self.sub1.inp(x), key_mask=src_mask)
-        x = self.sub1.out(x, y)
-        return self.sub2.out(x, self.ffn(self.sub2.inp(x)))
-
-
-class DecoderLayer(nn.Module):
-    """Causal self-attention (with an optional KV cache), cross-attention to the source, feed-forward."""
-
-    def __init__(self, cfg: Seq2SeqTransformerConfig, rope: Optional[RotaryEmbedding]) -> None:
-        super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, rope)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, None)
-        self.ffn = _FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.sub1, self.sub2, self.sub3 = _Sublayer(cfg), _Sublayer(cfg), _Sublayer(cfg)
-
-    def forward(self, x: Tensor, cross_kv: KV, src_mask: Tensor, cache: Optional[KV] = None) -> tuple[Tensor, KV]:
-        y, new_cache = self.self_attn.self_attention(self.sub1.inp(x), causal=True, cache=cache)
-        x = self.sub1.out(x, y)
-        x = self.sub2.out(x, self.cross_attn.cross_attention(self.sub2.inp(x), cross_kv, src_mask))
-        return self.sub3.out(x, self.ffn(self.sub3.inp(x))), new_cache
-
-
-@dataclass
-class TransformerDecodeState:
-    """What incremental decoding carries: per-layer cross-attention K/V (computed once), the source mask, and the
-    per-layer self-attention cache of the target positions fed so far."""
-
-    cross_kv: list[KV]
-    src_mask: Tensor  # (B, S)
-    self_kv: list[Optional[KV]]
-    length: int = 0
-
-    def select(self, index: Tensor) -> "TransformerDecodeState":
-        """The state of rows ``index`` (to expand into beams, reorder beams or drop finished sentences)."""
-        pick = lambda kv: None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
-        return TransformerDecodeState(
-            cross_kv=[pick(kv) for kv in self.cross_kv],
-            src_mask=self.src_mask.index_select(0, index),
-            self_kv=[pick(kv) for kv in self.self_kv],
-            length=self.length,
-        )
+def _layer(cfg: Seq2SeqTransformerConfig, cross: bool) -> Block:
+    """An encoder layer (``cross`` False) or a decoder layer."""
+    eps = 1e-5 if cfg.norm_type == "layernorm" else None  # the epsilons of torch's nn.LayerNorm / nn.RMSNorm
+    norm = NORMS.get(cfg.norm_type)
+    attn = lambda: SelfAttention(cfg.d_model, cfg.num_heads, cfg.num_heads, cfg.d_model // cfg.num_heads,  # noqa: E731
+                                 bias=True, dropout=cfg.dropout, use_flash_attn=True)
+    return Block(attn(), MLP(cfg.d_model, cfg.d_ff, "relu", bias=True, dropout=cfg.dropout),
+                 lambda: norm(cfg.d_model, eps), cfg.norm_placement, cfg.dropout, cross_attn=attn() if cross else None)
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -131,46 +68,59 @@ class Seq2SeqTransformer(nn.Module):
         cfg = self.config = config
         self.pad_idx = cfg.pad_idx
         self.max_len = cfg.max_len
+        rng_state = torch.random.get_rng_state()
         self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_idx)
         self.tgt_embed = (
             self.src_embed if cfg.share_embeddings
             else nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_idx)
         )
-        rope = RotaryEmbedding(cfg.d_model // cfg.num_heads, cfg.rope_base) if cfg.positional == "rope" else None
-        if rope is None:
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.head_dim = cfg.d_model // cfg.num_heads
+        self.pos = (RotaryEmbedding(self.head_dim, cfg.rope_base) if cfg.positional == "rope"
+                    else SinusoidalPositions(cfg.d_model))
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg, rope) for _ in range(cfg.num_encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg, rope) for _ in range(cfg.num_decoder_layers))
-        pre = cfg.norm_placement == "pre"
+        self.encoder_layers = nn.ModuleList(_layer(cfg, False) for _ in range(cfg.num_encoder_layers))
+        self.decoder_layers = nn.ModuleList(_layer(cfg, True) for _ in range(cfg.num_decoder_layers))
         # Pre-norm stacks end with a norm (the residual stream is never normalised inside them).
-        self.encoder_norm = _norm(cfg.norm_type, cfg.d_model) if pre else nn.Identity()
-        self.decoder_norm = _norm(cfg.norm_type, cfg.d_model) if pre else nn.Identity()
+        final = (lambda: NORMS.get(cfg.norm_type)(cfg.d_model, 1e-5 if cfg.norm_type == "layernorm" else None)) \
+            if cfg.norm_placement == "pre" else nn.Identity
+        self.encoder_norm, self.decoder_norm = final(), final()
         self.output = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
-        self._init_weights()
+        self._init_weights(rng_state)
         if cfg.tie_output:
             self.output.weight = self.tgt_embed.weight
+        self.register_load_state_dict_pre_hook(_upgrade_hook)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, rng_state: Tensor) -> None:
+        """Xavier-uniform matrices, zero biases, N(0, 1/D) embeddings (scaled by sqrt(D) on input, so inputs and
+        tied logits both start near unit scale). The random stream is rewound to ``rng_state`` (taken before
+        the layers were built) and consumed exactly as the model did before its parts were shared, so a seed
+        gives the same weights and the same training run as it did then."""
+        torch.random.set_rng_state(rng_state)
+        d = self.config.d_model
+        embeds = {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values()
+        for emb in embeds:  # what building the old modules drew: embeddings, then each nn.Linear
+            torch.empty_like(emb.weight).normal_()
+        for layer in [*self.encoder_layers, *self.decoder_layers]:
+            for shape in _legacy_linears(layer, d):
+                torch.empty(shape).uniform_()
+                torch.empty(shape[0]).uniform_()
+        torch.empty_like(self.output.weight).uniform_()
+        for layer in [*self.encoder_layers, *self.decoder_layers]:
+            for w in _matrices(layer, d):
+                nn.init.xavier_uniform_(w)
+        nn.init.xavier_uniform_(self.output.weight)  # (tied to the target embedding only afterwards)
         for name, p in self.named_parameters():
-            if p.dim() == 2 and "embed" not in name:
-                nn.init.xavier_uniform_(p)
-            elif name.endswith(".bias") and "norm" not in name:
+            if name.endswith(".bias") and "norm" not in name:
                 nn.init.zeros_(p)
-        # Embeddings ~ N(0, 1/D), scaled by sqrt(D) on input, so inputs and tied logits both start near unit scale.
-        for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
-            nn.init.normal_(emb.weight, std=self.config.d_model ** -0.5)
+        for emb in embeds:
+            nn.init.normal_(emb.weight, std=d ** -0.5)
             with torch.no_grad():
                 emb.weight[self.pad_idx].zero_()
 
-    def _embed(self, emb: nn.Embedding, ids: Tensor, offset: int) -> Tensor:
+    def _embed(self, emb: nn.Embedding, ids: Tensor, positions: Tensor) -> tuple[Tensor, Any]:
+        """Scaled embeddings (B, T, D) plus position vectors, and the rotary angles (RoPE only)."""
         x = emb(ids) * math.sqrt(self.config.d_model)  # (B, T, D)
-        if self.config.positional == "sinusoidal":
-            end = offset + ids.size(1)
-            if end > self.pos_table.size(0):
-                self.pos_table = sinusoidal_table(max(end, 2 * self.pos_table.size(0)), self.config.d_model).to(x.device)
-            x = x + self.pos_table[offset:end].to(x.dtype)
-        return self.embed_drop(x)
+        return self.embed_drop(self.pos.embed(x, positions)), self.pos.rotary(positions)
 
     def encode(self, src: Tensor) -> Tensor:
         """Encodes ``src`` (B, S) into memory (B, S, D).
@@ -179,40 +129,50 @@ class Seq2SeqTransformer(nn.Module):
         :meth:`decode` uses when it is not given one.
         """
         mask = padding_mask(src, self.pad_idx)
-        x = self._embed(self.src_embed, src, 0)
+        x, rope = self._embed(self.src_embed, src, torch.arange(src.size(1), device=src.device)[None])
+        attn_mask = AttnMask(mask[:, None, None, :])  # (B, 1, 1, S): bidirectional over real tokens
         for layer in self.encoder_layers:
-            x = layer(x, mask)
+            x = layer(x, rope, attn_mask)
         memory = self.encoder_norm(x)
         memory.src_mask = mask  # type: ignore[attr-defined]
         return memory
 
-    def start_decoding(self, src: Tensor) -> TransformerDecodeState:
+    def start_decoding(self, src: Tensor) -> KVCache:
         """Encodes ``src`` (B, S) and computes every layer's cross-attention keys/values once."""
-        return self._state_from_memory(self.encode(src), None)
+        return self._state_from_memory(self.encode(src))
 
-    def _state_from_memory(self, memory: Tensor, src_mask: Optional[Tensor]) -> TransformerDecodeState:
-        if src_mask is None:
-            src_mask = getattr(memory, "src_mask", None)
-        if src_mask is None:
-            src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
-        return TransformerDecodeState(cross, src_mask, [None] * len(self.decoder_layers))
+    def _state_from_memory(self, memory: Tensor) -> KVCache:
+        cfg = self.config
+        state = KVCache(cfg.num_decoder_layers, memory.size(0), cfg.num_heads, self.head_dim, None,
+                        device=memory.device, dtype=memory.dtype, capacity=16)
+        state.cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
+        state.cross_valid = memory.src_mask  # type: ignore[attr-defined]
+        return state
 
-    def decode_step(self, tgt: Tensor, state: TransformerDecodeState) -> tuple[Tensor, TransformerDecodeState]:
-        """Feeds ``tgt`` (B, T) after the positions ``state`` has seen; returns logits (B, T, V) and the new state.
+    def decode_step(self, tgt: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        """Feeds ``tgt`` (B, T) after the positions ``state`` has seen; returns logits (B, T, V) and the state
+        (updated in place).
 
         The logits equal those of :meth:`decode` over everything fed so far (cache == no cache).
         """
-        x = self._embed(self.tgt_embed, tgt, state.length)
-        new_kv: list[Optional[KV]] = []
-        for layer, cross, cache in zip(self.decoder_layers, state.cross_kv, state.self_kv):
-            x, kv = layer(x, cross, state.src_mask, cache)
-            new_kv.append(kv)
-        logits = self.output(self.decoder_norm(x))
-        return logits, TransformerDecodeState(state.cross_kv, state.src_mask, new_kv, state.length + tgt.size(1))
+        t, start = tgt.size(1), state.length
+        q_pos, k_pos, _, _ = state.begin(t, None)
+        logits = self._decoder(tgt, q_pos, causal_after(start, t, q_pos, k_pos), state.cross, state.cross_valid, state)
+        state.commit(t)
+        return logits, state
+
+    def _decoder(self, tgt: Tensor, positions: Tensor, mask: AttnMask, cross: list[tuple[Tensor, Tensor]],
+                 src_mask: Tensor, cache: Optional[KVCache] = None) -> Tensor:
+        """The decoder stack over ``tgt`` (B, T) at ``positions`` -> logits (B, T, V)."""
+        x, rope = self._embed(self.tgt_embed, tgt, positions)
+        src = AttnMask(src_mask[:, None, None, :])  # (B, 1, 1, S)
+        for i, (layer, (k, v)) in enumerate(zip(self.decoder_layers, cross)):
+            x = layer(x, rope, mask, cache, i, cross=(k, v, src))
+        return self.output(self.decoder_norm(x))
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Optional[Tensor] = None) -> Tensor:
-        """Decodes ``tgt_in`` (B, T) against ``memory`` (B, S, D) from :meth:`encode` -> logits (B, T, V).
+        """Decodes ``tgt_in`` (B, T) against ``memory`` (B, S, D) from :meth:`encode` -> logits (B, T, V),
+        without a cache (what training runs).
 
         Args:
             tgt_in: target ids starting with ``<bos>``.
@@ -220,8 +180,13 @@ class Seq2SeqTransformer(nn.Module):
             src_mask: (B, S) ``True`` for real source tokens; default ``memory.src_mask`` when :meth:`encode` made
                 ``memory``, else no masking.
         """
-        logits, _ = self.decode_step(tgt_in, self._state_from_memory(memory, src_mask))
-        return logits
+        if src_mask is None:
+            src_mask = getattr(memory, "src_mask", None)
+        if src_mask is None:
+            src_mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
+        positions = torch.arange(tgt_in.size(1), device=tgt_in.device)[None]  # (1, T)
+        return self._decoder(tgt_in, positions, AttnMask(is_causal=tgt_in.size(1) > 1), cross, src_mask)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """``src`` (B, S), ``tgt_in`` (B, T) -> logits (B, T, V); source padding (``pad_idx``) is masked."""
@@ -232,3 +197,52 @@ class Seq2SeqTransformer(nn.Module):
         c = self.config
         return (f"params={n:,}, d_model={c.d_model}, heads={c.num_heads}, layers={c.num_encoder_layers}+"
                 f"{c.num_decoder_layers}, positional={c.positional}, norm={c.norm_type}/{c.norm_placement}")
+
+
+def _attn_matrices(attn: nn.Module, d: int) -> list[Tensor]:
+    return [*attn.qkv.weight.data.split(d), attn.o_proj.weight.data]  # Q, K, V, output: (D, D) each
+
+
+def _matrices(layer: Block, d: int) -> list[Tensor]:
+    """The layer's weight matrices in the order the model initialised them before its parts were shared."""
+    cross = [] if layer.cross_attn is None else _attn_matrices(layer.cross_attn, d)
+    return [*_attn_matrices(layer.attn, d), *cross, layer.ffn.w_in.weight.data, layer.ffn.w_out.weight.data]
+
+
+def _legacy_linears(layer: Block, d: int) -> list[tuple[int, int]]:
+    """The (out, in) shapes of the nn.Linear layers (all with biases) the old layer was built from, in order."""
+    return [tuple(w.shape) for w in _matrices(layer, d)]
+
+
+# Old name -> new name inside a layer, for weights saved before the layers were the shared Block.
+_RENAMES = {"self_attn.out_proj.": "attn.o_proj.", "cross_attn.out_proj.": "cross_attn.o_proj.",
+            "ffn.fc1.": "ffn.w_in.", "ffn.fc2.": "ffn.w_out.", "sub1.norm.": "norm_attn."}
+_LAST_NORM = {"encoder_layers": {"sub2.norm.": "norm_ffn."},
+              "decoder_layers": {"sub2.norm.": "norm_cross.", "sub3.norm.": "norm_ffn."}}
+
+
+def upgrade_state_dict(sd: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Renames, in place, the keys of a state dict saved by the old seq2seq Transformer (separate Q/K/V
+    projections, ``fc1``/``fc2``, ``subN.norm``) to the shared parts' names (fused ``qkv``, ``w_in``/``w_out``,
+    ``norm_attn``/``norm_cross``/``norm_ffn``). A new-format dict is returned unchanged."""
+    for key in [k for k in sd if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        stack, _, tail = rest.partition(".")
+        if stack not in _LAST_NORM:
+            continue
+        index, _, name = tail.partition(".")
+        head = f"{prefix}{stack}.{index}."
+        for old, new in {**_RENAMES, **_LAST_NORM[stack]}.items():
+            if name.startswith(old):
+                sd[head + new + name[len(old):]] = sd.pop(key)
+        for attn in ("self_attn", "cross_attn"):
+            for kind in ("weight", "bias"):
+                q = f"{head}{attn}.q_proj.{kind}"
+                if name == f"{attn}.q_proj.{kind}" and q in sd:
+                    parts = [sd.pop(f"{head}{attn}.{p}_proj.{kind}") for p in "qkv"]
+                    sd[f"{head}{'attn' if attn == 'self_attn' else attn}.qkv.{kind}"] = torch.cat(parts, 0)
+    return sd
+
+
+def _upgrade_hook(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    upgrade_state_dict(state_dict, prefix)

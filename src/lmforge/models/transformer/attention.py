@@ -1,6 +1,8 @@
-"""``ATTENTION``: self-attention variants by name (``mha``, ``gqa``, ``mqa``, ``complex``).
+"""``ATTENTION``: attention variants by name (``mha``, ``gqa``, ``mqa``, ``complex``), used for self-attention
+by every Transformer and for cross-attention by the encoder-decoder one (:meth:`SelfAttention.project_kv` +
+:meth:`SelfAttention.cross`, with the same projection weights and kernel).
 
-Letters: B = batch, T = new tokens (queries), S = keys (cached + new), H = query heads, Hkv = key/value heads,
+Letters: B = batch, T = new tokens (queries), S = keys (cached + new, or source), H = query heads, Hkv = key/value heads,
 hd = head width, D = d_model.
 
 Masks arrive ready-made (:class:`AttnMask`), built once per forward by the model: causal, bidirectional or
@@ -20,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lmforge.registry import Registry
 
-__all__ = ["ATTENTION", "AttnMask", "SelfAttention", "ComplexAttention", "apply_rope"]
+__all__ = ["ATTENTION", "AttnMask", "SelfAttention", "ComplexAttention", "apply_rope", "padding_mask", "causal_after"]
 
 ATTENTION: Registry[Callable[[Any], nn.Module]] = Registry("attention variant")
 
@@ -36,6 +38,27 @@ class AttnMask:
 
     mask: Optional[Tensor] = None
     is_causal: bool = False
+
+
+def padding_mask(ids: Tensor, pad_idx: int) -> Tensor:
+    """``True`` where ``ids`` (B, S) is a real token. A row of only padding keeps its first position, so that
+    attention over it stays finite (its output is never used for anything but that row)."""
+    mask = ids.ne(pad_idx)
+    empty = ~mask.any(dim=1)
+    if bool(empty.any()):
+        mask = mask.clone()
+        mask[empty, 0] = True
+    return mask
+
+
+def causal_after(start: int, t: int, q_pos: Tensor, k_pos: Tensor) -> AttnMask:
+    """The causal mask of ``t`` new unpadded queries after ``start`` cached ones: none for one token (it sees
+    everything), SDPA's own for a fresh prompt, else explicit from positions q_pos (B, T), k_pos (B, S)."""
+    if t == 1:
+        return AttnMask()
+    if start == 0:
+        return AttnMask(is_causal=True)
+    return AttnMask((k_pos[:, None, :] <= q_pos[:, :, None])[:, None])  # (B, 1, T, S)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -85,19 +108,41 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: Optional[tuple[Tensor, Tensor]], mask: AttnMask,
                 cache: Any = None, layer: int = 0) -> Tensor:
-        """``x`` (B, T, D) -> (B, T, D); with a ``cache``, attends over everything cached plus ``x``."""
-        B, T, _ = x.shape
+        """Self-attention: ``x`` (B, T, D) -> (B, T, D); with a ``cache``, attends over everything cached plus ``x``."""
         q, k, v = self._split(x)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, hd)
+        return self._attend(q, k, v, mask)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
+        """q (B, H, T, hd) over k, v (B, Hkv, S, hd) -> the projected output (B, T, D)."""
+        B, _, T, _ = q.shape
         with sdpa_kernel(self.backends):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
             )  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values (B, Hkv, S, hd) of ``memory`` (B, S, D), computed once per source
+        with the K and V rows of the same projection."""
+        B, S, _ = memory.shape
+        nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        bias = None if self.qkv.bias is None else self.qkv.bias[nq:]
+        k, v = F.linear(memory, self.qkv.weight[nq:], bias).split([nk, nk], dim=-1)
+        return (k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2),
+                v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2))
+
+    def cross(self, x: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
+        """Cross-attention (arXiv:1706.03762) from ``x`` (B, T, D) to :meth:`project_kv`'s keys/values -> (B, T, D)."""
+        B, T, _ = x.shape
+        nq = self.num_heads * self.head_dim
+        bias = None if self.qkv.bias is None else self.qkv.bias[:nq]
+        q = F.linear(x, self.qkv.weight[:nq], bias).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        return self._attend(q, k, v, mask)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "

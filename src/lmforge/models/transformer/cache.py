@@ -1,14 +1,18 @@
-"""Decoding state of the Transformer: a preallocated key/value cache, and a re-computing state for
-bidirectional models (which cannot reuse keys and values, since every token sees every other).
+"""Decoding state of the Transformers: one key/value cache (self-attention keys/values, plus the
+cross-attention keys/values of an encoder-decoder model), and a re-computing state for bidirectional models
+(which cannot reuse keys and values, since every token sees every other).
 
-Shapes: L = layers, B = batch, Hkv = key/value heads, S = cache slots (``block_size``), hd = head width.
+Shapes: L = layers, B = batch, Hkv = key/value heads, S = cache slots, hd = head width, Ssrc = source length.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["KVCache", "FullContextState"]
@@ -19,28 +23,37 @@ class KVCache:
 
     Each slot also records whether it holds a real token (left padding does not) and the token's position,
     counted per row from its first real token, so a left-padded row behaves exactly like the same row alone.
+    An encoder-decoder model also keeps each layer's cross-attention keys/values here (``cross``, with the
+    source mask ``cross_valid``); :meth:`select` picks rows of everything, as beam search needs.
 
     Args:
         num_layers: number of attention layers.
         batch_size: rows decoded together.
         num_kv_heads: key/value heads per layer.
         head_dim: per-head width.
-        max_len: slots per row (the model's context length).
+        max_len: the most slots per row (the model's context length), or None for no limit.
         device: where the buffers live.
         dtype: dtype of keys and values.
+        capacity: slots allocated up front (default ``max_len``); the buffers double when more are needed.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: Optional[int],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 capacity: Optional[int] = None) -> None:
+        slots = capacity or max_len
+        if slots is None:
+            raise ValueError("KVCache needs max_len or capacity")
+        shape = (num_layers, batch_size, num_kv_heads, slots, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.positions = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)  # (B, S)
-        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S)
+        self.positions = torch.zeros(batch_size, slots, dtype=torch.long, device=device)  # (B, S)
+        self.valid = torch.zeros(batch_size, slots, dtype=torch.bool, device=device)  # (B, S)
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens per row
         self.max_len = max_len
         self.length = 0  # slots used (the same for every row)
         self.padded = False  # whether any slot so far is padding
+        self.cross: list[tuple[Tensor, Tensor]] = []  # per layer (B, Hkv, Ssrc, hd) keys and values
+        self.cross_valid: Optional[Tensor] = None  # (B, Ssrc) real source tokens
 
     @property
     def batch_size(self) -> int:
@@ -52,9 +65,10 @@ class KVCache:
         Returns:
             ``(q_pos (B, t), k_pos (B, length + t), k_valid (B, length + t), q_valid (B, t))``.
         """
-        if self.length + t > self.max_len:
+        if self.max_len is not None and self.length + t > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {t} tokens exceed the context of {self.max_len}; "
                              "crop the prompt or start a new state")
+        self._reserve(self.length + t)
         s = self.length
         if attention_mask is None:
             real = torch.ones(self.batch_size, t, dtype=torch.bool, device=self.k.device)
@@ -77,6 +91,28 @@ class KVCache:
     def commit(self, t: int) -> None:
         """Marks the ``t`` reserved slots as used (after every layer has written them)."""
         self.length += t
+
+    def _reserve(self, need: int) -> None:
+        """Doubles the buffers (up to ``max_len``) until they hold ``need`` slots."""
+        have = self.k.size(3)
+        if need <= have:
+            return
+        new = max(need, 2 * have) if self.max_len is None else min(max(need, 2 * have), self.max_len)
+        grow = new - have
+        self.k = F.pad(self.k, (0, 0, 0, grow))
+        self.v = F.pad(self.v, (0, 0, 0, grow))
+        self.positions = F.pad(self.positions, (0, grow))
+        self.valid = F.pad(self.valid, (0, grow))
+
+    def select(self, index: Tensor) -> "KVCache":
+        """A cache of rows ``index`` (B',) of this one (to expand into beams, reorder them or drop rows)."""
+        out = copy.copy(self)
+        out.k, out.v = self.k.index_select(1, index), self.v.index_select(1, index)
+        out.positions, out.valid = self.positions.index_select(0, index), self.valid.index_select(0, index)
+        out.seen = self.seen.index_select(0, index)
+        out.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+        out.cross_valid = None if self.cross_valid is None else self.cross_valid.index_select(0, index)
+        return out
 
 
 class FullContextState:

@@ -9,14 +9,14 @@ x + N'(f(N(x))) (arXiv:2105.13290); ``parallel_layers`` x + attn(N(x)) + ffn(N(x
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config.transformer import TransformerConfig
-from lmforge.models.transformer.attention import ATTENTION, AttnMask
+from lmforge.models.transformer.attention import ATTENTION, AttnMask, causal_after
 from lmforge.models.transformer.cache import FullContextState, KVCache
 from lmforge.models.transformer.ffn import MLPS
 from lmforge.models.transformer.norms import NORMS
@@ -28,35 +28,61 @@ State = Union[KVCache, FullContextState]
 
 
 class Block(nn.Module):
-    """One Transformer layer: attention and feed-forward sub-layers with residuals, norms and dropout."""
+    """One Transformer layer: attention (and, in an encoder-decoder's decoder, cross-attention) and
+    feed-forward sub-layers with residuals, norms and dropout. The same block is the decoder-only model's
+    layer, the encoder layer (with a bidirectional mask) and the decoder layer (with ``cross_attn``).
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    Args:
+        attn: the self-attention module (an ``ATTENTION`` entry).
+        ffn: the feed-forward module (an ``MLPS`` entry).
+        norm: builds one norm layer.
+        placement: ``pre``, ``post`` or ``sandwich``.
+        dropout: dropout on every sub-layer's output.
+        parallel: PaLM-style parallel attention and FFN from one norm.
+        cross_attn: a cross-attention module (an encoder-decoder's decoder layer), or None.
+    """
+
+    def __init__(self, attn: nn.Module, ffn: nn.Module, norm: Callable[[], nn.Module], placement: str = "pre",
+                 dropout: float = 0.0, parallel: bool = False, cross_attn: Optional[nn.Module] = None) -> None:
         super().__init__()
-        norm = NORMS.get(cfg.norm.type)
-        self.placement = cfg.norm.placement
-        self.parallel = cfg.parallel_layers
-        self.attn = ATTENTION.get(cfg.attention.variant)(cfg)
-        self.ffn = MLPS.get(cfg.ffn.variant)(cfg)
-        self.norm_attn = norm(cfg.d_model, cfg.norm.eps)
+        self.placement, self.parallel = placement, parallel
+        self.attn, self.ffn = attn, ffn
+        self.norm_attn = norm()
+        self.cross_attn = cross_attn
+        self.norm_cross = None if cross_attn is None else norm()
         # PaLM-style parallel layers feed both sub-layers from one norm.
-        self.norm_ffn = None if self.parallel else norm(cfg.d_model, cfg.norm.eps)
-        sandwich = self.placement == "sandwich"
-        self.norm_attn_out = norm(cfg.d_model, cfg.norm.eps) if sandwich else None
-        self.norm_ffn_out = norm(cfg.d_model, cfg.norm.eps) if sandwich else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_ffn = None if parallel else norm()
+        sandwich = placement == "sandwich"
+        self.norm_attn_out = norm() if sandwich else None
+        self.norm_cross_out = norm() if sandwich and cross_attn is not None else None
+        self.norm_ffn_out = norm() if sandwich else None
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, rope: Any, mask: AttnMask, cache: Optional[KVCache], layer: int) -> Tensor:
+    @classmethod
+    def from_config(cls, cfg: TransformerConfig) -> "Block":
+        """The decoder-only model's layer, every part chosen by name from ``cfg``."""
+        norm = NORMS.get(cfg.norm.type)
+        return cls(ATTENTION.get(cfg.attention.variant)(cfg), MLPS.get(cfg.ffn.variant)(cfg),
+                   lambda: norm(cfg.d_model, cfg.norm.eps), cfg.norm.placement, cfg.dropout, cfg.parallel_layers)
+
+    def _sub(self, x: Tensor, f: Callable[[Tensor], Tensor], norm: nn.Module, norm_out: Optional[nn.Module]) -> Tensor:
+        """One residual sub-layer in this block's norm placement."""
+        if self.placement == "pre":
+            return x + self.drop(f(norm(x)))
+        if self.placement == "post":
+            return norm(x + self.drop(f(x)))
+        return x + self.drop(norm_out(f(norm(x))))
+
+    def forward(self, x: Tensor, rope: Any, mask: AttnMask, cache: Optional[KVCache] = None, layer: int = 0,
+                cross: Optional[tuple[Tensor, Tensor, AttnMask]] = None) -> Tensor:
+        """``x`` (B, T, D) -> (B, T, D); ``cross`` is the source's keys, values (B, Hkv, Ssrc, hd) and mask."""
         if self.parallel:
             h = self.norm_attn(x)
             return x + self.drop(self.attn(h, rope, mask, cache, layer)) + self.drop(self.ffn(h))
-        if self.placement == "pre":
-            x = x + self.drop(self.attn(self.norm_attn(x), rope, mask, cache, layer))
-            return x + self.drop(self.ffn(self.norm_ffn(x)))
-        if self.placement == "post":
-            x = self.norm_attn(x + self.drop(self.attn(x, rope, mask, cache, layer)))
-            return self.norm_ffn(x + self.drop(self.ffn(x)))
-        x = x + self.drop(self.norm_attn_out(self.attn(self.norm_attn(x), rope, mask, cache, layer)))
-        return x + self.drop(self.norm_ffn_out(self.ffn(self.norm_ffn(x))))
+        x = self._sub(x, lambda h: self.attn(h, rope, mask, cache, layer), self.norm_attn, self.norm_attn_out)
+        if cross is not None:
+            x = self._sub(x, lambda h: self.cross_attn.cross(h, *cross), self.norm_cross, self.norm_cross_out)
+        return self._sub(x, self.ffn, self.norm_ffn, self.norm_ffn_out)
 
 
 class Transformer(nn.Module):
@@ -83,7 +109,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos = POSITIONS.get(config.positional.encoding)(config)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(Block.from_config(config) for _ in range(config.num_layers))
         # Post-norm already ends each block with a norm; the other layouts need one before the head.
         self.norm_f = nn.Identity() if config.norm.placement == "post" else NORMS.get(config.norm.type)(config.d_model, config.norm.eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -202,11 +228,8 @@ class Transformer(nn.Module):
         q_pos, k_pos, k_valid, q_valid = state.begin(T, attention_mask)
         cfg = self.config.attention
         if not state.padded and cfg.mask_type == "causal" and not self._has_bias:
-            # Plain causal decoding needs no explicit mask: a fresh prompt is causal, one new token sees all.
-            mask = AttnMask(is_causal=True) if start == 0 else (AttnMask() if T == 1 else None)
+            mask = causal_after(start, T, q_pos, k_pos)  # plain causal decoding
         else:
-            mask = None
-        if mask is None:
             mask = self._mask(q_pos, k_pos, k_valid if state.padded else None, q_valid if state.padded else None,
                               self.tok_emb.weight.dtype)
         h = self._trunk(idx, q_pos, mask, state)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Optional
+
 from lmforge.registry import Registry
 
 __all__ = ["NORMS", "RMSNorm", "LayerNorm"]
@@ -22,10 +24,10 @@ class RMSNorm(nn.Module):
 
     Args:
         dim: width of the last axis.
-        eps: added to the mean square before the square root.
+        eps: added to the mean square before the square root (None: the dtype's machine epsilon).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: Optional[float] = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
