@@ -33,6 +33,7 @@ from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.translate import Translator
 from lmforge.models.capabilities import model_capabilities
 from lmforge.models.protocol import CausalLM
+from lmforge.models.quantized import quantization_of, quantize_model
 from lmforge.models.run_folder import load_run
 from lmforge.models.transformer.decode import compile_decoding
 from lmforge.tokenizers.base import Tokenizer
@@ -124,8 +125,6 @@ class LM:
         """Quantizes the model's weights in place (weight-only int8 or int4, see
         :func:`lmforge.models.quantized.quantize_model`); a model already quantized is left as it is.
         Returns ``self``."""
-        from lmforge.models.quantized import quantization_of, quantize_model
-
         if quantization_of(self.model) is None:
             quantize_model(self.model, bits, group_size)
         return self

@@ -201,3 +201,48 @@ def test_quantize_errors_are_one_line(float_run, tmp_path, capsys):
     assert main(["quantize", str(run), "--out", str(tmp_path / "q")]) == 0
     assert main(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "qq")]) != 0
     assert "already quantized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fast_decoding_path_reads_the_quantized_layers(bits):
+    from llama_toy_path import llama_toy
+
+    from lmforge.models.transformer.decode import FastLlamaDecoder, fast_decoder
+
+    model = quantize_model(llama_toy({"attention": {"variant": "mha", "num_heads": 4, "bias": True}}), bits)
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        ref, _ = model(ids)
+        fast = fast_decoder(model, compile=False)
+        assert isinstance(fast, FastLlamaDecoder)
+        state = fast.init_state(2)
+        first, _ = fast.step(ids[:, :5], state)
+        second, _ = fast.step(ids[:, 5:6], state)
+    assert torch.allclose(first[:, 0], ref[:, 4], atol=1e-4) and torch.allclose(second[:, 0], ref[:, 5], atol=1e-4)
+
+
+def test_compiled_step_is_chosen_for_long_generations_only():
+    from llama_toy_path import llama_toy
+
+    from lmforge.models.transformer.compiled import CompiledLlamaDecoder
+    from lmforge.models.transformer.decode import AUTO_COMPILE_TOKENS, FastLlamaDecoder, fast_decoder
+
+    model = quantize_model(llama_toy({}), 8)
+    assert isinstance(fast_decoder(model, tokens=200), FastLlamaDecoder)
+    assert isinstance(fast_decoder(model, tokens=AUTO_COMPILE_TOKENS), CompiledLlamaDecoder)
+    assert isinstance(fast_decoder(model, tokens=1), CompiledLlamaDecoder)  # built once: reused for free
+    assert isinstance(fast_decoder(model, compile=False), FastLlamaDecoder)
+
+
+@pytest.mark.slow
+def test_compiled_int8_and_int4_steps_give_the_eager_greedy_tokens():
+    from llama_toy_path import llama_toy
+
+    from lmforge.inference.generation import generate
+
+    for bits in (8, 4):
+        model = quantize_model(llama_toy({}), bits)
+        runs = [generate(model, None, [[5, 6, 7], [9]], temperature=0, max_new_tokens=12, ignore_eos=True,
+                         **kw) for kw in ({"fast": False}, {"compile": False}, {"compile": True})]
+        ids = [[c.token_ids for c in r] for r in runs]
+        assert ids[0] == ids[1] == ids[2]

@@ -269,13 +269,23 @@ def compile_decoding(model: Any, enabled: bool = True) -> bool:
     return True
 
 
-def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
+# Without a say from the caller, one-token steps are compiled when a call decodes at least this many tokens per
+# row: compiling costs 15 s cold and a few seconds from Inductor's disk cache on the 2-core benchmark machine (much
+# more under load), and saves about 3 ms a token in float32 and 7 ms in int8 at batch 1 (BENCHMARKS.md, "CPU
+# decoding against llama.cpp"), so only long generations pay it back within one call.
+AUTO_COMPILE_TOKENS = 2048
+
+
+def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) -> Optional[Any]:
     """The fast path for ``model`` (built once, reused while its weights do not change), or ``None`` when the
     model is not a Llama-compatible Transformer.
 
-    With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run
-    a ``torch.compile``'d step (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is
-    supported (CPU, float32/64); elsewhere the eager fast path is returned."""
+    With ``compile=True``, one-token steps run a ``torch.compile``'d step
+    (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is supported (CPU,
+    float32/64, int8/int4 weights); ``False`` keeps the eager fast path. ``None`` (the default) picks the faster
+    path for the work: compiled when :func:`compile_decoding` was called for the model (servers, chat), when the
+    model's step is compiled already in this process, or when the call decodes ``tokens`` >=
+    :data:`AUTO_COMPILE_TOKENS` per row; eager otherwise."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
         return None
@@ -291,7 +301,8 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
     else:
         fast = FastLlamaDecoder(model)
         _CACHE[model] = (key, fast)
-    if compile or (compile is None and model in _COMPILE):
+    auto = model in _COMPILE or fast.compiled is not None or tokens >= AUTO_COMPILE_TOKENS
+    if compile or (compile is None and auto):
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:
                 fast.compiled = CompiledLlamaDecoder(fast)
