@@ -4,6 +4,11 @@ and the LSTM's per-token cost as the output grows.
 Usage:
     python benchmarks/bench_decode.py [--batches 1 8 64] [--new-tokens 128] [--prompt 32] [--threads N]
                                       [--repeats 3] [--vocab-size 5000] [--lstm-tokens 1024]
+    python benchmarks/bench_decode.py --llamacpp [--llamacpp-threads 1 2] [--bits 32 8 4] ...
+
+With ``--llamacpp`` the peer is llama.cpp (``xllamacpp``) instead of transformers: the same weights exported
+with ``lmforge export --format gguf`` as F32, Q8_0 and Q4_0 against lmforge in fp32, int8 and int4
+(``lmforge.models.quantized``); see ``llamacpp_peer.py`` for how each side is timed.
 
 The Transformer is the 6-layer, d_model 384 Llama-style config (RMSNorm, RoPE, SwiGLU, 6 heads of 64, tied
 embeddings, context 512). Its weights are exported with ``lmforge.interop.hf.export_hf`` and loaded by
@@ -113,11 +118,16 @@ def bench_transformer(args) -> list[dict]:
 
 
 @torch.inference_mode()
-def bench_lstm(args) -> list[tuple[int, float]]:
-    """ms/token of an LSTM (lstm-small sizes) in windows of the output, via the generation loop itself."""
+def bench_lstm(args, bits: int = 0) -> list[tuple[int, float]]:
+    """ms/token of an LSTM (lstm-small sizes) in windows of the output, via the generation loop itself; with
+    ``bits`` 8 or 4, its weights quantized (models.quantized)."""
+    from lmforge.models.quantized import quantize_model
+
     torch.manual_seed(0)
     model = build_model(LSTMConfig(vocab_size=args.vocab_size, embedding_dim=128, hidden_dim=256, num_layers=2,
                                    dropout=0.0)).eval()
+    if bits:
+        quantize_model(model, bits)
     params = SamplingParams(temperature=0, max_new_tokens=args.lstm_tokens, ignore_eos=True)
     dec = _Decoder(model, [list(range(8, 40))], params, [], [0])
     window = max(1, args.lstm_tokens // 8)
@@ -147,6 +157,7 @@ def bench_llamacpp(args) -> None:
                 p.normal_(0, 0.05)
     variants = {"fp32": (model, "f32"), "int8": (quantize_model(copy.deepcopy(model), 8), "q8_0"),
                 "int4": (quantize_model(copy.deepcopy(model), 4), "q4_0")}
+    variants = {k: v for k, v in variants.items() if int(k[3:]) in args.bits}
     prompt = _prompts(1, args.prompt, args.vocab_size)[0]
     new = args.new_tokens
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +211,7 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true", help="only the LSTM figures")
     ap.add_argument("--llamacpp", action="store_true", help="compare with llama.cpp (xllamacpp) instead of transformers")
     ap.add_argument("--llamacpp-threads", type=int, nargs="+", default=[1, 2], help="thread counts for --llamacpp")
+    ap.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4], help="--llamacpp: weights to compare (32 8 4)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,11 +230,11 @@ def main() -> None:
         for r in rows:
             print(f"| {r['batch']} | {r['new']} | {r['compiled']:.1f} ({r['compile_s']:.1f} s) | {r['lmforge']:.1f} | "
                   f"{r['step']:.1f} | {r['hf']:.1f} | {r['compiled'] / r['hf']:.2f}x | {r['lmforge'] / r['hf']:.2f}x |")
-    lstm = bench_lstm(args)
-    print("\n| LSTM output tokens | ms/token in the window before |")
-    print("|---|---|")
-    for n, ms in lstm:
-        print(f"| {n} | {ms:.3f} |")
+    lstm, lstm8 = bench_lstm(args), bench_lstm(args, bits=8)
+    print("\n| LSTM output tokens | ms/token in the window before (fp32) | int8 weights |")
+    print("|---|---|---|")
+    for (n, ms), (_, ms8) in zip(lstm, lstm8):
+        print(f"| {n} | {ms:.3f} | {ms8:.3f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 

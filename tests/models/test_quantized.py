@@ -229,8 +229,11 @@ def test_compiled_step_is_chosen_for_long_generations_only():
 
     model = quantize_model(llama_toy({}), 8)
     assert isinstance(fast_decoder(model, tokens=200), FastLlamaDecoder)
-    assert isinstance(fast_decoder(model, tokens=AUTO_COMPILE_TOKENS), CompiledLlamaDecoder)
-    assert isinstance(fast_decoder(model, tokens=1), CompiledLlamaDecoder)  # built once: reused for free
+    comp = fast_decoder(model, tokens=AUTO_COMPILE_TOKENS)
+    assert isinstance(comp, CompiledLlamaDecoder)
+    assert isinstance(fast_decoder(model, tokens=1), FastLlamaDecoder)  # built, but never compiled yet
+    comp.ready = True  # as after its first compiled step: reused for free from then on
+    assert fast_decoder(model, tokens=1) is comp
     assert isinstance(fast_decoder(model, compile=False), FastLlamaDecoder)
 
 

@@ -117,6 +117,7 @@ class CompiledLlamaDecoder:
         self.max_context = fast.max_context
         self.compiled = CompiledStep(fast)
         self.failed: Optional[str] = None  # why compiling failed, once it has
+        self.ready = False  # a compiled step has run: later calls get it without compiling again
 
     def init_state(self, batch_size: int) -> Any:
         # one spare slot: the attended length then never equals the cache's, so the graph never specialises on it
@@ -144,6 +145,7 @@ class CompiledLlamaDecoder:
             warnings.warn(f"compiled decoding is unavailable ({self.failed}); decoding without it", RuntimeWarning,
                           stacklevel=2)
             return self.fast.step(idx, state, attention_mask)
+        self.ready = True
         state.seen += 1
         state.length = s + 1
         return logits.view(B, 1, -1), state

@@ -284,7 +284,7 @@ def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) ->
     (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is supported (CPU,
     float32/64, int8/int4 weights); ``False`` keeps the eager fast path. ``None`` (the default) picks the faster
     path for the work: compiled when :func:`compile_decoding` was called for the model (servers, chat), when the
-    model's step is compiled already in this process, or when the call decodes ``tokens`` >=
+    model's step has run compiled already in this process, or when the call decodes ``tokens`` >=
     :data:`AUTO_COMPILE_TOKENS` per row; eager otherwise."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
@@ -301,7 +301,7 @@ def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) ->
     else:
         fast = FastLlamaDecoder(model)
         _CACHE[model] = (key, fast)
-    auto = model in _COMPILE or fast.compiled is not None or tokens >= AUTO_COMPILE_TOKENS
+    auto = model in _COMPILE or tokens >= AUTO_COMPILE_TOKENS or (fast.compiled is not None and fast.compiled.ready)
     if compile or (compile is None and auto):
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:
