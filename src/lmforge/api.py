@@ -94,7 +94,9 @@ class LM:
         if run.tokenizer is None:
             raise CheckpointError(f"{run_dir} has no tokenizer.json; copy the tokenizer the model was trained with into it")
         summary = run.summary or {}
-        template = chat_template or summary.get("chat_template") or "plain"
+        # an imported checkpoint's tokenizer carries its chat template (also in runs continued from it)
+        own = "jinja" if getattr(run.tokenizer, "chat_template", None) else "plain"
+        template = chat_template or summary.get("chat_template") or own
         return cls(run.model, run.tokenizer, name=Path(run_dir).resolve().name, chat_template=template,
                    path=Path(run_dir), summary=summary)
 

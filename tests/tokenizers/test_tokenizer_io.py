@@ -76,7 +76,7 @@ def test_unknown_kind_and_future_version(saved):
     _, path = saved
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "kind": "sentencepiece"}))
-    with pytest.raises(TokenizerError, match="unknown kind 'sentencepiece'; choose one of: bpe, char, word"):
+    with pytest.raises(TokenizerError, match="unknown kind 'sentencepiece'; choose one of: bpe, char, hf, word"):
         load_tokenizer(path)
     path.write_text(json.dumps({**data, "version": 99}))
     with pytest.raises(TokenizerError, match="upgrade lmforge"):

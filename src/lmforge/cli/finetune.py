@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmforge.cli.lora_args import add_lora_args, lora_overrides
+
 DESCRIPTION = ("Fine-tune a language-model run on conversations (a .jsonl with a 'messages' list per line); the "
                "loss covers only the assistant's replies. Writes a new run folder that `lmforge chat` uses.")
 
@@ -30,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     parser.add_argument("--batch-size", type=int, help="conversations per step (default: the run's batch size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default: the run's setting)")
+    add_lora_args(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                       ("lr", "train.lr"), ("batch_size", "train.batch_size")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    overrides.update(lora_overrides(args))
     out = args.out or f"{str(args.run).rstrip('/')}-chat"
     bar = _ProgressBar(args.quiet)
     try:

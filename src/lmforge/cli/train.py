@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmforge.cli.lora_args import add_lora_args, lora_overrides
 from lmforge.errors import ConfigError
 
 DESCRIPTION = "Train a model: point it at text, get a trained model, its figures and a sample."
@@ -38,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="PATH", help="text file, folder of .txt/.md, or .jsonl with a 'text' field (default: bundled Tiny Shakespeare)")
     g.add_argument("--src", metavar="FILE", help="translate: source sentences, one a line (or a TSV of pairs)")
     g.add_argument("--tgt", metavar="FILE", help="translate: target sentences aligned with --src")
-    g.add_argument("--tokenizer", choices=["char", "bpe", "word"], help="tokenizer kind, trained on the training split")
+    g.add_argument("--tokenizer", choices=["char", "bpe", "word", "hf"], help="tokenizer kind, trained on the training "
+                   "split (hf: only with --init-from an imported run, whose tokenizer is reused)")
     g.add_argument("--tokenizer-file", metavar="FILE", help="use this tokenizer.json instead of training one")
     g.add_argument("--vocab-size", type=int, help="bpe/word vocabulary size")
     b = parser.add_argument_group("budget and optimisation")
@@ -53,10 +55,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto)")
     b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     b.add_argument("--seed", type=int, help="random seed")
+    add_lora_args(parser)
     o = parser.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="run folder (default runs/latest)")
     o.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
                    help="continue the run in DIR (or in --out) from its last checkpoint")
+    o.add_argument("--init-from", metavar="RUN", help="continue training the weights of RUN (trained or imported by "
+                   "`lmforge import`) with a new optimiser; its tokenizer is reused (see also --lora-rank)")
     o.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -89,7 +94,14 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
     from lmforge.config.presets import DEFAULT_PRESET
 
     resume = args.resume is not None
-    if resume:
+    if args.init_from and not resume:  # the base run's model and tokenizer settings; data and training from the flags
+        base = Path(args.init_from)
+        if not (base / "config.yaml").is_file():
+            raise ConfigError(f"--init-from {base}: not a run folder (no config.yaml); pass a trained or imported run")
+        data = {k: v for k, v in read_config_file(base / "config.yaml").items() if k in ("task", "model", "tokenizer", "train")}
+        data["train"] = {k: v for k, v in (data.get("train") or {}).items() if not k.startswith("lora_")}
+        data["out_dir"] = "runs/latest"
+    elif resume:
         run_dir = Path(args.resume if isinstance(args.resume, str) else (args.out or "runs/latest"))
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"nothing to resume in {run_dir} (no config.yaml); pass the run folder: --resume DIR")
@@ -125,6 +137,7 @@ def build_config(args: argparse.Namespace, torch_cuda: Any = None) -> tuple[Any,
         sets["train.time_budget"] = None  # an explicit step/epoch budget replaces the preset's time budget
     from lmforge.config import apply_overrides
 
+    sets.update(lora_overrides(args))
     data = apply_overrides(data, sets)
     data = apply_overrides(data, parse_overrides(args.overrides))
     return RunConfig.parse(data, source=args.config or args.preset or "config"), resume
@@ -233,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from lmforge.workflows.lm_run import train_lm
 
-            summary = train_lm(config, resume=resume, progress=bar)
+            summary = train_lm(config, resume=resume, progress=bar, init_from=None if resume else args.init_from)
     finally:
         bar.close()
     if _is_main_process():

@@ -10,7 +10,7 @@ from lmforge.config.base import StrictModel
 
 __all__ = ["TokenizerConfig", "TokenizerKind"]
 
-TokenizerKind = Literal["char", "bpe", "word"]
+TokenizerKind = Literal["char", "bpe", "word", "hf"]  # hf: a checkpoint's own tokenizer (lmforge import)
 
 
 class TokenizerConfig(StrictModel):

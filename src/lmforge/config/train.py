@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from pydantic import model_validator
+
 from pydantic import Field
 
 from lmforge.config.base import StrictModel
@@ -43,3 +45,14 @@ class TrainConfig(StrictModel):
     sample_tokens: int = Field(300, ge=0, description="length of the sample printed after training")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many consecutive NaN/inf losses")
     tensorboard: bool = False
+    lora_rank: int = Field(0, ge=0, description="> 0 trains LoRA adapters of this rank on a frozen model (arXiv:2106.09685)")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: updates are multiplied by lora_alpha / lora_rank")
+    lora_targets: list[str] = Field(default_factory=lambda: ["qkv", "o_proj", "w_in", "w_out"],
+                                    description="LoRA: the linear layers to adapt (qkv, o_proj, w_in, w_out, lm_head)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA: dropout on the adapters' input")
+
+    @model_validator(mode="after")
+    def _check_lora(self) -> "TrainConfig":
+        if not self.lora_targets:
+            raise ValueError("train.lora_targets must name at least one layer")
+        return self

@@ -12,8 +12,9 @@ Sections (YAML)::
     num_layers: 6
     block_size: 256
     attention: {variant: gqa, num_heads: 8, num_kv_heads: null, head_dim: null, dropout: 0.0, bias: false,
-                mask_type: causal, window_size: null, use_flash_attn: false}
-    positional: {encoding: rope, rope_base: 10000.0, rope_scaling: 1.0}
+                qkv_bias: null, mask_type: causal, window_size: null, use_flash_attn: false}
+    positional: {encoding: rope, rope_base: 10000.0, rope_scaling: 1.0, rope_scaling_type: linear,
+                 rope_low_freq_factor: 1.0, rope_high_freq_factor: 4.0, rope_original_context: 8192}
     ffn: {variant: swiglu, activation: silu, expansion_factor: 2.6667, hidden_dim: null, dropout: 0.0, bias: false}
     norm: {type: rmsnorm, eps: 1.0e-5, placement: pre}
 """
@@ -32,7 +33,8 @@ AttentionVariant = Literal["mha", "gqa", "mqa", "complex"]
 MaskType = Literal["causal", "bidirectional", "sliding_window"]
 PositionalEncoding = Literal["rope", "alibi", "sinusoidal", "learned", "none"]
 FFNVariant = Literal["swiglu", "geglu", "mlp"]
-Activation = Literal["silu", "gelu", "relu"]
+Activation = Literal["silu", "gelu", "gelu_tanh", "relu"]
+RopeScalingType = Literal["linear", "llama3"]
 NormType = Literal["rmsnorm", "layernorm"]
 NormPlacement = Literal["pre", "post", "sandwich"]
 
@@ -50,7 +52,8 @@ class AttentionConfig(StrictModel):
     num_kv_heads: Optional[int] = Field(None, ge=1, description="gqa only; default num_heads // 4 (at least 1)")
     head_dim: Optional[int] = Field(None, ge=1, description="default d_model // num_heads")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    bias: bool = False
+    bias: bool = Field(False, description="biases on the projections (Q/K/V and output)")
+    qkv_bias: Optional[bool] = Field(None, description="biases on the Q/K/V projections only; default: `bias` (Qwen2 has them without an output bias)")
     mask_type: MaskType = "causal"
     window_size: Optional[int] = Field(None, ge=1, description="sliding_window only: how many past positions a token sees (itself included)")
     use_flash_attn: bool = Field(False, description="use PyTorch's fused SDPA kernels (flash / memory-efficient) where the device has them")
@@ -90,11 +93,26 @@ class PositionalConfig(StrictModel):
     encoding: PositionalEncoding = "rope"
     rope_base: float = Field(10000.0, gt=0)
     rope_scaling: float = Field(1.0, ge=1.0, description="> 1 divides positions by this factor (linear position interpolation, arXiv:2306.15595)")
+    rope_scaling_type: RopeScalingType = Field(
+        "linear", description="linear: every frequency divided by rope_scaling; llama3: only the low frequencies, "
+                              "blended in between (the Llama 3.1 recipe, arXiv:2407.21783)")
+    rope_low_freq_factor: float = Field(1.0, gt=0, description="llama3 only: wavelengths above original_context / this are scaled")
+    rope_high_freq_factor: float = Field(4.0, gt=0, description="llama3 only: wavelengths below original_context / this are kept")
+    rope_original_context: int = Field(8192, ge=1, description="llama3 only: the context the model was pre-trained with")
 
     @model_validator(mode="after")
     def _check(self) -> "PositionalConfig":
         if self.encoding != "rope" and self.rope_scaling != 1.0:
             raise ValueError("positional.rope_scaling is only read with positional.encoding 'rope'")
+        if self.encoding != "rope" and self.rope_scaling_type != "linear":
+            raise ValueError("positional.rope_scaling_type is only read with positional.encoding 'rope'")
+        llama3 = {"rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0, "rope_original_context": 8192}
+        if self.rope_scaling_type != "llama3":
+            for name, default in llama3.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"positional.{name} is only read with positional.rope_scaling_type 'llama3'")
+        elif self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ValueError("positional.rope_high_freq_factor must exceed rope_low_freq_factor")
         return self
 
 
@@ -103,7 +121,8 @@ class FFNConfig(StrictModel):
     layers with ``activation`` between them."""
 
     variant: FFNVariant = "swiglu"
-    activation: Activation = Field("gelu", description="mlp only; swiglu uses silu and geglu uses gelu")
+    activation: Activation = Field("gelu", description="mlp only; swiglu uses silu and geglu uses gelu; gelu_tanh is "
+                                                         "the tanh approximation of GELU (GPT-2's gelu_new)")
     expansion_factor: float = Field(8 / 3, gt=0)
     hidden_dim: Optional[int] = Field(None, ge=1, description="explicit FFN width; overrides expansion_factor")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -1,13 +1,14 @@
 """Multi-turn chat: templates, a session that trims its history to the context, and a small REPL.
 
-Two templates are registered in ``CHAT_TEMPLATES``:
+Three templates are registered in ``CHAT_TEMPLATES``:
 
 * ``tokens``: the fixed role tokens of every lmforge tokenizer, ``<|system|>``, ``<|user|>``, ``<|assistant|>``,
   each turn closed by ``<|end|>`` (the end-of-turn stop). What ``lmforge finetune`` trains.
+* ``jinja``: an imported checkpoint's own Jinja template (:mod:`lmforge.inference.jinja_chat`).
 * ``plain``: ``"User: ...\\nAssistant: ..."`` lines of ordinary text, for a model trained from scratch on raw text
   written in that form; a reply ends at a new ``"\\nUser:"`` line (or end of sequence).
 
-Both encode a conversation piece by piece (role marker, then the content), so the ids a model sees when it
+``tokens`` and ``plain`` encode a conversation piece by piece (role marker, then the content), so the ids a model sees when it
 chats are the ids it was fine-tuned on, and :func:`render_chat_with_mask` marks the assistant replies (and the
 end-of-turn that closes them) for a loss masked to the replies.
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TextIO
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.inference.generation import Completion, TextChunk, generate, stream
+from lmforge.inference.jinja_chat import JinjaChatTemplate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.registry import Registry
 from lmforge.utils.files import atomic_write_json
@@ -76,10 +78,11 @@ class ChatTemplate:
 CHAT_TEMPLATES: Registry[ChatTemplate] = Registry("chat template")
 CHAT_TEMPLATES.add("tokens", ChatTemplate("tokens", stop_token_ids=(END_ID,)))
 CHAT_TEMPLATES.add("plain", ChatTemplate("plain", stop=("\nUser:", "\nSystem:", "\nAssistant:")))
+CHAT_TEMPLATES.add("jinja", JinjaChatTemplate())  # an imported checkpoint's own template (lmforge import)
 
 
 def _template(template: str | ChatTemplate) -> ChatTemplate:
-    return template if isinstance(template, ChatTemplate) else CHAT_TEMPLATES.get(template)
+    return CHAT_TEMPLATES.get(template) if isinstance(template, str) else template
 
 
 def _check_messages(messages: Sequence[dict]) -> None:
@@ -100,6 +103,11 @@ def render_chat_with_mask(tokenizer: Any, messages: Sequence[dict], template: st
     """
     _check_messages(messages)
     tpl = _template(template)
+    if hasattr(tpl, "render_with_mask"):  # renders whole conversations (jinja)
+        return tpl.render_with_mask(tokenizer, messages, add_generation_prompt)
+    if tpl.name == "tokens" and getattr(tokenizer, "kind", None) == "hf":
+        raise ConfigError("an imported checkpoint's tokenizer has no lmforge role tokens; use its own chat template "
+                          "(template 'jinja') or 'plain'")
     ids: list[int] = []
     mask: list[bool] = []
     for m in messages:

@@ -206,6 +206,7 @@ def _stop_ids(tokenizer: Any, params: SamplingParams) -> list[int]:
     eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
     if eos is not None and not params.ignore_eos:
         ids.append(int(eos))
+        ids += [int(i) for i in getattr(tokenizer, "stop_ids", ()) if int(i) not in ids]  # a checkpoint's end-of-turn tokens
     return ids
 
 

@@ -4,7 +4,7 @@ tokenizer inside, written with PyPI's ``gguf`` package (``pip install 'lmforge[g
 What can be exported:
 
 * **models**: Llama-compatible Transformers (RMSNorm, pre-norm, RoPE with optional linear scaling, SwiGLU,
-  mha/gqa/mqa, causal mask; see :func:`lmforge.interop.hf.llama_incompatibilities`), with or without biases
+  mha/gqa/mqa, causal mask; see :func:`lmforge.interop.hf.llama_export_problems`), with or without biases
   and a tied head. Anything else (an LSTM, complex attention, ALiBi, post-norm...) raises a
   :class:`~lmforge.errors.ConfigError` naming what GGUF's ``llama`` architecture cannot hold.
 * **tokenizers**: byte-level BPE only, carried as llama.cpp's GPT-2-style BPE vocabulary
@@ -35,10 +35,9 @@ from torch import nn
 
 from lmforge.config.transformer import TransformerConfig
 from lmforge.errors import ConfigError
-from lmforge.interop.hf import llama_state_dict
+from lmforge.interop.hf import llama_export_problems, llama_state_dict
 from lmforge.models.quantized import dequantize_model, quantization_of
 from lmforge.models.run_folder import load_model
-from lmforge.models.transformer.decode import llama_incompatibilities
 from lmforge.utils.files import atomic_path
 
 __all__ = ["export_gguf", "export_run_gguf", "gguf_incompatibilities", "GGUF_DTYPES"]
@@ -54,7 +53,11 @@ def gguf_incompatibilities(model: nn.Module) -> list[str]:
     if not isinstance(cfg, TransformerConfig):
         family = getattr(cfg, "family", type(model).__name__)
         return [f"a {family!r} model (GGUF's llama architecture holds decoder-only Transformers only)"]
-    return llama_incompatibilities(cfg)
+    problems = llama_export_problems(cfg)
+    if cfg.positional.rope_scaling_type != "linear":
+        problems.append(f"positional.rope_scaling_type={cfg.positional.rope_scaling_type!r} (lmforge writes linear "
+                        "RoPE scaling to GGUF only)")
+    return problems
 
 
 def _gguf() -> Any:

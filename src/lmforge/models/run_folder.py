@@ -40,9 +40,11 @@ from lmforge.config import RunConfig
 from lmforge.config.base import read_config_file
 from lmforge.config.model import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
+from lmforge.models.lora import load_weights_with_adapters, save_weights_with_adapters
 from lmforge.models.quantized import quantize_model
 from lmforge.models.registry import MODELS, _resolve, build_model
 from lmforge.models.weights import (
+    build_for_weights,
     config_dict,
     count_parameters,
     file_sha256,
@@ -196,9 +198,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     if not directory.is_dir():
         raise CheckpointError(f"model folder {directory} not found; check the path, or save/train a model there first")
     config = _read_model_config(directory)
-    model = build_model(config)
+    model = build_for_weights(config, directory / WEIGHTS_FILE)  # a bf16/fp16 checkpoint stays in its dtype
     _rebuild_quantized(model, directory / WEIGHTS_FILE)
-    load_weights(model, directory / WEIGHTS_FILE)
+    load_weights_with_adapters(model, directory / WEIGHTS_FILE)  # LoRA adapters merged
     model.to(resolve_device(device))
     model.eval()
     tokenizer = None
@@ -238,7 +240,7 @@ def save_run(run_dir: str | Path, config: RunConfig, model: nn.Module, tokenizer
     for name, tok in _tokenizer_files(tokenizers).items():
         with atomic_path(run_dir / name) as tmp:
             tok.save(tmp)
-    save_weights(unwrap_model(model), run_dir / weights_file)
+    save_weights_with_adapters(unwrap_model(model), run_dir / weights_file)  # LoRA: base + adapter.safetensors
     if summary is not None:
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return run_dir
@@ -306,13 +308,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         raise CheckpointError(f"{run_dir} has no {path.name}; the run did not save weights (train it again)")
     tokenizer, src_tok, tgt_tok = _tokenizers(run_dir, config.task)
     try:
-        model = build_model(config.model)
+        model = build_for_weights(config.model, path)  # a bf16/fp16 checkpoint stays in its dtype
     except LMForgeError:
         raise
     except Exception as err:  # a config that validates but cannot be built
         raise CheckpointError(f"{run_dir}: the model in {RUN_CONFIG_FILE} cannot be built ({err})") from None
     _rebuild_quantized(model, path, config.quantization)
-    load_weights(model, path)
+    load_weights_with_adapters(model, path)  # LoRA adapters merged
     model.to(resolve_device(device))
     model.eval()
     return Run(config=config, model=model, tokenizer=tokenizer, path=run_dir, summary=read_summary(run_dir),

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from lmforge.errors import CheckpointError
-from lmforge.models.registry import upgrade_state_dict
+from lmforge.models.registry import build_model, upgrade_state_dict
 from lmforge.utils.files import atomic_path
 
-__all__ = ["save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
+__all__ = [
+    "weights_dtype", "build_for_weights", "master_weights", "save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
 
 _FORMAT = "lmforge"
 
@@ -180,6 +181,43 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         )
     meta = header.get("__metadata__") or {}
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+_HALF = {"BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def weights_dtype(path: str | Path) -> Optional[torch.dtype]:
+    """bfloat16 or float16 when every floating tensor of a safetensors file has that dtype, else None."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+    codes = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and str(v.get("dtype", "")).startswith(("F", "BF"))}
+    return _HALF.get(codes.pop()) if len(codes) == 1 else None
+
+
+def build_for_weights(config: Any, path: str | Path) -> nn.Module:
+    """The model of ``config``, built directly in the dtype of a half-precision weights file (an imported bf16 or
+    fp16 checkpoint), so loading it never makes a float32 copy; float32 otherwise. The file is checked first
+    (a truncated or corrupted one is a one-line :class:`CheckpointError`)."""
+    read_metadata(path)
+    dtype = weights_dtype(path)
+    if dtype is None:
+        return build_model(config)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return build_model(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def master_weights(model: nn.Module, frozen: bool = False) -> nn.Module:
+    """``model`` ready to train: a bf16/fp16 model (an imported checkpoint) becomes float32, since optimiser
+    updates below half precision's resolution would be lost; ``frozen`` (LoRA, whose adapters are float32
+    already) keeps it as it is."""
+    if not frozen and any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        return model.float()
+    return model
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

@@ -1,9 +1,10 @@
 """The tokenizer contract shared by every kind, and the fixed special tokens.
 
-Every kind reserves the same first eight ids, so models, chat templates and data caches can rely on them
+Every kind lmforge trains reserves the same first eight ids, so models, chat templates and data caches can rely on them
 without asking the tokenizer: ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3, then the chat role tokens
 ``<|system|>``=4, ``<|user|>``=5, ``<|assistant|>``=6 and ``<|end|>``=7 (end of a turn). Regular tokens
-start at :data:`FIRST_REGULAR_ID`.
+start at :data:`FIRST_REGULAR_ID`. The ``hf`` kind (an imported checkpoint's tokenizer,
+:mod:`lmforge.tokenizers.hf`) keeps the checkpoint's own special tokens instead.
 """
 
 from __future__ import annotations

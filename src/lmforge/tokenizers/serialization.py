@@ -12,6 +12,7 @@ from lmforge.registry import Registry
 from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, resolve_tokenizer_path, Tokenizer
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
+from lmforge.tokenizers.hf import HFTokenizer
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = ["TOKENIZERS", "train_tokenizer", "load_tokenizer", "tokenizer_from_dict"]
@@ -22,7 +23,7 @@ TOKENIZERS: Registry[Any] = Registry("tokenizer kind")
 
 def _register() -> None:
 
-    for cls in (CharTokenizer, BPETokenizer, WordTokenizer):
+    for cls in (CharTokenizer, BPETokenizer, WordTokenizer, HFTokenizer):
         TOKENIZERS.add(cls.kind, cls)
 
 

@@ -2,13 +2,15 @@
 
 ``conversations.jsonl`` holds one conversation per line, ``{"messages": [{"role": "user", "content": ...},
 {"role": "assistant", "content": ...}, ...]}`` (roles ``system``, ``user``, ``assistant``). Each conversation
-is rendered with the ``tokens`` chat template (the fixed role tokens and ``<|end|>``); the targets are the
-assistant replies and the ``<|end|>`` closing each of them, every other position is -100, so the model learns to
+is rendered with the ``tokens`` chat template (the fixed role tokens and ``<|end|>``), or for an imported
+checkpoint with its own ``jinja`` template; the targets are the assistant replies and the end-of-turn closing
+each of them, every other position is -100, so the model learns to
 answer and to stop, not to imitate users (as in InstructGPT's SFT stage, arXiv:2203.02155).
 
 :class:`ChatSFTTask` implements the trainer's Task protocol, so the shared
 :class:`~lmforge.training.trainer.Trainer` does the loop, the evaluation and the run folder. The new run's
-``summary.json`` records ``chat_template: "tokens"`` and ``finetuned_from``, which ``lmforge.api.LM.load`` reads.
+``summary.json`` records ``chat_template`` and ``finetuned_from``, which ``lmforge.api.LM.load`` reads.
+``train.lora_rank`` > 0 trains LoRA adapters instead of the whole model (arXiv:2106.09685).
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     return out
 
 
-def encode_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict]], max_tokens: int) -> list[Example]:
-    """``(ids, is_target)`` per conversation (``tokens`` template), cut to its first ``max_tokens + 1`` ids."""
+def encode_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict]], max_tokens: int,
+                         template: str = "tokens") -> list[Example]:
+    """``(ids, is_target)`` per conversation (``tokens`` template, or an imported run's ``jinja`` one), cut to its
+    first ``max_tokens + 1`` ids."""
     out = []
     cut = 0
     for conv in conversations:
-        ids, mask = render_chat_with_mask(tokenizer, conv, "tokens")
+        ids, mask = render_chat_with_mask(tokenizer, conv, template)
         if len(ids) > max_tokens + 1:
             ids, mask = ids[: max_tokens + 1], mask[: max_tokens + 1]
             cut += 1

@@ -30,7 +30,8 @@ import torch
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
-from lmforge.models.weights import count_parameters, load_weights
+from lmforge.models.lora import load_weights_with_adapters, lora_from_config
+from lmforge.models.weights import count_parameters
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import all_reduce_sum, cleanup, DistInfo, init_distributed, wrap_ddp
 from lmforge.training.metrics_log import MetricsLog
@@ -165,7 +166,7 @@ class Trainer:
                 f"{self.run_dir} holds a {state.get('family')!r} run but the config asks for {self.config.model.family!r}; "
                 "resume with the run's own config.yaml"
             )
-        load_weights(self.raw, weights)
+        load_weights_with_adapters(self.raw, weights)  # a LoRA run: frozen base + adapters
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
@@ -218,7 +219,7 @@ class Trainer:
         """Optimizer, schedule, precision and budget; restores a resumed run. Returns the (wrapped) model, the
         trainable parameters, the metrics log, the TensorBoard writer and the parameter count."""
         tc = self.tc
-        self.raw = ckpt.unwrap_model(self.model).to(self.device)
+        self.raw = lora_from_config(ckpt.unwrap_model(self.model), tc).to(self.device)  # train.lora_rank > 0: LoRA
         self.raw.train()
         self.task.setup(device=self.device, rank=self.dist.rank, world_size=self.dist.world_size, grad_accum=tc.grad_accum)
         self.precision = resolve_precision(tc.precision, self.device)
@@ -241,7 +242,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None) \
             if self.run_dir is not None and self.dist.is_main else None
         tb = self._tensorboard()
-        n_params = count_parameters(self.raw, trainable_only=True)
+        n_params = count_parameters(self.raw)
         self._emit("start", step=self.step, max_steps=self.max_steps, time_budget=tc.time_budget, parameters=n_params,
                    device=str(self.device), precision=self.precision.name, world_size=self.dist.world_size)
         return model, params, metrics, tb, n_params
@@ -367,13 +368,13 @@ class Trainer:
 
     def _finish(self, stopped_by: str, n_params: int, last_eval: dict, metrics: Optional[MetricsLog], tb: Any) -> dict:
         summary: dict[str, Any] = {
-            "family": self.config.model.family, "task": self.config.task, "parameters": n_params,
+            "family": self.config.model.family, "task": self.config.task, "parameters": n_params,  # LoRA: + adapters
+            "trainable_parameters": count_parameters(self.raw, trainable_only=True),
             "steps": self.step, "tokens_seen": self.tokens_seen, "train_time": round(self.elapsed, 3),
             "train_tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed > 0 else 0.0,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None, "best_step": self.best_step,
             "stopped_by": stopped_by, "interrupted": stopped_by == "interrupted", "device": str(self.device),
-            "precision": self.precision.name, "world_size": self.dist.world_size,
-        }
+            "precision": self.precision.name, "world_size": self.dist.world_size}
         if not self.dist.is_main:
             return summary
         if stopped_by != "interrupted":

@@ -1,6 +1,8 @@
 """The chat fine-tuning job: a language-model run fine-tuned on conversations (supervised, the loss on the
 replies only; the task is :class:`~lmforge.training.tasks_chat.ChatSFTTask`), written to a new run folder whose
-``summary.json`` records ``chat_template: "tokens"`` and ``finetuned_from``, which ``lmforge.api.LM.load`` reads.
+``summary.json`` records ``chat_template`` (``tokens``, or ``jinja`` for an imported checkpoint, tuned in its own
+template) and ``finetuned_from``, which ``lmforge.api.LM.load`` reads. ``train.lora_rank`` > 0 trains LoRA
+adapters on the frozen model (arXiv:2106.09685); they are saved beside the base weights.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any, Optional
 
 from lmforge.errors import ConfigError
 from lmforge.models.run_folder import load_run
+from lmforge.models.weights import master_weights
 from lmforge.training.tasks_chat import ChatSFTTask, encode_conversations, read_conversations
 from lmforge.training.trainer import Trainer
 from lmforge.utils.files import atomic_write_json
@@ -53,7 +56,7 @@ def finetune(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, val_
         n_val = max(1, int(round(len(convs) * val_fraction))) if len(convs) > 1 else 0
         train_convs, val_convs = convs[: len(convs) - n_val], convs[len(convs) - n_val:]
     sft_defaults = {"train.lr": 1e-3, "train.warmup_steps": 20, "train.eval_interval": 100, "train.epochs": 3.0,
-                    "train.sample_tokens": 0}
+                    "train.sample_tokens": 0, "train.lora_rank": 0}  # LoRA only when asked, never inherited
     settings = {**sft_defaults, **(overrides or {})}
     if any(k in (overrides or {}) for k in ("train.max_steps", "train.time_budget")) and "train.epochs" not in (overrides or {}):
         settings["train.epochs"] = None
@@ -63,14 +66,16 @@ def finetune(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, val_
     config = base.config.with_overrides({**settings, "out_dir": str(out_dir)})
     block = getattr(base.model, "max_context", None) or config.block_size
     tok = base.tokenizer
-    train = encode_conversations(tok, train_convs, block)
-    val = encode_conversations(tok, val_convs, block) if val_convs else []
+    # an imported checkpoint is tuned in its own chat format; lmforge's tokenizers use the role tokens
+    template = "jinja" if getattr(tok, "kind", None) == "hf" else "tokens"
+    train = encode_conversations(tok, train_convs, block, template)
+    val = encode_conversations(tok, val_convs, block, template) if val_convs else []
     task = ChatSFTTask(train, val, config.train.batch_size, pad_id=int(tok.pad_id), seed=config.train.seed)
-    model = base.model
+    model = master_weights(base.model, frozen=bool(config.train.lora_rank))  # an imported bf16 model: float32
     model.train()
     trainer = Trainer(config, model, task, run_dir=out_dir, tokenizers=tok, progress=progress, device=device)
     summary = trainer.fit()
-    summary.update({"chat_template": "tokens", "finetuned_from": str(run_dir), "conversations": len(train),
+    summary.update({"chat_template": template, "finetuned_from": str(run_dir), "conversations": len(train),
                     "val_conversations": len(val)})
     atomic_write_json(out_dir / "summary.json", summary)
     return summary

@@ -20,6 +20,8 @@ from lmforge.evaluation.perplexity import evaluate_lm
 from lmforge.inference.generation import generate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
+from lmforge.models.run_folder import load_run
+from lmforge.models.weights import master_weights
 from lmforge.tokenizers import load_tokenizer, train_tokenizer
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.distributed import current_dist, main_first, process_group, shared_tokenizer
@@ -47,6 +49,25 @@ def _cache_dir(config: RunConfig, run_dir: Path) -> Path:
     return Path(config.data.cache_dir) if config.data.cache_dir else run_dir / ".lmforge_cache"
 
 
+def _init_from(config: RunConfig, init_from: str | Path) -> tuple[RunConfig, Any, Any]:
+    """``(config, model, tokenizer)`` to continue training the run ``init_from`` (trained or imported): its model
+    and weights, its tokenizer (which the data is encoded with), a new optimiser."""
+    base = load_run(init_from)
+    if base.config.task != "lm" or base.tokenizer is None:
+        raise ConfigError(f"--init-from {init_from}: needs a language-model run with its tokenizer.json")
+    tok, want = base.tokenizer, config.tokenizer
+    if want.path and load_tokenizer(want.path).fingerprint() != tok.fingerprint():
+        raise ConfigError(f"tokenizer.path {want.path} differs from the tokenizer of {init_from}, which --init-from reuses "
+                          "(its model was trained on those ids); drop --tokenizer-file")
+    if want.kind != tok.kind:
+        raise ConfigError(f"tokenizer.kind is {want.kind!r} but {init_from} has a {tok.kind!r} tokenizer, which --init-from "
+                          f"reuses (its model was trained on those ids); drop --tokenizer or set tokenizer.kind={tok.kind}")
+    data = config.model_dump(mode="json")
+    data["model"] = base.config.model.model_dump(mode="json")
+    config = RunConfig.parse(data, source=f"--init-from {init_from}")
+    return config, master_weights(base.model, frozen=bool(config.train.lora_rank)), tok
+
+
 def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache_dir: str | Path,
             block_size: int | Callable[[int], int], batch_size: int, seed: int, **options: Any) -> tuple[LMTask, int]:
     """The LM training set-up from documents: split, tokenize into the token cache, window.
@@ -70,7 +91,7 @@ def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache
     return LMTask(data.train, data.val, block, batch_size, seed=seed, val_meta=data.meta.get("val"), **options), block
 
 
-def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
+def prepare_lm_run(config: RunConfig, resume: bool = False, init_from: str | Path | None = None) -> LMRun:
     """Reads and splits the corpus, trains (or loads) the tokenizer, caches token ids and builds the model.
 
     In an initialised process group (``torchrun``, see :func:`train_lm`) rank 0 trains the tokenizer and writes
@@ -79,6 +100,7 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     Args:
         config: the run config; ``model.vocab_size`` is set from the tokenizer.
         resume: load the tokenizer saved in ``config.out_dir`` instead of training one.
+        init_from: continue from this run's weights (trained or imported): its model and tokenizer are reused.
 
     Returns:
         An :class:`LMRun` whose ``config`` is the resolved one that will be saved.
@@ -91,8 +113,13 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
     train_docs, val_docs = split_documents(docs, config.data.val_fraction)
     saved = run_dir / ckpt.TOKENIZER_FILE
     info = current_dist()
+    base_model = None
+    if init_from is not None and not resume:
+        config, base_model, tokenizer = _init_from(config, init_from)
     with main_first(info):
-        if resume:
+        if base_model is not None:
+            pass  # the base run's tokenizer
+        elif resume:
             if not saved.is_file():
                 raise CheckpointError(
                     f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
@@ -104,7 +131,7 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
             fit = lambda: train_tokenizer(tk.kind, train_docs, vocab_size=tk.vocab_size,  # noqa: E731
                                           min_frequency=tk.min_frequency, lowercase=tk.lowercase)
             tokenizer = shared_tokenizer(info, _cache_dir(config, run_dir) / ckpt.TOKENIZER_FILE, fit)
-        if config.model.vocab_size != tokenizer.vocab_size:
+        if config.model.vocab_size != tokenizer.vocab_size and base_model is None:  # an imported model may pad its vocab
             if resume:
                 raise CheckpointError(
                     f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
@@ -113,17 +140,19 @@ def prepare_lm_run(config: RunConfig, resume: bool = False) -> LMRun:
             config = config.with_overrides({"model.vocab_size": tokenizer.vocab_size})
         data = prepare_lm_data(train_docs, val_docs, tokenizer, _cache_dir(config, run_dir))
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
+    model = base_model if base_model is not None else build_model(config.model)
     return LMRun(config=config, tokenizer=tokenizer, data=data, model=model, run_dir=run_dir)
 
 
 def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
-             sample_prompt: Optional[str] = "\n") -> dict:
+             sample_prompt: Optional[str] = "\n", init_from: str | Path | None = None) -> dict:
     """Trains a language model as ``config`` says and writes the run folder ``config.out_dir``.
 
     Args:
         config: the run config (``task: lm``).
         resume: continue the run in ``config.out_dir``.
+        init_from: continue training the weights of this run (trained or imported) with a new optimiser
+            (``train.lora_rank`` > 0: LoRA adapters only); its tokenizer is reused and must match the config's.
         progress: the trainer's progress callback (see :class:`~lmforge.training.trainer.Trainer`).
         sample_prompt: after training, generate ``train.sample_tokens`` tokens from this prompt into
             ``summary["sample"]``; ``None`` skips the sample.
@@ -133,13 +162,15 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
     """
 
     with process_group(resolve_device(config.train.device)):  # joined before the data: rank 0 prepares it
-        run = prepare_lm_run(config, resume=resume)
+        run = prepare_lm_run(config, resume=resume, init_from=init_from)
         cfg = run.config
         task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
                       val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing)
         trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)
         summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
+    if init_from is not None:
+        summary["init_from"] = str(init_from)
     if sample_prompt is not None and cfg.train.sample_tokens > 0 and trainer.dist.is_main:
         summary["sample"] = sample_text(trainer.raw, run.tokenizer, sample_prompt, cfg.train.sample_tokens,
                                         seed=cfg.train.seed)

@@ -82,10 +82,11 @@ class SelfAttention(nn.Module):
         bias: biases on the projections.
         dropout: dropout on the attention weights (training only).
         use_flash_attn: allow the fused SDPA kernels.
+        qkv_bias: biases on the Q/K/V projection only (default ``bias``); Qwen2 has them, its output has none.
     """
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool = False,
-                 dropout: float = 0.0, use_flash_attn: bool = False) -> None:
+                 dropout: float = 0.0, use_flash_attn: bool = False, qkv_bias: Optional[bool] = None) -> None:
         super().__init__()
         assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -93,7 +94,7 @@ class SelfAttention(nn.Module):
         self.use_flash_attn = use_flash_attn
         self.backends = FUSED_BACKENDS if use_flash_attn else MATH_BACKENDS
         # Q, K and V come from one matmul; rows are [q (H*hd) | k (Hkv*hd) | v (Hkv*hd)].
-        self.qkv = nn.Linear(d_model, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
+        self.qkv = nn.Linear(d_model, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias if qkv_bias is None else qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, d_model, bias=bias)
         self.o_proj.residual = True  # type: ignore[attr-defined]
 
@@ -159,8 +160,8 @@ class ComplexAttention(SelfAttention):
     """
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int, bias: bool = False, dropout: float = 0.0,
-                 use_flash_attn: bool = False) -> None:
-        super().__init__(d_model, num_heads, num_heads, head_dim, bias, dropout, use_flash_attn)
+                 use_flash_attn: bool = False, qkv_bias: Optional[bool] = None) -> None:
+        super().__init__(d_model, num_heads, num_heads, head_dim, bias, dropout, use_flash_attn, qkv_bias)
 
     def _to_complex(self, x: Tensor) -> Tensor:
         return torch.view_as_complex(x.float().reshape(*x.shape[:-1], self.head_dim // 2, 2).contiguous())  # (..., hd/2)
@@ -199,11 +200,12 @@ class ComplexAttention(SelfAttention):
 
 def _real(cfg: Any) -> nn.Module:
     a = cfg.attention
-    return SelfAttention(cfg.d_model, a.num_heads, a.kv_heads, cfg.head_size, a.bias, a.dropout, a.use_flash_attn)
+    return SelfAttention(cfg.d_model, a.num_heads, a.kv_heads, cfg.head_size, a.bias, a.dropout, a.use_flash_attn,
+                         a.qkv_bias)
 
 
 for _name in ("mha", "gqa", "mqa"):
     ATTENTION.add(_name, _real)
 ATTENTION.add("complex", lambda cfg: ComplexAttention(cfg.d_model, cfg.attention.num_heads, cfg.head_size,
                                                        cfg.attention.bias, cfg.attention.dropout,
-                                                       cfg.attention.use_flash_attn))
+                                                       cfg.attention.use_flash_attn, cfg.attention.qkv_bias))

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lmforge.models.quantized import decode_addmm, decode_mm, decode_weight
 from lmforge.models.transformer.compiled import CompiledLlamaDecoder, add_bias, compile_supported
+from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
 
 __all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder", "llama_incompatibilities"]
 
@@ -109,9 +110,9 @@ class FastLlamaDecoder:
                 mat(ffn.w_out), w(_detach(ffn.w_out.bias)),
             ))
         self.ffn = c.ffn_hidden
-        # rotary table e^{i * pos * theta_j}; positions divided by the linear scaling factor (arXiv:2306.15595)
-        inv = 1.0 / (c.positional.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64) / c.positional.rope_scaling, inv)
+        # rotary table e^{i * pos * theta_j}, frequencies scaled as the model's (arXiv:2306.15595, 2407.21783)
+        inv = rope_inv_freq(hd, **rope_settings(c), dtype=torch.float64)  # linear or llama3 scaling
+        ang = torch.outer(torch.arange(self.max_context, dtype=torch.float64), inv)  # (S, hd/2)
         ctype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
         self.rope = torch.polar(torch.ones_like(ang), ang).to(ctype).to(self.device)  # (S, hd/2)
 
@@ -291,6 +292,8 @@ def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) ->
         return None
     if llama_incompatibilities(cfg):
         return None
+    if any(hasattr(m, "lora_a") for m in model.modules()):
+        return None  # LoRA adapters (models/lora.py) live outside the weights this path reads
     p = next(model.parameters(), None)
     if p is None or p.dtype not in (torch.float32, torch.float64) or p.device.type not in ("cpu", "cuda"):
         return None  # complex rotary maths needs float32/64; other dtypes and devices use the model's own step

@@ -6,6 +6,7 @@ The output projection is named ``w_out`` and marked ``residual`` for the scaled 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ __all__ = ["MLPS", "ACTIVATIONS", "GatedFFN", "MLP"]
 ACTIVATIONS: Registry[Callable[[Tensor], Tensor]] = Registry("activation")
 ACTIVATIONS.add("silu", F.silu)
 ACTIVATIONS.add("gelu", F.gelu)
+ACTIVATIONS.add("gelu_tanh", partial(F.gelu, approximate="tanh"))  # GPT-2's "gelu_new" (arXiv:1606.08415, eq. 2)
 ACTIVATIONS.add("relu", F.relu)
 
 MLPS: Registry[Callable[[Any], nn.Module]] = Registry("ffn variant")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from lmforge.registry import Registry
 
-__all__ = ["POSITIONS", "RotaryEmbedding", "ALiBi", "SinusoidalPositions", "LearnedPositions", "NoPositions"]
+__all__ = ["POSITIONS", "rope_inv_freq", "rope_settings", "RotaryEmbedding", "ALiBi", "SinusoidalPositions", "LearnedPositions", "NoPositions"]
 
 POSITIONS: Registry[Callable[[Any], nn.Module]] = Registry("positional encoding")
 
@@ -41,24 +41,45 @@ class NoPositions(nn.Module):
         return None
 
 
+def rope_inv_freq(head_dim: int, base: float, scaling: float = 1.0, scaling_type: str = "linear",
+                  low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, original_context: int = 8192,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """The rotary frequencies ``base ** (-2j / head_dim)`` (hd/2,), scaled for a longer context.
+
+    ``linear`` divides every frequency by ``scaling`` (arXiv:2306.15595). ``llama3`` (the Llama 3.1 recipe,
+    arXiv:2407.21783) divides only the frequencies whose wavelength exceeds ``original_context /
+    low_freq_factor``, keeps those below ``original_context / high_freq_factor`` and blends linearly between.
+    """
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype) / head_dim))
+    if scaling_type == "linear":
+        return inv / scaling
+    wavelen = 2 * math.pi / inv
+    smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * inv / scaling + smooth * inv
+    out = torch.where(wavelen > original_context / low_freq_factor, inv / scaling, inv)  # long waves: scaled
+    medium = (wavelen <= original_context / low_freq_factor) & (wavelen >= original_context / high_freq_factor)
+    return torch.where(medium, blended, out)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (arXiv:2104.09864): channel pair j of Q and K at position p is rotated by
     ``p / scaling * base ** (-2j / head_dim)``, so q . k depends only on the offset between positions.
 
-    ``scaling`` > 1 is linear position interpolation (arXiv:2306.15595). Frequencies follow the Llama layout,
-    so exported weights need no permutation.
+    ``scaling`` > 1 is linear position interpolation (arXiv:2306.15595), or Llama 3.1's frequency-dependent
+    scaling (see :func:`rope_inv_freq`). Frequencies follow the Llama layout, so exported weights need no
+    permutation.
 
     Args:
         head_dim: per-head width (even).
         base: the frequency base (``rope_base``).
-        scaling: positions are divided by this factor (``rope_scaling``).
+        scaling: the scaling factor (``rope_scaling``).
+        **llama3: ``scaling_type`` and the llama3 settings of :func:`rope_inv_freq`.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, scaling: float = 1.0) -> None:
+    def __init__(self, head_dim: int, base: float = 10000.0, scaling: float = 1.0, **llama3: Any) -> None:
         super().__init__()
         self.head_dim, self.base, self.scaling = head_dim, base, scaling
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq / scaling, persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling, **llama3), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         return x
@@ -162,8 +183,16 @@ class LearnedPositions(nn.Module):
         return None
 
 
+def rope_settings(cfg: Any) -> dict[str, Any]:
+    """The :func:`rope_inv_freq` arguments of a TransformerConfig (all but ``head_dim``)."""
+    p = cfg.positional
+    return dict(base=p.rope_base, scaling=p.rope_scaling, scaling_type=p.rope_scaling_type,
+                low_freq_factor=p.rope_low_freq_factor, high_freq_factor=p.rope_high_freq_factor,
+                original_context=p.rope_original_context)
+
+
 POSITIONS.add("none", lambda cfg: NoPositions())
-POSITIONS.add("rope", lambda cfg: RotaryEmbedding(cfg.head_size, cfg.positional.rope_base, cfg.positional.rope_scaling))
+POSITIONS.add("rope", lambda cfg: RotaryEmbedding(cfg.head_size, **rope_settings(cfg)))
 POSITIONS.add("alibi", lambda cfg: ALiBi(cfg.attention.num_heads))
 POSITIONS.add("sinusoidal", lambda cfg: SinusoidalPositions(cfg.d_model))
 POSITIONS.add("learned", lambda cfg: LearnedPositions(cfg.block_size, cfg.d_model))
