@@ -8,7 +8,9 @@ Usage:
 
 With ``--llamacpp`` the peer is llama.cpp (``xllamacpp``) instead of transformers: the same weights exported
 with ``lmforge export --format gguf`` as F32, Q8_0 and Q4_0 against lmforge in fp32, int8 and int4
-(``lmforge.models.quantized``); see ``llamacpp_peer.py`` for how each side is timed.
+(``lmforge.models.quantized``); see ``llamacpp_peer.py`` for how each side is timed. Run one thread count per
+process (``--llamacpp-threads 1``, then ``2``): Inductor writes the compiled step's OpenMP loops for the thread
+count it was compiled under, and a process keeps the step it compiled.
 
 The Transformer is the 6-layer, d_model 384 Llama-style config (RMSNorm, RoPE, SwiGLU, 6 heads of 64, tied
 embeddings, context 512). Its weights are exported with ``lmforge.interop.hf.export_hf`` and loaded by
@@ -210,7 +212,8 @@ def main() -> None:
     ap.add_argument("--lstm-tokens", type=int, default=1024)
     ap.add_argument("--skip-hf", action="store_true", help="only the LSTM figures")
     ap.add_argument("--llamacpp", action="store_true", help="compare with llama.cpp (xllamacpp) instead of transformers")
-    ap.add_argument("--llamacpp-threads", type=int, nargs="+", default=[1, 2], help="thread counts for --llamacpp")
+    ap.add_argument("--llamacpp-threads", type=int, nargs="+", default=[2],
+                    help="thread counts for --llamacpp (one per process gives the compiled step its own threads)")
     ap.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4], help="--llamacpp: weights to compare (32 8 4)")
     args = ap.parse_args()
     if args.threads:
