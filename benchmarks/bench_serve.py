@@ -1,19 +1,24 @@
-"""Load test of ``lmforge serve``: many concurrent clients making streamed chat requests.
+"""Load test of ``lmforge serve``: continuous batching against ``--no-batching`` and offline batch generation.
 
-Starts ``lmforge serve`` as a subprocess on a free loopback port (the real command, so the server and the
-clients do not share a Python interpreter), then runs ``--clients`` asyncio clients that each make
-``--requests`` streamed ``/v1/chat/completions`` requests one after another. Every request must end with
-``data: [DONE]`` and a 200 status; the script exits non-zero otherwise.
+In one run, for one model: ``--clients`` asyncio clients each make ``--requests`` streamed
+``/v1/chat/completions`` requests one after another, against ``lmforge serve`` (the batching engine) and then
+against ``lmforge serve --no-batching`` (one model step at a time), and the same chat prompts are generated
+offline with ``LM.complete`` in batches of ``--clients`` (the ceiling the server is measured against). With
+``--rounds 2`` the three are interleaved twice. Each server is the real command in a subprocess on a free
+loopback port, so the server and the clients do not share a Python interpreter. Every request must end with
+``data: [DONE]`` and a 200 status; the script exits non-zero otherwise. Each server gets one short warm-up
+request before the measured load.
 
-Reported: successes, time to first token (first content delta; p50/p99), request latency (p50/p99), and
-tokens/s (generated tokens, from the streamed ``usage``, divided by the wall time of the whole run).
+Reported per mode: successes, time to first token (first content delta; p50/p99), request latency (p50/p99),
+and tokens/s (generated tokens, from the streamed ``usage``, divided by the wall time of the whole run); then
+the ratios batching / no-batching and batching / offline.
 
 Without ``--run`` it writes an untrained model of ``--preset`` (a char tokenizer on the bundled Tiny
 Shakespeare) with the run-folder writer: speed does not depend on training, and an untrained model rarely
 stops early, so each request generates close to ``--max-tokens`` tokens.
 
-    python benchmarks/bench_serve.py                      # 32 clients x 20 requests, transformer-tiny
-    python benchmarks/bench_serve.py --run runs/latest --clients 8 --requests 5
+    python benchmarks/bench_serve.py --run /tmp/serve_run          # the default trained Transformer
+    python benchmarks/bench_serve.py --preset lstm-tiny            # an (untrained) LSTM
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def write_untrained_run(preset: str, out_dir: Path) -> Path:
@@ -91,9 +97,7 @@ async def client_loop(url: str, index: int, requests: int, max_tokens: int, resu
 
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) as client:
         for r in range(requests):
-            body = {"messages": [{"role": "user", "content": f"Client {index}, request {r}: speak."}],
-                    "max_tokens": max_tokens, "temperature": 0.8, "seed": index * 1000 + r, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = chat_body(index, r, max_tokens)
             try:
                 results.append(await one_request(client, body))
             except Exception as err:  # noqa: BLE001 - a failed request is counted, not fatal
@@ -123,52 +127,145 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
     raise SystemExit("the server did not become healthy in time")
 
 
+def chat_body(index: int, r: int, max_tokens: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"Client {index}, request {r}: speak."}],
+            "max_tokens": max_tokens, "temperature": 0.8, "seed": index * 1000 + r, "stream": True,
+            "stream_options": {"include_usage": True}}
+
+
+def serve_and_load(run: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "lmforge", "serve", str(run), "--port", str(port), "--log-level", "warning",
+           "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue), *extra]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(url, proc)
+        asyncio.run(run_load(url, 1, 1, 2))  # one warm-up request (first-call costs of the request path)
+        results, wall = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ok = [r for r in results if r["ok"]]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"results": results, "ok": ok, "wall": wall, "tokens": tokens, "tps": tokens / wall}
+
+
+def offline(run: Path, args: argparse.Namespace) -> dict:
+    """The same chat prompts generated with ``LM.complete`` in batches of ``--clients``."""
+    import torch
+
+    from lmforge.api import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load(run, device="cpu")
+    bodies = [chat_body(i, r, args.max_tokens) for r in range(args.requests) for i in range(args.clients)]
+    prompts, params = [], None
+    for b in bodies:
+        ids, params = lm.chat_request(b["messages"], max_new_tokens=args.max_tokens, temperature=0.8)
+        prompts.append(ids)
+    lm.complete(prompts[:2], max_new_tokens=2)  # warm-up
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), args.clients):
+        done = lm.complete(prompts[i:i + args.clients], max_new_tokens=args.max_tokens, temperature=0.8, seed=i,
+                           stop=list(params.stop), stop_token_ids=list(params.stop_token_ids))
+        tokens += sum(d.completion_tokens for d in done)
+    wall = time.perf_counter() - start
+    return {"tokens": tokens, "wall": wall, "tps": tokens / wall}
+
+
+def in_process(run: Path, args: argparse.Namespace) -> dict:
+    """The batching engine alone, without HTTP: the same chat requests submitted to ``LM.batch_engine()`` at
+    once (``--clients`` decode together, the rest wait for a slot), each with its own seed."""
+    import threading
+
+    import torch
+
+    from lmforge.api import load
+    from lmforge.inference.engine import GenerationRequest
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load(run, device="cpu")
+    engine = lm.batch_engine(max_batch=args.clients, max_queue=10**6)
+    bodies = [chat_body(i, r, args.max_tokens) for r in range(args.requests) for i in range(args.clients)]
+    left, counted, done = [len(bodies)], [0], threading.Event()
+
+    def sink(event: Any) -> None:
+        if event.finish_reason:
+            counted[0] += event.completion_tokens
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+
+    requests = []
+    for b in bodies:
+        ids, params = lm.chat_request(b["messages"], max_new_tokens=args.max_tokens, temperature=0.8, seed=b["seed"])
+        requests.append(GenerationRequest(ids, params, sink))
+    start = time.perf_counter()
+    for req in requests:
+        engine.submit(req)
+    done.wait(3600)
+    wall = time.perf_counter() - start
+    engine.stop()
+    return {"tokens": counted[0], "wall": wall, "tps": counted[0] / wall}
+
+
+def report(name: str, m: dict, expected: int) -> bool:
+    ok, results = m["ok"], m["results"]
+    ttft = [r["ttft"] for r in ok]
+    latency = [r["latency"] for r in ok]
+    print(f"  {name}: succeeded {len(ok)}/{len(results)}; {m['tokens']} tokens in {m['wall']:.1f} s = "
+          f"{m['tps']:.0f} tokens/s")
+    if ok:
+        print(f"    time to first token p50 {percentile(ttft, 50) * 1000:.0f} ms, p99 {percentile(ttft, 99) * 1000:.0f} ms;"
+              f" request latency p50 {percentile(latency, 50):.2f} s, p99 {percentile(latency, 99):.2f} s")
+    for r in [r for r in results if not r["ok"]][:5]:
+        print("    failed:", r)
+    return len(ok) == len(results) == expected
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", help="a run folder to serve (default: an untrained --preset model)")
     ap.add_argument("--preset", default="transformer-tiny")
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=20, help="requests per client, one after another")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=5, help="requests per client, one after another")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-concurrency", type=int, default=8, help="for --no-batching")
     ap.add_argument("--max-queue", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the three modes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in every mode (default: torch's)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else write_untrained_run(args.preset, Path(tmp) / f"untrained-{args.preset}")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "lmforge", "serve", str(run), "--port", str(port), "--log-level", "warning",
-               "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        try:
-            wait_healthy(url, proc)
-            load_before = os.getloadavg()[0]
-            results, wall = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens))
-            load_after = os.getloadavg()[0]
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-    ok = [r for r in results if r["ok"]]
-    failed = [r for r in results if not r["ok"]]
-    tokens = sum(r["tokens"] for r in ok)
-    ttft = [r["ttft"] for r in ok]
-    latency = [r["latency"] for r in ok]
-    print(f"model: {run.name if args.run else 'untrained ' + args.preset} | clients {args.clients} x requests "
-          f"{args.requests} | max_tokens {args.max_tokens} | --max-concurrency {args.max_concurrency}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load_before:.1f} before / {load_after:.1f} after")
-    print(f"succeeded: {len(ok)}/{len(results)}")
-    if ok:
-        print(f"time to first token: p50 {percentile(ttft, 50) * 1000:.0f} ms, p99 {percentile(ttft, 99) * 1000:.0f} ms,"
-              f" mean {statistics.mean(ttft) * 1000:.0f} ms")
-        print(f"request latency:     p50 {percentile(latency, 50):.2f} s, p99 {percentile(latency, 99):.2f} s")
-        print(f"generated tokens: {tokens} in {wall:.1f} s = {tokens / wall:.1f} tokens/s "
-              f"({len(ok) / wall:.2f} requests/s)")
-    for r in failed[:5]:
-        print("failed:", r)
-    return 0 if not failed and len(results) == args.clients * args.requests else 1
+        print(f"model: {run.name if args.run else 'untrained ' + args.preset} | clients {args.clients} x requests "
+              f"{args.requests} | max_tokens {args.max_tokens} | no-batching --max-concurrency {args.max_concurrency} | "
+              f"torch threads {args.threads or 'default'}")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f} at the start")
+        expected = args.clients * args.requests
+        good = True
+        for rnd in range(args.rounds):
+            batched = serve_and_load(run, args, [])
+            serial = serve_and_load(run, args, ["--no-batching"])
+            ceiling = offline(run, args)
+            alone = in_process(run, args)
+            print(f"round {rnd + 1} (load average {os.getloadavg()[0]:.1f}):")
+            good &= report("batching   ", batched, expected)
+            good &= report("no-batching", serial, expected)
+            print(f"  offline LM.complete at batch {args.clients}: {ceiling['tokens']} tokens in "
+                  f"{ceiling['wall']:.1f} s = {ceiling['tps']:.0f} tokens/s")
+            print(f"  the engine in-process (no HTTP, all requests submitted at once): {alone['tokens']} tokens in "
+                  f"{alone['wall']:.1f} s = {alone['tps']:.0f} tokens/s = {alone['tps'] / ceiling['tps']:.2f}x offline")
+            print(f"  batching / no-batching = {batched['tps'] / serial['tps']:.2f}x (goal >= 4); "
+                  f"batching / offline = {batched['tps'] / ceiling['tps']:.2f}x (goal >= 0.6)")
+    return 0 if good else 1
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from lmforge.inference.chat import ChatSession
+    from lmforge.inference.engine import BatchEngine
     from lmforge.inference.generation import Completion, TextChunk
+    from lmforge.inference.sampling import SamplingParams
     from lmforge.inference.retrieval import SearchHit
 
 __all__ = ["LM", "load", "resolve_device", "Translator", "chat_repl", "read_texts", "default_index_path"]
@@ -197,6 +199,49 @@ class LM:
                 chunk.text = chunk.text.lstrip()
                 started = bool(chunk.text)
             yield chunk
+
+    # ------------------------------------------------------------------ serving many users, scoring
+    def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256) -> "BatchEngine":
+        """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model."""
+        from lmforge.inference.engine import BatchEngine
+
+        return BatchEngine(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue).start()
+
+    def sampling_params(self, **sampling: Any) -> "SamplingParams":
+        """``SamplingParams`` from keyword options (``temperature=0``, ``max_new_tokens=64``...)."""
+        from lmforge.inference.sampling import SamplingParams
+
+        return SamplingParams.from_kwargs(None, **sampling)
+
+    def chat_request(self, messages: Sequence[dict], **sampling: Any) -> tuple[list[int], "SamplingParams"]:
+        """The prompt ids and sampling settings (with the chat template's stops) of a reply to ``messages``,
+        for :meth:`batch_engine`; the reply text is then cleaned with :meth:`clean_reply`."""
+        p = self._chat_params(sampling)
+        return self._chat_prompt(messages, p.max_new_tokens), p
+
+    def clean_reply(self, text: str) -> str:
+        """A chat reply as :meth:`chat` returns it (the template's clean-up, e.g. surrounding spaces removed)."""
+        from lmforge.inference.chat import CHAT_TEMPLATES
+
+        return CHAT_TEMPLATES.get(self.chat_template).clean(text)
+
+    def token_logprobs(self, ids: Sequence[int], top: int = 0) -> list[Any]:
+        """Log-probabilities of each token of ``ids`` given those before it (``None`` for the first); see
+        :func:`lmforge.inference.scoring.token_logprobs`."""
+        from lmforge.inference.scoring import token_logprobs
+
+        return token_logprobs(self.model, ids, top)
+
+    def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
+        """``(log P(continuation | context), whether greedy decoding would produce it)``: the sum of the
+        continuation tokens' log-probabilities, each token encoded as ``encode(context) + encode(continuation)``
+        (what lm-evaluation-harness scores multiple-choice answers with)."""
+        ctx, cont = self.tokenizer.encode(context), self.tokenizer.encode(continuation)
+        if not ctx:
+            ctx = [int(self.tokenizer.eos_id)]
+        scored = self.token_logprobs(ctx + cont, top=1)[len(ctx):]
+        total = sum(t.logprob for t in scored)
+        return total, all(t.top[0][0] == t.token_id for t in scored)
 
     # ------------------------------------------------------------------ embeddings and search
     def embedder(self, pooling: str = "mean") -> Any:

@@ -250,3 +250,41 @@ def tiny_lstm(tiny_run_dirs: dict[str, Path]) -> Any:
     from lmforge.api import load
 
     return load(tiny_run_dirs["lstm"])
+
+
+@contextlib.contextmanager
+def lmforge_serve(run_dir: Path, *args: str) -> Iterator[str]:
+    """The real ``lmforge serve RUN`` command on a free loopback port; yields its base URL."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "serve", str(run_dir), "--port", str(port),
+                             "--log-level", "warning", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"lmforge serve exited: {proc.communicate()[1]}")
+            try:
+                httpx.get(url + "/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()

@@ -20,13 +20,16 @@ def test_serve_is_a_command_with_help(capsys):
         main(["serve", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--host", "--port", "--api-key", "--max-concurrency", "--max-queue", "127.0.0.1"):
+    for option in ("--host", "--port", "--api-key", "--max-concurrency", "--max-queue", "--max-batch",
+                   "--no-batching", "--threads", "127.0.0.1"):
         assert option in out
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["--max-concurrency", "0"], "--max-concurrency"),
     (["--max-queue", "-1"], "--max-queue"),
+    (["--max-batch", "0"], "--max-batch"),
+    (["--threads", "0"], "--threads"),
     (["--port", "70000"], "--port"),
 ])
 def test_bad_options_are_one_line_errors(tiny_run_dirs, capsys, argv, needle):

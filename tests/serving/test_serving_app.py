@@ -50,7 +50,7 @@ def test_models_health_and_unknown_routes(serve):
         assert models["data"][0]["lmforge"] == {"kind": "lm", "max_context": 64}
         assert c.get("/v1/models/fake-lm").json()["id"] == "fake-lm"
         assert_error(c.get("/v1/models/gpt-4"), 404, "model_not_found", "model")
-        assert c.get("/health").json() == {"status": "ok", "model": "fake-lm", "kind": "lm", "active": 0,
+        assert c.get("/health").json() == {"status": "ok", "model": "fake-lm", "kind": "lm", "batching": False, "active": 0,
                                            "queued": 0}
         assert_error(c.get("/v1/nothing"), 404, "not_found")
         assert_error(c.delete("/v1/models"), 405, "method_not_allowed")
@@ -188,7 +188,15 @@ MSG = {"role": "user", "content": "x"}
     ("/v1/chat/completions", {"messages": [MSG], "model": "gpt-4"}, 404, "model_not_found", "model"),
     ("/v1/chat/completions", {"messages": [MSG], "stream": "yes"}, 400, "invalid_value", "stream"),
     ("/v1/completions", {"prompt": []}, 400, "invalid_value", "prompt"),
-    ("/v1/completions", {"prompt": [1, 2, 3]}, 400, "invalid_value", None),
+    ("/v1/completions", {"prompt": [1, -2, 3]}, 400, "invalid_value", None),
+    ("/v1/completions", {"prompt": [[]]}, 400, "invalid_value", None),
+    ("/v1/chat/completions", {"messages": [MSG], "tools": []}, 400, "unsupported_parameter", "tools"),
+    ("/v1/completions", {"prompt": "x", "suffix": "y"}, 400, "unsupported_parameter", "suffix"),
+    ("/v1/chat/completions", {"messages": [MSG], "response_format": {"type": "json_object"}}, 400,
+     "unsupported_parameter", "response_format.type"),
+    ("/v1/chat/completions", {"messages": [MSG], "logit_bias": {"x": 1}}, 400, "invalid_value", "logit_bias.x.[key]"),
+    ("/v1/chat/completions", {"messages": [MSG], "logit_bias": {"1": 101}}, 400, "invalid_value", "logit_bias.1"),
+    ("/v1/chat/completions", {"messages": [MSG], "top_logprobs": 21}, 400, "invalid_value", "top_logprobs"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 10**9}, 400, "context_length_exceeded", "max_tokens"),
     ("/v1/embeddings", {"input": []}, 400, "invalid_value", "input"),
     ("/v1/embeddings", {"input": ["ok", ""]}, 400, "invalid_value", "input"),
@@ -330,18 +338,22 @@ def test_concurrent_streams_do_not_mix_their_outputs(serve):
 
 
 def test_errors_raised_by_the_engine(serve):
-    class Broken(FakeLM):
-        def chat(self, messages, **kw):
-            raise LMForgeError("the prompt is too long for this model; shorten it")
-
+    class Refusing(FakeLM):
         def stream_chat(self, messages, **kw):
-            yield from super().stream_chat(messages, max_new_tokens=2)
-            raise RuntimeError("boom")
+            raise LMForgeError("the prompt is too long for this model; shorten it")
+            yield  # a generator, as the facade's
 
-    srv = serve(Broken())
-    with httpx.Client(base_url=srv.url) as c:
+    class Broken(FakeLM):
+        def stream_chat(self, messages, **kw):
+            for i, chunk in enumerate(super().stream_chat(messages, max_new_tokens=5)):
+                if i == 2:
+                    raise RuntimeError("boom")
+                yield chunk
+
+    with httpx.Client(base_url=serve(Refusing()).url) as c:
         err = assert_error(c.post("/v1/chat/completions", json={"messages": USER}), 400)
         assert "too long" in err["message"]
+    with httpx.Client(base_url=serve(Broken()).url) as c:
         resp = c.post("/v1/chat/completions", json={"messages": USER, "stream": True})
     assert resp.status_code == 200
     payloads = [json.loads(line[6:]) for line in resp.text.split("\n") if line.startswith("data: {")]

@@ -68,12 +68,8 @@ class CountingLM:
             self.closed.set()
 
 
-def test_disconnect_stops_a_real_generation(serve, tiny_lstm):
-    lm = CountingLM(tiny_lstm)  # an LSTM has no context limit, so 20000 tokens is a valid (long) request
-    srv = serve(lm)
-    body = {"messages": [{"role": "user", "content": "All:"}], "max_tokens": 20000, "temperature": 1.0,
-            "seed": 1, "stream": True}
-    with httpx.Client(base_url=srv.url, timeout=30) as c:
+def _stream_five_events_and_leave(url: str, body: dict) -> None:
+    with httpx.Client(base_url=url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json=body) as resp:
             assert resp.status_code == 200
             seen = 0
@@ -81,11 +77,44 @@ def test_disconnect_stops_a_real_generation(serve, tiny_lstm):
                 seen += line.startswith("data: {")
                 if seen == 5:
                     break
-        assert lm.closed.wait(5), "the generation was not stopped after the client left"
-        pulled = lm.pulled
-        time.sleep(0.2)
-        assert lm.pulled == pulled < 20000
-        deadline = time.monotonic() + 5
-        while c.get("/health").json()["active"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert c.get("/health").json()["active"] == 0
+
+
+def _wait_idle(url: str) -> dict:
+    deadline = time.monotonic() + 5
+    health = httpx.get(url + "/health").json()
+    while health["active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+        health = httpx.get(url + "/health").json()
+    return health
+
+
+LONG = {"messages": [{"role": "user", "content": "All:"}], "max_tokens": 20000, "temperature": 1.0, "seed": 1,
+        "stream": True}
+
+
+def test_disconnect_stops_a_real_generation(serve, tiny_lstm):
+    """Without batching: the worker stops pulling the facade's stream once the client leaves."""
+    lm = CountingLM(tiny_lstm)  # an LSTM has no context limit, so 20000 tokens is a valid (long) request
+    srv = serve(lm, batching=False)
+    _stream_five_events_and_leave(srv.url, LONG)
+    assert lm.closed.wait(5), "the generation was not stopped after the client left"
+    pulled = lm.pulled
+    time.sleep(0.2)
+    assert lm.pulled == pulled < 20000
+    assert _wait_idle(srv.url)["active"] == 0
+
+
+def test_disconnect_frees_the_batching_slot(serve, tiny_lstm):
+    """With the batching engine: the sequence leaves the batch and the engine stops stepping."""
+    srv = serve(tiny_lstm, max_batch=2)
+    engine = srv.app.state.server.backend.engine
+    _stream_five_events_and_leave(srv.url, LONG)
+    assert _wait_idle(srv.url)["active"] == 0, "the slot was not freed after the client left"
+    steps = engine.steps
+    time.sleep(0.2)
+    assert engine.steps == steps < 20000
+    # both slots are usable again: two requests at once complete
+    body = {"messages": [{"role": "user", "content": "All:"}], "max_tokens": 5}
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for _ in range(2):
+            assert c.post("/v1/chat/completions", json=body).status_code == 200

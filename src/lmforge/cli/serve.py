@@ -12,7 +12,8 @@ from lmforge.errors import LMForgeError
 
 DESCRIPTION = (
     "Serve a run over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
-    "/v1/translations, /v1/models, /health) with a web chat page at /. Binds to 127.0.0.1 unless --host says "
+    "/v1/translations, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, /health) with a web chat "
+    "page at /; concurrent requests share decoding steps (continuous batching) unless --no-batching. Binds to 127.0.0.1 unless --host says "
     "otherwise. Needs the [serve] extra: pip install 'lmforge[serve]'."
 )
 
@@ -29,12 +30,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("LMFORGE_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health and / "
                              "(default: $LMFORGE_API_KEY, else no key)")
+    parser.add_argument("--max-batch", type=int, default=32, metavar="N",
+                        help="sequences decoded together by the batching engine (default 32)")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="serve one model step at a time in worker threads (the path before continuous "
+                             "batching; for comparison)")
     parser.add_argument("--max-concurrency", type=int, default=8, metavar="N",
-                        help="generations running at once, taking turns token by token (default 8)")
+                        help="with --no-batching: generations running at once, taking turns token by token "
+                             "(default 8)")
     parser.add_argument("--max-queue", type=int, default=64, metavar="N",
                         help="requests waiting for a free slot before the server answers 429 (default 64)")
     parser.add_argument("--max-body-kb", type=int, default=1024, metavar="KB",
                         help="largest request body accepted, in KiB (default 1024)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 can be much faster on a busy "
+                             "machine, where a multi-threaded step waits for descheduled threads)")
     add_compile_arg(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -51,6 +61,10 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.max_concurrency < 1:
         raise LMForgeError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
+    if args.max_batch < 1:
+        raise LMForgeError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.threads is not None and args.threads < 1:
+        raise LMForgeError(f"--threads must be at least 1, got {args.threads}")
     if args.max_queue < 0:
         raise LMForgeError(f"--max-queue must be 0 or more, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
@@ -66,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine: object = args.run
     if args.compile:
         from lmforge.api import load
@@ -73,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         engine = load(args.run)
         apply_compile(engine, args)
     app = create_app(engine, api_key=args.api_key, max_concurrency=args.max_concurrency,
-                     max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024)
+                     max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024,
+                     batching=not args.no_batching, max_batch=args.max_batch)
     print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "
           f"http://{args.host}:{args.port}/v1 (API); Ctrl+C stops", flush=True)
     # On Ctrl+C, streams still running get 5 s to finish; then their generations are cancelled.

@@ -9,14 +9,25 @@ even when its client left before the first byte.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from lmforge.serving.schemas import error_body
+from lmforge.errors import LMForgeError
+from lmforge.serving.schemas import UNSUPPORTED_FIELDS, error_body
 
-__all__ = ["APIError", "validation_error", "sse", "SSEResponse"]
+__all__ = ["APIError", "validation_error", "sse", "SSEResponse", "event_stream"]
+
+log = logging.getLogger(__name__)
+
+# Values outside a Literal that clients do send, with the reason lmforge refuses them.
+_UNSUPPORTED_VALUES = {
+    "response_format.type": "lmforge generates free text only; it cannot constrain output to JSON "
+                            "(json_object / json_schema); send {\"type\": \"text\"} or leave it out",
+}
 
 
 class APIError(Exception):
@@ -31,10 +42,16 @@ class APIError(Exception):
         return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status)
 
 
+# pydantic names the member of a union that failed ('str', 'list[constrained-int]'...): not a field
+_UNION_TAG = re.compile(r"^(str|int|float|bool|constrained-\w+|[\w-]+\[.*\])$")
+
+
 def _param(loc: tuple) -> Optional[str]:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
+    """('body', 'messages', 0, 'content') -> 'messages[0].content' (union member tags left out)."""
     out = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, str) and _UNION_TAG.match(part):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or None
 
@@ -45,6 +62,12 @@ def validation_error(err: RequestValidationError) -> APIError:
     if kind == "json_invalid":
         return APIError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
                         code="invalid_json")
+    if kind == "extra_forbidden" and param in UNSUPPORTED_FIELDS:
+        return APIError(400, f"'{param}' is not supported by lmforge: {UNSUPPORTED_FIELDS[param]}", param=param,
+                        code="unsupported_parameter")
+    if kind == "literal_error" and param in _UNSUPPORTED_VALUES:
+        return APIError(400, f"unsupported value for '{param}': {_UNSUPPORTED_VALUES[param]}", param=param,
+                        code="unsupported_parameter")
     if kind == "extra_forbidden":
         return APIError(400, f"unrecognized request argument supplied: {param}", param=param,
                         code="unknown_parameter")
@@ -76,3 +99,33 @@ class SSEResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+def event_stream(gen: Any, render: Callable[[Any], list[bytes]], head: list[bytes],
+                 finish: Callable[[], list[bytes]]) -> SSEResponse:
+    """Server-sent events of a generation: ``head``, then ``render(event)`` for each event, then ``finish()``
+    and ``data: [DONE]``. An error after the headers went out becomes an error event; closing the response
+    (the client left) cancels the generation."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for chunk in head:
+                yield chunk
+            pending: list[bytes] = []
+            async for event in gen:
+                pending.extend(render(event))
+                if pending and gen.queue.empty():  # send what arrived together in one write
+                    yield b"".join(pending)
+                    pending.clear()
+            if pending:
+                yield b"".join(pending)
+            for chunk in finish():
+                yield chunk
+            yield b"data: [DONE]\n\n"
+        except (LMForgeError, ValueError) as err:
+            yield sse(error_body(str(err), "invalid_request_error"))
+        except Exception:  # noqa: BLE001 - reported in the stream; headers are already sent
+            log.exception("generation failed mid-stream")
+            yield sse(error_body("internal server error during generation", "server_error"))
+
+    return SSEResponse(body(), on_close=gen.cancel)

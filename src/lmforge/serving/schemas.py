@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatMessage",
@@ -21,6 +21,13 @@ __all__ = [
     "EmbeddingRequest",
     "TranslationRequest",
     "StreamOptions",
+    "ResponseFormat",
+    "TokenizeRequest",
+    "TokenizeCompletionRequest",
+    "TokenizeChatRequest",
+    "DetokenizeRequest",
+    "ErrorResponse",
+    "UNSUPPORTED_FIELDS",
     "Usage",
     "error_body",
     "new_id",
@@ -30,10 +37,51 @@ __all__ = [
 MAX_STOP = 4  # OpenAI allows up to four stop sequences
 MAX_N = 8  # choices per request; each one is a full generation on this machine
 MAX_BATCH = 256  # texts per embeddings / translations request
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat)
+
+# Known OpenAI request fields lmforge cannot honour: a request naming one gets a 400 with the reason.
+UNSUPPORTED_FIELDS = {
+    "tools": "lmforge models cannot call tools",
+    "tool_choice": "lmforge models cannot call tools",
+    "functions": "lmforge models cannot call functions",
+    "function_call": "lmforge models cannot call functions",
+    "parallel_tool_calls": "lmforge models cannot call tools",
+    "suffix": "inserting text between a prompt and a suffix is not supported",
+    "best_of": "server-side best-of ranking is not supported; ask for n choices and rank them yourself",
+    "audio": "lmforge models read and write text only",
+    "modalities": "lmforge models read and write text only",
+    "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "lmforge models have no reasoning mode",
+    "web_search_options": "lmforge does not search the web",
+    "store": "lmforge does not store completions",
+    "metadata": "lmforge does not store completions, so it keeps no metadata",
+    "service_tier": "lmforge has one service tier",
+    "dimensions": "embeddings have the model's width; they cannot be shortened",
+}
+
+TokenId = Annotated[int, Field(ge=0)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer: turn such floats into ints before strict validation (a float
+    field still accepts the int)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    return value
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integers(cls, data: Any) -> Any:
+        return _whole_numbers(data)
 
 
 class _TextPart(_Request):
@@ -71,8 +119,8 @@ class _Sampling(_Request):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     max_tokens: Optional[int] = Field(None, ge=1)
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    stop: Optional[Union[NonEmpty, Annotated[list[NonEmpty], Field(max_length=MAX_STOP)]]] = None
+    seed: Optional[int] = Field(None, ge=0, description="any size; used modulo 2**63")
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -83,6 +131,9 @@ class _Sampling(_Request):
     top_k: Optional[int] = Field(None, ge=1)
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     repetition_penalty: Optional[float] = Field(None, gt=0.0)
+    logit_bias: Optional[dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]]] = (
+        Field(None, description="token id (as a string) -> value added to its logit, -100..100"))
+    response_format: Optional["ResponseFormat"] = None
 
     @field_validator("stop")
     @classmethod
@@ -112,7 +163,7 @@ class _Sampling(_Request):
         ):
             value = getattr(self, name)
             if value is not None:
-                kwargs[name] = value
+                kwargs[name] = value % 2**63 if name == "seed" else value
         if self.stop:
             kwargs["stop"] = list(self.stop)
         return kwargs
@@ -121,30 +172,55 @@ class _Sampling(_Request):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def bias(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids."""
+        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+
+
+class ResponseFormat(_Request):
+    """Only ``{"type": "text"}``: lmforge cannot constrain its output to JSON."""
+
+    type: Literal["text"]
+
 
 class ChatCompletionRequest(_Sampling):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    logprobs: bool = Field(False, description="return each generated token's log-probability")
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                        description="alternatives per token (needs logprobs: true)")
+
+
+Prompt = Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH)],
+               Annotated[list[TokenId], Field(min_length=1)],
+               Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_BATCH)]]
 
 
 class CompletionRequest(_Sampling):
-    """``POST /v1/completions``; ``prompt`` is one string or a list of strings (one choice set per prompt)."""
+    """``POST /v1/completions``. ``prompt`` is a string, a list of strings, a list of token ids, or a list of
+    such lists (one set of ``n`` choices per prompt)."""
 
-    prompt: Union[str, list[str]]
+    prompt: Prompt
+    max_tokens: Optional[int] = Field(None, ge=0, description="0 with echo: score the prompt only")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                    description="return token log-probabilities with this many alternatives")
+    echo: bool = Field(False, description="return the prompt before the completion (with its logprobs)")
 
-    @field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be an empty list")
-        if isinstance(value, list) and len(value) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} prompts per request")
-        return value
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """The prompts, each a text or a list of token ids."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+_Sampling.model_rebuild()
+ChatCompletionRequest.model_rebuild()
+CompletionRequest.model_rebuild()
 
 
 def _check_texts(value: Union[str, list[str]], field: str) -> list[str]:
@@ -162,7 +238,7 @@ class EmbeddingRequest(_Request):
     """``POST /v1/embeddings``. ``encoding_format="base64"`` (the openai client's default) returns little-endian
     float32 bytes, base64-encoded."""
 
-    input: Union[str, list[str]]
+    input: Union[NonEmpty, Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_BATCH)]]
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
     user: Optional[str] = None
@@ -176,7 +252,7 @@ class EmbeddingRequest(_Request):
 class TranslationRequest(_Request):
     """``POST /v1/translations`` (lmforge's own): ``{"input": ["a sentence", ...], "beam": 5}``."""
 
-    input: Union[str, list[str]]
+    input: Union[NonEmpty, Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_BATCH)]]
     model: Optional[str] = None
     beam: int = Field(5, ge=1, le=16)
     max_len: Optional[int] = Field(None, ge=1)
@@ -187,10 +263,64 @@ class TranslationRequest(_Request):
         return _check_texts(value, "input")
 
 
+class TokenizeCompletionRequest(_Request):
+    """``POST /tokenize`` with ``prompt`` text (vLLM's fields)."""
+
+    prompt: str
+    model: Optional[str] = None
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Request):
+    """``POST /tokenize`` with chat ``messages``, rendered with the run's chat template (vLLM's fields)."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    model: Optional[str] = None
+    add_special_tokens: bool = False
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+TokenizeRequest = Union[TokenizeCompletionRequest, TokenizeChatRequest]
+
+
+class DetokenizeRequest(_Request):
+    """``POST /detokenize`` (vLLM's fields)."""
+
+    tokens: list[TokenId]
+    model: Optional[str] = None
+
+
 class Usage(BaseModel):
+    """Token counts of a response (OpenAI's ``usage``)."""
+
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int = 0) -> "Usage":
+        return cls(prompt_tokens=int(prompt), completion_tokens=int(completion),
+                   total_tokens=int(prompt) + int(completion))
+
+    def body(self, completion: bool = True) -> dict[str, int]:
+        """The JSON object (embeddings leave out ``completion_tokens``)."""
+        return self.model_dump() if completion else {"prompt_tokens": self.prompt_tokens,
+                                                     "total_tokens": self.total_tokens}
+
+
+class _ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object, the body of every 4xx and 5xx answer."""
+
+    error: _ErrorDetail
 
 
 def error_body(message: str, type_: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:

@@ -1,0 +1,240 @@
+"""One sequence of the batching engine (:mod:`lmforge.inference.engine`): its request, sampling and output.
+
+A :class:`Sequence` is one choice of one request. It picks its own next token from its row of the batch's
+logits (its logit bias, penalties, temperature and filters, and its own ``torch.Generator``), detects stop
+tokens, stop strings and ``max_new_tokens``, and turns tokens into text pieces for its request's ``sink``
+exactly as :func:`lmforge.inference.generation.stream` does (a piece never splits a UTF-8 character, and text
+that may still become a stop string is held back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.inference.detokenize import IncrementalDetokenizer, find_stop, held_back
+from lmforge.inference.sampling import SAMPLERS, SamplingParams, SamplingState, active_processors, choose_next
+
+__all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob", "choose_plain"]
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model (``log_softmax`` of its raw logits), with the
+    ``top`` most likely tokens as ``(token_id, logprob)`` pairs, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    """What a request's ``sink`` receives: new text of choice ``index`` (and the tokens behind it); the last event
+    of a choice has ``finish_reason`` (``"stop"``, ``"length"``, or ``"error"`` with ``error`` set)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: Optional[str]
+    completion_tokens: int
+    prompt_tokens: int
+    error: Optional[BaseException] = None
+
+
+@dataclass
+class GenerationRequest:
+    """A request to the engine.
+
+    Attributes:
+        prompt_ids: the prompt's token ids (truncated to the model's context, keeping the end).
+        params: sampling settings; choice ``i`` of a seeded request uses ``seed + i``.
+        sink: called on the engine thread with each :class:`Event`; must not block.
+        n: choices (independent sequences sharing one prefill).
+        logprobs: None for none, else how many top alternatives to report with each token (0 = the token only).
+        logit_bias: token id -> value added to its logit before sampling.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Callable[[Event], None]
+    n: int = 1
+    logprobs: Optional[int] = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+def _finite(x: Tensor, raw: Tensor) -> Tensor:
+    """Processed logits made safe to sample from: overflowed maxima stay the (equal) maxima, NaN is dropped,
+    and a row with nothing left falls back to the raw logits."""
+    x = torch.nan_to_num(x.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    return x if bool(torch.isfinite(x).any()) else raw.float()
+
+
+class Sequence:
+    """One choice of a request while the engine works on it (created by :meth:`for_request`)."""
+
+    def __init__(self, handle: Any, engine: Any, index: int) -> None:
+        req: GenerationRequest = handle.request
+        self.handle, self.request, self.index, self.group = handle, req, index, handle
+        self.params = p = req.params
+        ctx = engine.slots.max_context
+        ids = list(req.prompt_ids)[-ctx:] if ctx else list(req.prompt_ids)
+        self.prompt_tokens = len(ids)
+        self.tokens = list(ids)  # everything fed or to feed: the source of a re-prefill
+        self.to_prefill: list[int] = ids
+        self.max_context = ctx
+        self.scratch: Any = None  # the prefill state; this sequence is its row ``srow``
+        self.srow = 0
+        self.last_logits: Optional[Tensor] = None
+        self.row: Optional[int] = None
+        self.next_input = 0
+        device = engine.device
+        vocab = int(engine.model.config.vocab_size)
+        self.processors = active_processors(p)
+        self.sstate = SamplingState.create(p, [ids], vocab, device) if self.processors else None
+        self.generator: Optional[torch.Generator] = None
+        if p.seed is not None and not p.greedy:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(int(p.seed) + index)
+        self.bias: Optional[Tensor] = None
+        if req.logit_bias:
+            self.bias = torch.zeros(1, vocab, device=device)
+            for tok, value in req.logit_bias.items():
+                self.bias[0, int(tok)] = float(value)
+        eos = getattr(engine.tokenizer, "eos_id", None)
+        self.stop_ids = set(p.stop_token_ids) | ({int(eos)} if eos is not None and not p.ignore_eos else set())
+        self.detok = IncrementalDetokenizer(engine.tokenizer)
+        self.text, self.sent, self.n_gen = "", 0, 0
+        self.pending_ids: list[int] = []
+        self.pending_lp: list[TokenLogprob] = []
+
+    @classmethod
+    def for_request(cls, handle: Any, engine: Any, index: int) -> "Sequence":
+        return cls(handle, engine, index)
+
+    def shares_prefill_with(self, other: "Sequence") -> bool:
+        """Whether this sequence can reuse ``other``'s prefill (same request, same untouched prompt)."""
+        return self is other or (self.group is other.group and self.scratch is None and self.n_gen == 0)
+
+    def start_refill(self) -> None:
+        """Prepares a re-prefill from the latest tokens once the context is full (as offline generation does:
+        keep three quarters of the context)."""
+        keep = max(1, self.max_context - max(1, self.max_context // 4))
+        self.to_prefill = self.tokens[-keep:]
+        self.scratch = None
+        self.group = object()
+
+    # ------------------------------------------------------------------ choosing and emitting
+    def _logprob(self, logits: Tensor, tok: int) -> TokenLogprob:
+        lsm = F.log_softmax(logits.float(), dim=-1)[0]
+        top: list[tuple[int, float]] = []
+        k = int(self.request.logprobs or 0)
+        if k > 0:
+            values, ids = torch.topk(lsm, min(k, lsm.numel()))
+            top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
+        return TokenLogprob(tok, float(lsm[tok]), top)
+
+    @property
+    def plain(self) -> bool:
+        """Whether the next token depends only on the temperature (the engine then samples such rows together,
+        see :func:`choose_plain`)."""
+        return self.bias is None and self.processors in ([], [SAMPLERS.get("temperature")])
+
+    def take(self, logits: Tensor, tok: Optional[int] = None) -> bool:
+        """Chooses the next token from ``logits`` (1, V) (unless the engine already chose ``tok``) and reports
+        it; False once the sequence is finished."""
+        p = self.params
+        if self.n_gen >= p.max_new_tokens:
+            return self.finish("length")
+        if tok is None:
+            x = logits if self.bias is None else logits + self.bias
+            for proc in self.processors:
+                x = proc(x, p, self.sstate)
+            if self.processors and not bool(torch.isfinite(x.max())):  # NaN, +inf or nothing left
+                x = _finite(x, logits)  # an extreme temperature or penalty overflowed
+            tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
+        self.n_gen += 1
+        if self.sstate is not None and (self.sstate.seen is not None or self.sstate.counts is not None):
+            self.sstate.update(torch.tensor([tok], device=logits.device))
+        if tok in self.stop_ids:
+            return self.finish("stop")
+        self.tokens.append(tok)
+        self.next_input = tok
+        self.pending_ids.append(tok)
+        if self.request.logprobs is not None:
+            self.pending_lp.append(self._logprob(logits, tok))
+        piece = self.detok.push([tok])
+        if piece:
+            before = len(self.text)
+            self.text += piece
+            if p.stop:
+                cut = find_stop(self.text, p.stop, before)
+                if cut >= 0:
+                    self.text = self.text[:cut]
+                    return self.finish("stop")
+        safe = len(self.text) - (held_back(self.text, p.stop) if p.stop else 0)
+        if safe > self.sent:
+            self._emit(self.text[self.sent:safe], None)
+            self.sent = safe
+        if self.n_gen >= p.max_new_tokens:
+            return self.finish("length")
+        return True
+
+    def _emit(self, text: str, reason: Optional[str], error: Optional[BaseException] = None) -> None:
+        event = Event(self.index, text, self.pending_ids, self.pending_lp, reason, self.n_gen, self.prompt_tokens,
+                      error)
+        self.pending_ids, self.pending_lp = [], []
+        self.request.sink(event)
+
+    def finish(self, reason: str) -> bool:
+        """Sends the last event (what text was held back, and ``finish_reason``); returns False."""
+        if reason == "length":
+            before = len(self.text)
+            self.text += self.detok.flush()
+            if self.params.stop:
+                cut = find_stop(self.text, self.params.stop, min(before, self.sent))
+                if cut >= 0:
+                    self.text, reason = self.text[:cut], "stop"
+        self._emit(self.text[self.sent:], reason)
+        self.sent = len(self.text)
+        return False
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the sequence with an error event."""
+        self._emit("", "error", error)
+
+
+def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
+    """Next tokens of the :attr:`Sequence.plain` rows of ``logits`` (n, V) in a few batched operations, the same
+    choice :func:`~lmforge.inference.sampling.choose_next` makes for each row alone (argmax when greedy, else
+    the exponential race on the softmax of ``logits / temperature`` with the row's own generator); ``None``
+    for the other rows (and for a row whose scaled logits overflowed), which choose one by one."""
+    out: list[Optional[int]] = [None] * len(seqs)
+    rows = [i for i, s in enumerate(seqs) if s.plain and s.n_gen < s.params.max_new_tokens]
+    if not rows:
+        return out
+    sub = logits[rows].float()
+    temps = [seqs[i].params.temperature for i in rows]
+    picked = torch.argmax(sub, dim=-1)
+    sampled = [j for j, t in enumerate(temps) if t > 0]
+    ok = [True] * len(rows)
+    if sampled:
+        t = torch.tensor([temps[j] for j in sampled], dtype=sub.dtype, device=sub.device).view(-1, 1)
+        scaled = sub[sampled] / t
+        finite = torch.isfinite(scaled.max(dim=-1).values).tolist()
+        probs = torch.softmax(scaled, dim=-1)
+        noise = torch.empty_like(probs)
+        for k, j in enumerate(sampled):
+            noise[k].exponential_(generator=seqs[rows[j]].generator)
+        picked[sampled] = torch.argmax(probs / noise.clamp_min_(1e-30), dim=-1)
+        for k, j in enumerate(sampled):
+            ok[j] = bool(finite[k])
+    for j, tok in enumerate(picked.tolist()):
+        if ok[j]:
+            out[rows[j]] = int(tok)
+    return out

@@ -1,0 +1,295 @@
+"""How the routes reach the model: through the batching engine, or one request at a time (``--no-batching``).
+
+Both backends give a route the same thing, a :class:`Generation`: an async iterator of
+:class:`~lmforge.inference.engine.Event` s (text pieces of each of the request's ``n`` choices, the last one of a
+choice with ``finish_reason``) that the route formats as JSON or server-sent events, and ``cancel()``, which a
+client disconnect calls to stop the generation and free its slot.
+
+* :class:`BatchBackend` submits to a :class:`~lmforge.inference.engine.BatchEngine` (from
+  :meth:`lmforge.api.LM.batch_engine`); other model work (scoring, embeddings) runs on the engine's thread
+  between two steps, so one thread owns the model.
+* :class:`SerialBackend` is the older path: each request runs the facade's ``stream``/``stream_chat`` in a
+  worker thread behind a fair lock, one model step at a time (kept for comparison and for engines that are
+  not an ``LM``, such as a translation run). It offers no token log-probabilities or logit bias.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+
+from lmforge.inference.engine import Event, GenerationRequest
+from lmforge.serving.metrics import Metrics
+from lmforge.serving.responses import APIError
+from lmforge.serving.runtime import QueueFull, Runner
+
+__all__ = ["BatchBackend", "Generation", "SerialBackend"]
+
+Prompt = Union[str, list[int]]
+
+
+class _Mailbox:
+    """Hands events from the engine thread to the event loop with one wake-up for all that arrived together
+    (a decoding step yields one event per running sequence), instead of one wake-up per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue, Event]] = []
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, event: Event) -> None:
+        with self.lock:
+            self.items.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
+_MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+
+
+class Generation:
+    """The events of one request's ``n`` choices, as they come; records time to first token and token counts."""
+
+    def __init__(self, n: int, metrics: Metrics, per_prompt: int = 0) -> None:
+        self.n = n
+        self.per_prompt = per_prompt or n  # choices per prompt (a completions request may hold several prompts)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        if self.loop not in _MAILBOXES:
+            _MAILBOXES[self.loop] = _Mailbox(self.loop)
+        self.mailbox = _MAILBOXES[self.loop]
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.first = False
+        self.prompts: dict[int, int] = {}
+        self.completion: dict[int, int] = {}
+        self._cancel: Callable[[], None] = lambda: None
+
+    def sink(self, event: Event) -> None:
+        """Called from the producing thread."""
+        try:
+            self.mailbox.post(self.queue, event)
+        except RuntimeError:  # the event loop is gone (shutting down)
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        done = 0
+        try:
+            while done < self.n:
+                event: Event = await self.queue.get()
+                if event.error is not None:
+                    raise event.error
+                if not self.first and (event.token_ids or event.text):
+                    self.first = True
+                    self.metrics.first_token(time.monotonic() - self.started)
+                self.prompts[event.index // self.per_prompt] = event.prompt_tokens
+                self.completion[event.index] = event.completion_tokens
+                done += event.finish_reason is not None
+                yield event
+        finally:
+            self.cancel()
+            self.metrics.tokens(self.prompt_tokens, sum(self.completion.values()))
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.completion.values())
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.prompts.values())
+
+
+class BatchBackend:
+    """Generation through the continuously batched engine of an :class:`lmforge.api.LM`."""
+
+    batching = True
+
+    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int) -> None:
+        self.lm = lm
+        self.metrics = metrics
+        self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
+        lm.chat_request([{"role": "user", "content": "warm-up"}])  # loads the chat code before the first request
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued
+
+    @property
+    def active(self) -> int:
+        return self.engine.active
+
+    def shutdown(self) -> None:
+        self.engine.stop()
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.lm.tokenizer.encode(prompt)) or [int(self.lm.tokenizer.eos_id)]
+        return list(prompt)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Runs ``fn()`` on the engine thread."""
+        return await asyncio.wrap_future(self.engine.call(fn))
+
+    def _submit(self, ids: list[int], params: Any, n: int, logprobs: Optional[int], bias: dict[int, float],
+                gen: Generation, offset: int = 0) -> Any:
+        def sink(event: Event) -> None:
+            event.index += offset
+            gen.sink(event)
+
+        try:
+            return self.engine.submit(GenerationRequest(ids, params, sink, n, logprobs, bias))
+        except OverflowError:
+            raise QueueFull from None
+
+    async def complete(self, prompts: list[Prompt], sampling: dict, n: int, logprobs: Optional[int],
+                       bias: dict[int, float]) -> Generation:
+        """Completes each prompt ``n`` times; choice ``c`` of prompt ``p`` has index ``p * n + c``."""
+        gen = Generation(len(prompts) * n, self.metrics, n)
+        params = self.lm.sampling_params(**sampling)
+        handles = []
+        for p, prompt in enumerate(prompts):
+            handles.append(self._submit(self.prompt_ids(prompt), params, n, logprobs, bias, gen, p * n))
+        gen._cancel = lambda: [h.cancel() for h in handles]  # type: ignore[func-returns-value,misc]
+        return gen
+
+    async def chat(self, messages: list[dict], sampling: dict, n: int, logprobs: Optional[int],
+                   bias: dict[int, float]) -> Generation:
+        ids, params = self.lm.chat_request(messages, **sampling)
+        gen = Generation(n, self.metrics)
+        gen._cancel = self._submit(ids, params, n, logprobs, bias, gen).cancel
+        return gen
+
+    async def score(self, ids: list[int], top: int) -> list[Any]:
+        """Log-probabilities of the prompt tokens (``None`` first), computed on the engine thread."""
+        return await self.call(lambda: self.lm.token_logprobs(ids, top))
+
+    def clean_reply(self, text: str) -> str:
+        return self.lm.clean_reply(text)
+
+
+class SerialBackend:
+    """One request at a time through the facade's streaming methods (the path before the batching engine)."""
+
+    batching = False
+
+    def __init__(self, engine: Any, metrics: Metrics, max_concurrency: int, max_queue: int,
+                 serialize: bool = True) -> None:
+        self.lm = engine
+        self.metrics = metrics
+        self.runner = Runner(max_concurrency, max_queue, serialize=serialize)
+
+    @property
+    def queued(self) -> int:
+        return self.runner.waiting
+
+    @property
+    def active(self) -> int:
+        return self.runner.active
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        return await self.runner.call(fn)
+
+    @staticmethod
+    def _refuse(logprobs: Optional[int], bias: dict[int, float]) -> None:
+        for wanted, field in ((logprobs is not None, "logprobs"), (bool(bias), "logit_bias")):
+            if wanted:
+                raise APIError(400, f"{field} needs the batching engine; this server runs with --no-batching",
+                               param=field, code="unsupported_parameter")
+
+    async def _run(self, jobs: list[tuple[Callable[[], Iterator[Any]], Callable[[], int]]], n: int) -> Generation:
+        """Runs ``jobs`` (start a stream, count its prompt's tokens), one after the other, as one generation."""
+        gen = Generation(len(jobs), self.metrics, n)
+
+        def make_iter() -> Iterator[Event]:
+            for i, (start, prompt_tokens) in enumerate(jobs):
+                stream, counted = start(), 0
+                try:
+                    for chunk in stream:
+                        counted = counted or int(getattr(chunk, "prompt_tokens", 0) or 0) or prompt_tokens()
+                        yield Event(i, chunk.text, list(getattr(chunk, "token_ids", []) or []), [],
+                                    chunk.finish_reason, int(getattr(chunk, "completion_tokens", 0) or 0), counted)
+                finally:
+                    stream.close()
+
+        handle = await self.runner.stream(make_iter)
+
+        async def pump() -> None:
+            try:
+                async for event in handle:
+                    gen.queue.put_nowait(event)
+            except Exception as err:  # noqa: BLE001 - handed to the route as an error event
+                gen.queue.put_nowait(Event(0, "", [], [], "error", 0, 0, err))
+
+        task = asyncio.ensure_future(pump())
+        gen._cancel = lambda: (handle.cancel(), task.cancel())  # type: ignore[func-returns-value]
+        return gen
+
+    async def complete(self, prompts: list[Prompt], sampling: dict, n: int, logprobs: Optional[int],
+                       bias: dict[int, float]) -> Generation:
+        self._refuse(logprobs, bias)
+
+        def count(prompt: Prompt) -> int:
+            return int(self.lm.count_tokens(prompt)) if isinstance(prompt, str) else len(prompt)
+
+        jobs = [(lambda p=p, kw=kw: self.lm.stream(p, **kw), lambda p=p: count(p))
+                for p in prompts for kw in _choices(sampling, n)]
+        return await self._run(jobs, n)
+
+    async def chat(self, messages: list[dict], sampling: dict, n: int, logprobs: Optional[int],
+                   bias: dict[int, float]) -> Generation:
+        self._refuse(logprobs, bias)
+        counter = getattr(self.lm, "count_chat_tokens", None)
+
+        def count() -> int:
+            if counter is not None:
+                return int(counter(messages))
+            return sum(int(self.lm.count_tokens(m["content"])) for m in messages)
+
+        jobs = [(lambda kw=kw: self.lm.stream_chat(messages, **kw), count) for kw in _choices(sampling, n)]
+        return await self._run(jobs, n)
+
+    async def score(self, ids: list[int], top: int) -> list[Any]:
+        scorer = getattr(self.lm, "token_logprobs", None)
+        if scorer is None:
+            raise APIError(400, "echo with logprobs needs a language model run", param="echo",
+                           code="unsupported_parameter")
+        return await self.runner.call(lambda: scorer(ids, top))
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        tok = getattr(self.lm, "tokenizer", None)
+        if tok is None or not isinstance(prompt, str):
+            return list(prompt) if not isinstance(prompt, str) else []
+        return list(tok.encode(prompt)) or [int(tok.eos_id)]
+
+    def clean_reply(self, text: str) -> str:
+        cleaner = getattr(self.lm, "clean_reply", None)
+        return cleaner(text) if cleaner is not None else text
+
+
+def _choices(sampling: dict, n: int) -> list[dict]:
+    """Per-choice sampling options: choice ``i`` of a seeded request uses ``seed + i`` (as the engine does)."""
+    out = []
+    for i in range(n):
+        kw = dict(sampling)
+        if kw.get("seed") is not None:
+            kw["seed"] = kw["seed"] + i
+        out.append(kw)
+    return out

@@ -1,0 +1,10 @@
+"""The server's routes, one module per endpoint family; :data:`ROUTERS` lists them for ``create_app``."""
+
+from __future__ import annotations
+
+from lmforge.serving.routes import chat, completions, embeddings, metrics, models, page, tokenize, translations
+
+__all__ = ["ROUTERS"]
+
+ROUTERS = [page.router, models.router, completions.router, chat.router, embeddings.router, translations.router,
+           tokenize.router, metrics.router]
