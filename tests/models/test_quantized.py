@@ -249,3 +249,12 @@ def test_compiled_int8_and_int4_steps_give_the_eager_greedy_tokens():
                          **kw) for kw in ({"fast": False}, {"compile": False}, {"compile": True})]
         ids = [[c.token_ids for c in r] for r in runs]
         assert ids[0] == ids[1] == ids[2]
+
+
+def test_serve_quantizes_on_load(float_run, monkeypatch):
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.setdefault("app", app))
+    assert main(["serve", str(float_run / "run"), "--quantize", "int8", "--port", "0"]) == 0
+    assert quantization_of(served["app"].state.engine.model) == {"bits": 8, "group_size": 32}
