@@ -171,8 +171,10 @@ def bench_llamacpp(args) -> None:
         for threads in args.llamacpp_threads:
             torch.set_num_threads(threads)
             for name, (m, gtype) in variants.items():
-                peer = LlamaCpp(files[gtype], threads)
-                same = agreement(m, peer, prompt, 32, compile=False)
+                exact = LlamaCpp(files[gtype], threads, f32_cache=True)  # for the agreement check only
+                same = agreement(m, exact, prompt, 32, compile=False)
+                exact.close()
+                peer = LlamaCpp(files[gtype], threads)  # llama.cpp's defaults (float16 K/V) for the speed
                 lmforge_decode_tps(m, prompt, 8, compile=True)  # compiles (or loads Inductor's cache) once
                 best = {"eager": 0.0, "compiled": 0.0, "peer": 0.0}
                 for _ in range(args.repeats):  # interleaved, best of each

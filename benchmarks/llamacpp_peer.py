@@ -40,10 +40,14 @@ def export_ggufs(model: Any, tokenizer: Any, folder: Path, dtypes: list[str]) ->
 class LlamaCpp:
     """One llama.cpp server (in-process) on a GGUF file, with ``threads`` threads and ``slots`` parallel rows."""
 
-    def __init__(self, path: Path, threads: int, slots: int = 1, ctx_per_slot: int = 512) -> None:
+    def __init__(self, path: Path, threads: int, slots: int = 1, ctx_per_slot: int = 512,
+                 f32_cache: bool = False) -> None:
         import xllamacpp
 
         p = xllamacpp.CommonParams()
+        if f32_cache:  # llama.cpp keeps K/V in float16 by default, and its CPU flash attention rounds to float16
+            p.cache_type_k = p.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+            p.flash_attn_type = 0
         p.model.path = str(path)
         p.n_parallel = slots
         p.n_ctx = slots * ctx_per_slot

@@ -35,6 +35,8 @@ def _llama_greedy(path, prompt, n):
     params.cpuparams.n_threads = 1
     params.cpuparams_batch.n_threads = 1
     params.warmup = False
+    params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32  # not float16 K/V
+    params.flash_attn_type = 0  # llama.cpp's CPU flash attention rounds to float16
     server = xllamacpp.Server(params)
     try:
         out = server.handle_completions({"prompt": prompt, "n_predict": n, "temperature": 0, "logprobs": 1,
