@@ -272,8 +272,8 @@ def compile_decoding(model: Any, enabled: bool = True) -> bool:
 
 # Without a say from the caller, one-token steps are compiled when a call decodes at least this many tokens per
 # row: compiling costs 15 s cold and a few seconds from Inductor's disk cache on the 2-core benchmark machine (much
-# more under load), and saves about 3 ms a token in float32 and 7 ms in int8 at batch 1 (BENCHMARKS.md, "CPU
-# decoding against llama.cpp"), so only long generations pay it back within one call.
+# more under load), and saves about 4 ms a token in float32 and 10 ms in int8 at batch 1 (BENCHMARKS.md, "CPU
+# inference: int8/int4 weights and llama.cpp"), so only long generations pay it back within one call.
 AUTO_COMPILE_TOKENS = 2048
 
 
