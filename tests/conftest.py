@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _prepared_data_cache(tmp_path_factory):
+    """Prepared corpora (``lmforge prepare``, ``train --data``) go to a folder of this session, never to ~/.cache."""
+    old = os.environ.get("LMFORGE_CACHE_DIR")
+    os.environ["LMFORGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("lmforge-prepared"))
+    yield
+    if old is None:
+        os.environ.pop("LMFORGE_CACHE_DIR", None)
+    else:
+        os.environ["LMFORGE_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

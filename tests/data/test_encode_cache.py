@@ -28,10 +28,11 @@ def test_arrays_and_meta(tok, tmp_path):
     assert data.meta["train"] == {"tokens": 5, "chars": 4, "bytes": 5, "documents": 2}  # é is 2 bytes
     assert data.meta["val"] == {"tokens": 2, "chars": 2, "bytes": 2, "documents": 1}
     assert data.meta["tokenizer"] == tok.fingerprint() and data.meta["vocab_size"] == 14
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "train.bin", "val.bin"]
-    assert json.loads((tmp_path / "meta.json").read_text()) == data.meta
-    with pytest.raises(ValueError):
-        data.train[0] = 1  # read-only memmap
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "train_00000.bin", "train_00000.idx.npy",
+                                                           "val_00000.bin", "val_00000.idx.npy"]
+    assert json.loads((tmp_path / "manifest.json").read_text()) == data.meta
+    with pytest.raises((TypeError, ValueError)):
+        data.train[0] = 1  # read-only
 
 
 def _stamp(path):
@@ -71,12 +72,12 @@ def test_damaged_cache_is_rebuilt(tok, tmp_path, damage):
     good = prepare_lm_data(["abc\n" * 10], ["dd\n"], tok, tmp_path)
     expected = good.train.tolist()
     if damage == "truncate_bin":
-        with open(tmp_path / "train.bin", "r+b") as f:
+        with open(tmp_path / "train_00000.bin", "r+b") as f:
             f.truncate(10)
     elif damage == "bad_meta":
-        (tmp_path / "meta.json").write_text("{ not json")
+        (tmp_path / "manifest.json").write_text("{ not json")
     else:
-        os.unlink(tmp_path / "meta.json")
+        os.unlink(tmp_path / "manifest.json")
     data = prepare_lm_data(["abc\n" * 10], ["dd\n"], tok, tmp_path)
     assert not data.reused and data.train.tolist() == expected
 

@@ -80,7 +80,7 @@ def _prepare(task: str, cfg: dict, out_file, env=None) -> None:
     tokenizers and who wrote the token cache (from the data module's log line)."""
     import logging
 
-    import lmforge.workflows.lm_run as lm_run_mod
+    import lmforge.tokenizers.spec as spec_mod
     import lmforge.workflows.translate_run as mt_run_mod
     from lmforge.training.distributed import process_group
     from lmforge.workflows.lm_run import train_lm
@@ -89,13 +89,13 @@ def _prepare(task: str, cfg: dict, out_file, env=None) -> None:
     if env:
         os.environ.update(env)
     torch.set_num_threads(1)
-    calls, real = [], lm_run_mod.train_tokenizer
+    calls, real = [], spec_mod.train_tokenizer  # the LM run's tokenizer is trained by its TokenizerSpec
     counted = lambda *a, **k: calls.append(a[0]) or real(*a, **k)  # noqa: E731
-    lm_run_mod.train_tokenizer = mt_run_mod.train_tokenizer = counted
+    spec_mod.train_tokenizer = mt_run_mod.train_tokenizer = counted
     messages: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("lmforge.data.encode")
+    logger = logging.getLogger("lmforge.data.prepare")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -106,11 +106,11 @@ def _prepare(task: str, cfg: dict, out_file, env=None) -> None:
                 run = prepare_translation_run(RunConfig.parse(cfg))
             world, fingerprints = info.world_size, [run.src_tokenizer.fingerprint(), run.tgt_tokenizer.fingerprint()]
     finally:  # the single-process calls run in the test process itself
-        lm_run_mod.train_tokenizer = mt_run_mod.train_tokenizer = real
+        spec_mod.train_tokenizer = mt_run_mod.train_tokenizer = real
         logger.removeHandler(handler)
     with open(out_file, "w") as f:
         json.dump({"world": world, "calls": len(calls), "fingerprints": fingerprints,
-                   "cache": [m.split(" ")[0] for m in messages if "token cache" in m or "tokenizing" in m]}, f)
+                   "cache": [m.split(" ")[0] for m in messages if "prepared data" in m or "tokenizing" in m]}, f)
 
 
 def _two_ranks(target, args) -> None:
@@ -145,15 +145,15 @@ def test_only_rank_zero_trains_the_tokenizers_and_writes_the_token_cache(tmp_pat
         _prepare(task, cfg, tmp_path / f"{task}.json")
     single_lm, single_mt = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("lm", "mt"))
     assert single_lm["world"] == single_mt["world"] == 1
-    assert single_lm["calls"] == 1 and single_lm["cache"] == ["tokenizing"] and single_mt["calls"] == 2
-    assert not (tmp_path / "lm" / ".lmforge_cache" / "tokenizer.json").exists()
+    assert single_lm["calls"] == 1 and single_lm["cache"] == ["start"] and single_mt["calls"] == 2
 
     lm["out_dir"], mt["out_dir"] = str(tmp_path / "lm2"), str(tmp_path / "mt2")
+    lm["data"]["cache_dir"] = str(tmp_path / "prepared2")  # a fresh cache: rank 0 must prepare it again
     lm0, lm1 = _prepared_by_two_ranks("lm", lm, tmp_path)  # train_lm end to end under a 2-rank gloo group
     assert lm0["world"] == lm1["world"] == 2
     assert lm0["calls"] == 1 and lm1["calls"] == 0
-    assert lm0["cache"] == ["tokenizing"] and lm1["cache"] == ["reusing"]  # rank 1 loaded rank 0's token cache
-    assert (tmp_path / "lm2" / ".lmforge_cache" / "tokenizer.json").is_file()
+    assert lm0["cache"] == ["start"] and lm1["cache"] == ["reusing"]  # rank 1 opened rank 0's shards
+    assert len(list((tmp_path / "prepared2").glob("*/tokenizer.json"))) == 1
     mt0, mt1 = _prepared_by_two_ranks("mt", mt, tmp_path)  # both translation tokenizers (separate vocabularies)
     assert mt0["world"] == mt1["world"] == 2
     assert mt0["calls"] == 2 and mt1["calls"] == 0

@@ -15,12 +15,16 @@ DESCRIPTION = ("Evaluate a run: token loss, perplexity, bits per character and p
 def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the options of ``lmforge eval``."""
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `lmforge train`")
-    parser.add_argument("--data", metavar="FILE", help="score this text (file, folder or .jsonl) in full instead of the run's split")
+    parser.add_argument("--data", metavar="PATH", help="score this text (any input of `lmforge prepare`) in full instead of the run's split")
     parser.add_argument("--split", choices=["val", "test"], default="val", help="which split of the run's corpus (default val)")
     parser.add_argument("--src", metavar="FILE", help="translation runs: source sentences")
     parser.add_argument("--ref", metavar="FILE", help="translation runs: reference translations aligned with --src")
     parser.add_argument("--beam", type=int, default=5, help="translation runs: beam size")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's batch size)")
+    parser.add_argument("--max-tokens", type=int, metavar="N",
+                        help="score at most N tokens, in windows spread evenly over the text (default: all of it)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -61,9 +65,20 @@ def run(args: argparse.Namespace) -> int:
 
         figs = evaluate_translation(args.run_dir, args.src, args.ref, beam=args.beam, device=args.device)
     else:
+        import os
+
+        import torch
+
+        from lmforge.cli.prepare import PrepareProgress
         from lmforge.workflows.lm_run import evaluate_run
 
-        figs = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size, device=args.device)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        bar = PrepareProgress(args.quiet or args.json)
+        try:
+            figs = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size,
+                                device=args.device, max_tokens=args.max_tokens, progress=bar.event)
+        finally:
+            bar.close()
     if args.json:
         print(json.dumps(figs, indent=2))
     else:

@@ -19,6 +19,8 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 # name -> (module, one-line help). Keep in step with the modules in lmforge/cli/ (tests check both ways).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lmforge.cli.train", "train a model on text and print its figures and a sample"),
+    "prepare": ("lmforge.cli.prepare", "stream a corpus of any size into token shards for training"),
+    "data": ("lmforge.cli.data", "corpus figures: `lmforge data stats DATA` (documents, tokens, lengths, top tokens)"),
     "eval": ("lmforge.cli.eval", "evaluate a run: loss, perplexity, bits per char/byte (or BLEU for translation)"),
     "generate": ("lmforge.cli.generate", "generate text from a language model, streamed"),
     "chat": ("lmforge.cli.chat", "chat with a language model (streamed; scripted from stdin)"),

@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", "--model-type", dest="model", choices=["transformer", "lstm"], help="model family")
     g.add_argument("--model-size", choices=["tiny", "small", "medium", "large"], help="model size preset of the family")
     g.add_argument("--task", choices=["lm", "translate"], help="language model (default) or translation")
-    g.add_argument("--data", metavar="PATH", help="text file, folder of .txt/.md, or .jsonl with a 'text' field (default: bundled Tiny Shakespeare)")
+    g.add_argument("--data", metavar="PATH", help="raw text (file, folder, .jsonl(.gz), .parquet, datasets folder: prepared "
+                   "first, in the `lmforge prepare` cache) or a prepared folder (default: bundled Tiny Shakespeare)")
     g.add_argument("--src", metavar="FILE", help="translate: source sentences, one a line (or a TSV of pairs)")
     g.add_argument("--tgt", metavar="FILE", help="translate: target sentences aligned with --src")
     g.add_argument("--tokenizer", choices=["char", "bpe", "word", "hf"], help="tokenizer kind, trained on the training "
@@ -158,12 +159,27 @@ class _ProgressBar:
         self.progress = None
         self.task = None
         self.by_time = False
+        self.data_bar = None
+
+    def _data_bar(self):
+        if self.data_bar is None:
+            from lmforge.cli.prepare import PrepareProgress
+
+            self.data_bar = PrepareProgress(console=self.console)
+        return self.data_bar
 
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
         if self.quiet:
             return
-        if kind == "start":
+        if kind in ("prepare", "eval_progress"):
+            if self.progress is not None:  # the final evaluation: one live display at a time
+                self.progress.stop()
+                self.progress = None
+            self._data_bar().event(ev)
+        elif kind == "start":
+            if self.data_bar is not None:
+                self.data_bar.close()
             self._start(ev)
         elif kind == "step" and self.progress is not None:
             done = ev["elapsed"] if self.by_time else ev["step"]
@@ -177,6 +193,8 @@ class _ProgressBar:
             self.console.print(f"[yellow]warning:[/] {ev['message']}")
         elif kind == "end":
             self.close()
+        if kind == "end" and self.data_bar is not None:
+            self.data_bar.close()
 
     def _start(self, ev: dict) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -198,6 +216,8 @@ class _ProgressBar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self.data_bar is not None:
+            self.data_bar.close()
 
 
 def _fmt(value: Any, spec: str) -> str:

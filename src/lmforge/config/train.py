@@ -40,7 +40,9 @@ class TrainConfig(StrictModel):
     device: Device = "auto"
     seed: int = 1337
     eval_interval: int = Field(250, ge=1, description="steps between evaluations")
-    eval_iters: int = Field(20, ge=1, description="batches per evaluation")
+    eval_iters: int = Field(20, ge=1, description="batches per periodic evaluation (at most eval_tokens tokens)")
+    eval_tokens: int = Field(131072, ge=1, description="the periodic and final evaluation score at most this many validation tokens, in windows spread evenly over the split (all of it when smaller)")
+    eval_share: float = Field(0.1, ge=0.0, description="an evaluation also scores at most this share of the tokens trained so far (at least one batch), so a short run's final evaluation stays a small part of it (scoring a token costs about half of training on it); 0: no such cap")
     log_interval: int = Field(10, ge=1)
     sample_tokens: int = Field(300, ge=0, description="length of the sample printed after training")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many consecutive NaN/inf losses")

@@ -11,13 +11,13 @@ import contextlib
 import itertools
 import math
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.data import IGNORE_INDEX, iter_eval_batches
+from lmforge.data import eval_window_starts, IGNORE_INDEX, iter_eval_batches
 
 __all__ = ["evaluate_lm", "lm_figures"]
 
@@ -75,10 +75,21 @@ def score_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, 
     return total, count
 
 
+def _reporting(batches: Iterator[Any], progress: Callable[[int, int], None], batch_size: int, total: int) -> Iterator[Any]:
+    """``batches`` as they are, calling ``progress(windows_done, total)`` once each batch has been scored."""
+    done = 0
+    for batch in batches:
+        yield batch
+        done = min(total, done + batch_size)
+        progress(done, total)
+
+
 def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional[dict], block_size: int,
                 batch_size: int, device: str | torch.device | None = None, max_batches: Optional[int] = None,
-                autocast: Any = None) -> dict[str, Any]:
-    """Scores a causal LM on every token of a split (contiguous windows, each target exactly once).
+                autocast: Any = None, max_tokens: Optional[int] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Scores a causal LM on every token of a split (contiguous windows, each target exactly once), or on at most
+    ``max_tokens`` of them (windows spread evenly over the split, always the same ones).
 
     Args:
         model: a :class:`~lmforge.models.protocol.CausalLM`; its train/eval mode is restored afterwards.
@@ -89,6 +100,9 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
         device: where to run; default: the model's device.
         max_batches: score only the first this many batches (bits per char/byte are then estimates).
         autocast: an optional context-manager factory (e.g. ``Precision.autocast``).
+        max_tokens: score at most this many targets (bits per char/byte are then estimates for the split);
+            ``None`` or a number at least the split's size scores every target.
+        progress: called as ``progress(windows_done, windows_total)`` after each batch.
 
     Returns:
         ``loss`` (nats/token), ``perplexity``, ``bits_per_char``, ``bits_per_byte``, ``tokens`` (targets
@@ -102,7 +116,10 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, meta_split: Optional
     if device is None:
         device = next(model.parameters()).device
     t0 = time.perf_counter()
-    batches = itertools.islice(iter_eval_batches(tokens, block_size, batch_size), max_batches)
+    starts = eval_window_starts(len(tokens), block_size, max_tokens)
+    batches = itertools.islice(iter_eval_batches(tokens, block_size, batch_size, starts=starts), max_batches)
+    if progress is not None:
+        batches = _reporting(batches, progress, batch_size, len(starts))
     total, count = score_batches(model, batches, device, autocast)
     seconds = time.perf_counter() - t0
     figs = lm_figures(total, count, max(1, len(tokens) - 1), meta_split)

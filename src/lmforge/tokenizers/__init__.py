@@ -25,6 +25,7 @@ from lmforge.tokenizers.base import (
 from lmforge.tokenizers.bpe import BPETokenizer
 from lmforge.tokenizers.char import CharTokenizer
 from lmforge.tokenizers.serialization import TOKENIZERS, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from lmforge.tokenizers.spec import TokenizerSpec
 from lmforge.tokenizers.word import WordTokenizer
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "train_tokenizer",
     "load_tokenizer",
     "tokenizer_from_dict",
+    "TokenizerSpec",
     "SPECIAL_TOKENS",
     "FIRST_REGULAR_ID",
     "PAD_ID",

@@ -152,9 +152,11 @@ class BPETokenizer:
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         """``encode`` of each text (short texts in one parallel call)."""
         texts = list(texts)
-        if any(len(t) > _CHUNK_CHARS for t in texts):
-            return [self.encode(t) for t in texts]
         try:
+            if any(len(t) > _CHUNK_CHARS for t in texts):  # long texts: their safe-cut pieces, all in one call
+                pieces = [list(_chunks(t)) for t in texts]
+                flat = iter(self._batch([p for ps in pieces for p in ps]))
+                return [[i for _ in ps for i in next(flat).ids] for ps in pieces]
             return [enc.ids for enc in self._batch(texts)]
         except TypeError:
             return [self.encode(t) for t in texts]  # names the bad text

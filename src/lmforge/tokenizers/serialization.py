@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any, Iterable
@@ -33,7 +34,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 5000, min
 
     Args:
         kind: ``"char"``, ``"bpe"`` or ``"word"``.
-        texts: training documents (an iterable of strings; it is read once).
+        texts: training documents (any iterable of strings, e.g. a generator over a huge corpus; read once,
+            never materialised).
         vocab_size: the vocabulary size, the eight special tokens included (an upper bound for char/word).
         min_frequency: word/bpe (and char): drop words, merges or characters seen fewer times.
         lowercase: word only: lowercase the text before splitting.
@@ -49,10 +51,12 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 5000, min
     cls = TOKENIZERS.get(kind)
     if isinstance(texts, str):
         texts = [texts]
-    texts = [t for t in texts if t]
-    if not texts:
+    stream = (t for t in texts if t)  # streamed: a generator over a huge corpus is never held in memory
+    first = next(stream, None)
+    if first is None:
         raise TokenizerError(f"cannot train a {kind} tokenizer on empty text; give it a non-empty corpus")
-    return cls.train(texts, vocab_size=vocab_size, min_frequency=min_frequency, lowercase=lowercase)
+    return cls.train(itertools.chain([first], stream), vocab_size=vocab_size, min_frequency=min_frequency,
+                     lowercase=lowercase)
 
 
 def tokenizer_from_dict(data: Any, source: str = "tokenizer", kind: str | None = None) -> Tokenizer:

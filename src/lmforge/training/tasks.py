@@ -4,7 +4,7 @@ The same :class:`~lmforge.training.trainer.Trainer` trains language models (:cla
 translation models (``lmforge.training.tasks_translate.TranslationTask``).
 
 Batches and ranks: for every optimiser step a task draws the *global* batch (``train.batch_size`` rows) with its
-own seeded generator, identically on every rank, and hands each rank its own rows, split into ``grad_accum``
+own seeded window order, identically on every rank, and hands each rank its own rows, split into ``grad_accum``
 micro-batches. So the union over ranks and micro-batches is the same batch a single process would draw, and a
 data-parallel run follows the single-process run (to float tolerance).
 """
@@ -12,16 +12,15 @@ data-parallel run follows the single-process run (to float tolerance).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.data import sample_batch
-from lmforge.data.lm_dataset import _check
+from lmforge.data.lm_dataset import _check, gather_windows, WindowSampler
 from lmforge.errors import ConfigError
-from lmforge.evaluation.perplexity import evaluate_lm, lm_figures, score_batches
+from lmforge.evaluation.perplexity import evaluate_lm
 
 __all__ = ["Task", "LMTask", "micro_batch_rows"]
 
@@ -76,22 +75,31 @@ def micro_batch_rows(batch_size: int, world_size: int, grad_accum: int) -> int:
 
 
 class LMTask:
-    """Next-token prediction on a token array.
+    """Next-token prediction on a token array (a memory-mapped shard store or any 1-D array).
+
+    Training windows come from a :class:`~lmforge.data.lm_dataset.WindowSampler`: non-overlapping windows in a
+    seeded order, so the rows that different ranks take from the global batch are disjoint windows, and the
+    sampler's ``(epoch, pos)`` restores the data position on resume. Every evaluation scores at most
+    ``eval_tokens`` validation tokens in windows spread evenly over the split (the whole split when smaller).
 
     Args:
-        train_tokens: 1-D training ids (``LMData.train``).
-        val_tokens: 1-D validation ids (``LMData.val``).
+        train_tokens: 1-D training ids (``PreparedData.train``).
+        val_tokens: 1-D validation ids (``PreparedData.val``).
         block_size: window length T.
         batch_size: global batch size in windows.
-        seed: seeds the window sampler (separately from the model's initialisation).
-        val_meta: ``LMData.meta["val"]`` (chars and bytes of the validation text) for bits per character.
+        seed: seeds the window order (separately from the model's initialisation).
+        val_meta: ``PreparedData.meta["val"]`` (chars and bytes of the validation text) for bits per character.
         eval_batch_size: windows per evaluation forward pass (default ``batch_size``).
         label_smoothing: cross-entropy label smoothing (arXiv:1512.00567); 0 uses the model's own loss.
+        eval_tokens: the most validation tokens one evaluation scores (``None``: all of them).
+        eval_share: an evaluation also scores at most this share of the tokens trained so far (at least one
+            evaluation batch); ``None`` or 0: no such cap.
     """
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, eval_tokens: Optional[int] = None,
+                 eval_share: Optional[float] = None) -> None:
 
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
         _check(val_tokens, block_size, 1, 2, "validation split")
@@ -102,7 +110,11 @@ class LMTask:
         self.val_meta = val_meta
         self.eval_batch_size = eval_batch_size or batch_size
         self.label_smoothing = label_smoothing
-        self.generator = torch.Generator().manual_seed(seed)
+        self.eval_tokens = eval_tokens
+        self.eval_share = eval_share
+        #: called as ``eval_progress(windows_done, windows_total)`` during the final evaluation
+        self.eval_progress: Optional[Any] = None
+        self.sampler = WindowSampler(len(train_tokens), block_size, seed)
         self.device = torch.device("cpu")
         self.rank, self.world_size, self.grad_accum = 0, 1, 1
         self.rows = batch_size
@@ -115,13 +127,14 @@ class LMTask:
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
-        x, y = sample_batch(self.train_tokens, self.block_size, self.batch_size, self.generator)  # (B, T) global
+        starts = self.sampler.next_starts(self.batch_size)  # (B,) the global batch, the same on every rank
         self.steps_drawn += 1
         out = []
         non_blocking = self.device.type == "cuda"
         for m in range(self.grad_accum):
-            lo = (m * self.world_size + self.rank) * self.rows
-            xb, yb = x[lo:lo + self.rows], y[lo:lo + self.rows]  # (b, T)
+            lo = (m * self.world_size + self.rank) * self.rows  # this rank reads only its own windows
+            w = torch.from_numpy(gather_windows(self.train_tokens, starts[lo:lo + self.rows], self.block_size + 1))
+            xb, yb = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (b, T)
             if non_blocking:
                 xb, yb = xb.pin_memory(), yb.pin_memory()
             out.append((xb.to(self.device, non_blocking=non_blocking), yb.to(self.device, non_blocking=non_blocking)))
@@ -141,37 +154,34 @@ class LMTask:
 
     def evaluate(self, model: torch.nn.Module, max_batches: Optional[int] = None,
                  autocast: Any = None) -> dict[str, Any]:
-
-        if max_batches is None:
-            return evaluate_lm(model, self.val_tokens, self.val_meta, self.block_size, self.eval_batch_size,
-                               device=self.device, autocast=autocast)
-        return self._quick_eval(model, max_batches, autocast, lm_figures)
-
-    def _quick_eval(self, model: torch.nn.Module, max_batches: int, autocast: Any, lm_figures: Any) -> dict[str, Any]:
-        # A fixed set of windows spread evenly over the validation split, so successive evaluations compare.
-        n = len(self.val_tokens) - 1
-        T = min(self.block_size, n)
-        windows = min(max_batches * self.eval_batch_size, max(1, n // T))
-        starts = np.linspace(0, n - T, windows).astype(np.int64)
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for b in range(0, windows, self.eval_batch_size):
-                index = starts[b:b + self.eval_batch_size, None] + np.arange(T + 1)[None, :]  # (B, T+1)
-                w = torch.from_numpy(np.asarray(self.val_tokens[index], dtype=np.int64))
-                yield w[:, :-1], w[:, 1:]  # (B, T)
-
-        total, count = score_batches(model, batches(), self.device, autocast)
-        return lm_figures(total, count, n, self.val_meta)
+        """Validation figures on at most ``eval_tokens`` tokens and ``eval_share`` of the tokens trained so far
+        (periodic evaluations: also at most ``max_batches`` batches)."""
+        limit = self.eval_tokens
+        if self.eval_share:
+            trained = self.steps_drawn * self.batch_size * self.block_size
+            share = max(self.eval_batch_size * self.block_size, int(trained * self.eval_share))
+            limit = share if limit is None else min(limit, share)
+        if max_batches is not None:
+            quick = max_batches * self.eval_batch_size * self.block_size
+            limit = quick if limit is None else min(limit, quick)
+        return evaluate_lm(model, self.val_tokens, self.val_meta, self.block_size, self.eval_batch_size,
+                           device=self.device, autocast=autocast, max_tokens=limit,
+                           progress=self.eval_progress if max_batches is None else None)
 
     def steps_per_epoch(self) -> float:
-        return max(1.0, (len(self.train_tokens) - 1) / (self.batch_size * self.block_size))
+        return max(1.0, self.sampler.windows_per_epoch / self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "steps_drawn": self.steps_drawn}
+        return {"sampler": self.sampler.state_dict(), "steps_drawn": self.steps_drawn}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
         self.steps_drawn = int(state.get("steps_drawn", 0))
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+        else:  # a checkpoint from before the window sampler: continue after as many windows as it had drawn
+            per_epoch = max(1, self.sampler.windows_per_epoch // self.batch_size)
+            self.sampler.load_state_dict({"epoch": self.steps_drawn // per_epoch,
+                                          "pos": self.steps_drawn % per_epoch * self.batch_size})
 
 
 def epochs_to_steps(epochs: float, task: Task) -> int:

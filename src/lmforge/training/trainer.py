@@ -378,10 +378,10 @@ class Trainer:
         if not self.dist.is_main:
             return summary
         if stopped_by != "interrupted":
-            with self.precision.autocast():
-                final = self.task.evaluate(self.raw, max_batches=None)
-            names = {"perplexity": "ppl"}
-            summary.update({f"val_{names.get(k, k)}": v for k, v in final.items()})
+            with self.precision.autocast():  # (the clock is read before the evaluation starts)
+                t_eval, final = time.perf_counter(), self.task.evaluate(self.raw, max_batches=None)
+            summary.update({f"val_{ {'perplexity': 'ppl'}.get(k, k)}": v for k, v in final.items()})
+            summary["final_eval_time"] = round(time.perf_counter() - t_eval, 3)
         else:
             summary.update({"val_loss": last_eval.get("val_loss")})
         summary["wall_time"] = round(self.wall_before + time.perf_counter() - self.t_start, 3)

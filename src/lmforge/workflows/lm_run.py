@@ -1,4 +1,4 @@
-"""Language-model runs from start to finish: text -> tokenizer -> token cache -> model -> Trainer -> run folder,
+"""Language-model runs from start to finish: text -> prepared shards (tokenizer + tokens) -> model -> Trainer -> run folder,
 and the evaluation of a finished run on its validation split or on any text.
 
 ``lmforge train`` and ``lmforge eval`` are thin adapters over :func:`train_lm` and :func:`evaluate_run`.
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from lmforge.config import RunConfig
-from lmforge.data import encode_documents, prepare_lm_data, read_documents, split_documents
+from lmforge.data import default_corpus_path, is_prepared, load_prepared, prepare, prepare_lm_data, split_documents
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.evaluation.perplexity import evaluate_lm
 from lmforge.inference.generation import generate
@@ -22,9 +22,9 @@ from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
 from lmforge.models.run_folder import load_run
 from lmforge.models.weights import master_weights
-from lmforge.tokenizers import load_tokenizer, train_tokenizer
+from lmforge.tokenizers import load_tokenizer, TokenizerSpec
 from lmforge.training import checkpoint as ckpt
-from lmforge.training.distributed import current_dist, main_first, process_group, shared_tokenizer
+from lmforge.training.distributed import current_dist, main_first, process_group
 from lmforge.training.precision import resolve_device
 from lmforge.training.tasks import LMTask
 from lmforge.training.trainer import Trainer
@@ -91,15 +91,37 @@ def lm_task(documents: Sequence[str], val_fraction: float, tokenizer: Any, cache
     return LMTask(data.train, data.val, block, batch_size, seed=seed, val_meta=data.meta.get("val"), **options), block
 
 
-def prepare_lm_run(config: RunConfig, resume: bool = False, init_from: str | Path | None = None) -> LMRun:
-    """Reads and splits the corpus, trains (or loads) the tokenizer, caches token ids and builds the model.
+def _prepared(config: RunConfig, tokenizer: Any = None, progress: Any = None, val_fraction: Optional[float] = None,
+              path: Optional[str] = None, reuse_only: bool = False) -> Any:
+    """The run's data as prepared shards: a prepared folder is opened as it is; raw data goes through
+    :func:`~lmforge.data.prepare` with the run's tokenizer settings (the cache ``lmforge prepare`` uses), or
+    with ``tokenizer`` when given."""
 
-    In an initialised process group (``torchrun``, see :func:`train_lm`) rank 0 trains the tokenizer and writes
-    the token cache while the other ranks wait, then they load both.
+    path = path or config.data.path or str(default_corpus_path())
+    if is_prepared(path):
+        return load_prepared(path, load_tokenizer=load_tokenizer)
+    tk, dc = config.tokenizer, config.data
+    spec = TokenizerSpec(tk.kind, vocab_size=tk.vocab_size, min_frequency=tk.min_frequency, lowercase=tk.lowercase,
+                         path=tk.path, sample_mb=dc.tokenizer_sample_mb, tokenizer=tokenizer)
+    report = None if progress is None else (
+        lambda phase, done, total: progress({"event": "prepare", "phase": phase, "done": done, "total": total}))
+    return prepare(path, tokenizer=spec, val_fraction=dc.val_fraction if val_fraction is None else val_fraction,
+                   text_field=dc.text_field, skip_bad=dc.skip_bad, cache_root=dc.cache_dir, progress=report,
+                   reuse_only=reuse_only)
+
+
+def prepare_lm_run(config: RunConfig, resume: bool = False, progress: Any = None,
+                   init_from: str | Path | None = None) -> LMRun:
+    """Prepares the corpus (or opens a prepared folder), loads its tokenizer and builds the model.
+
+    Raw data is streamed into token shards with bounded memory by :func:`~lmforge.data.prepare` (reused when a
+    finished preparation of the same data and tokenizer exists). In an initialised process group (``torchrun``)
+    rank 0 prepares while the other ranks wait, then they open what it wrote.
 
     Args:
         config: the run config; ``model.vocab_size`` is set from the tokenizer.
-        resume: load the tokenizer saved in ``config.out_dir`` instead of training one.
+        resume: continue the run in ``config.out_dir``; its saved tokenizer must be the data's.
+        progress: the trainer's progress callback (receives ``{"event": "prepare", ...}`` events).
         init_from: continue from this run's weights (trained or imported): its model and tokenizer are reused.
 
     Returns:
@@ -109,36 +131,28 @@ def prepare_lm_run(config: RunConfig, resume: bool = False, init_from: str | Pat
     if config.task != "lm":
         raise ConfigError(f"task {config.task!r} is not a language-model run; use --task translate for translation")
     run_dir = Path(config.out_dir)
-    docs = read_documents(config.data.path)
-    train_docs, val_docs = split_documents(docs, config.data.val_fraction)
     saved = run_dir / ckpt.TOKENIZER_FILE
-    info = current_dist()
-    base_model = None
+    base_model, fixed = None, None
     if init_from is not None and not resume:
-        config, base_model, tokenizer = _init_from(config, init_from)
-    with main_first(info):
-        if base_model is not None:
-            pass  # the base run's tokenizer
-        elif resume:
-            if not saved.is_file():
-                raise CheckpointError(
-                    f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
-            tokenizer = load_tokenizer(saved)
-        elif config.tokenizer.path:
-            tokenizer = load_tokenizer(config.tokenizer.path)
-        else:
-            tk = config.tokenizer
-            fit = lambda: train_tokenizer(tk.kind, train_docs, vocab_size=tk.vocab_size,  # noqa: E731
-                                          min_frequency=tk.min_frequency, lowercase=tk.lowercase)
-            tokenizer = shared_tokenizer(info, _cache_dir(config, run_dir) / ckpt.TOKENIZER_FILE, fit)
-        if config.model.vocab_size != tokenizer.vocab_size and base_model is None:  # an imported model may pad its vocab
-            if resume:
-                raise CheckpointError(
-                    f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
-                    f"model.vocab_size={config.model.vocab_size}; the run folder is inconsistent"
-                )
-            config = config.with_overrides({"model.vocab_size": tokenizer.vocab_size})
-        data = prepare_lm_data(train_docs, val_docs, tokenizer, _cache_dir(config, run_dir))
+        config, base_model, fixed = _init_from(config, init_from)
+    with main_first(current_dist()):
+        if resume and not saved.is_file():
+            raise CheckpointError(f"{run_dir} has no {ckpt.TOKENIZER_FILE}; it cannot be resumed (train without --resume)")
+        fixed = load_tokenizer(saved) if resume else fixed
+        data = _prepared(config, fixed, progress)
+    tokenizer = data.tokenizer
+    if fixed is not None and tokenizer.fingerprint() != fixed.fingerprint():
+        raise CheckpointError(f"{config.data.path} was prepared with another tokenizer than the run it continues "
+                              f"({run_dir if resume else init_from}); pass the raw data instead of that prepared folder")
+    if config.model.vocab_size != tokenizer.vocab_size and base_model is None:  # an imported model may pad its vocab
+        if resume:
+            raise CheckpointError(
+                f"{run_dir}: the saved tokenizer has {tokenizer.vocab_size} tokens but config.yaml says "
+                f"model.vocab_size={config.model.vocab_size}; the run folder is inconsistent"
+            )
+        config = config.with_overrides({"model.vocab_size": tokenizer.vocab_size})
+    if config.tokenizer.kind != tokenizer.kind:
+        config = config.with_overrides({"tokenizer.kind": tokenizer.kind})
     torch.manual_seed(config.train.seed)
     model = base_model if base_model is not None else build_model(config.model)
     return LMRun(config=config, tokenizer=tokenizer, data=data, model=model, run_dir=run_dir)
@@ -162,10 +176,13 @@ def train_lm(config: RunConfig, *, resume: bool = False, progress: Any = None,
     """
 
     with process_group(resolve_device(config.train.device)):  # joined before the data: rank 0 prepares it
-        run = prepare_lm_run(config, resume=resume, init_from=init_from)
+        run = prepare_lm_run(config, resume=resume, progress=progress, init_from=init_from)
         cfg = run.config
         task = LMTask(run.data.train, run.data.val, cfg.block_size, cfg.train.batch_size, seed=cfg.train.seed,
-                      val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing)
+                      val_meta=run.data.meta.get("val"), label_smoothing=cfg.train.label_smoothing,
+                      eval_tokens=cfg.train.eval_tokens, eval_share=cfg.train.eval_share)
+        if progress is not None:
+            task.eval_progress = lambda done, total: progress({"event": "eval_progress", "done": done, "total": total})
         trainer = Trainer(cfg, run.model, task, run_dir=run.run_dir, tokenizers=run.tokenizer, progress=progress)
         summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run.run_dir)
@@ -191,16 +208,22 @@ def sample_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tok
 
 @torch.no_grad()
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, split: str = "val", batch_size: Optional[int] = None,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", max_tokens: Optional[int] = None, progress: Any = None) -> dict:
     """Scores a language-model run: loss, perplexity, bits per character and per byte, tokens and tokens/s.
+
+    The text is prepared into token shards on all cores (reusing the run's prepared data when it is still
+    there) and scored window by window, so any size fits in memory.
 
     Args:
         run_dir: a run folder from ``lmforge train``.
-        data: a text file, folder or .jsonl to score in full; ``None`` scores the run's own corpus split.
+        data: a corpus (any input of ``lmforge prepare``) to score in full; ``None`` scores the run's own
+            validation split.
         split: without ``data``: ``val`` (the run's validation split). The runs keep no test split, so ``test``
             needs ``data``.
         batch_size: windows per forward pass (default: the run's batch size).
         device: where to run.
+        max_tokens: score at most this many tokens, in windows spread evenly over the text (default: all).
+        progress: called with ``{"event": "prepare"|"eval_progress", ...}`` events.
 
     Returns:
         The figures of :func:`~lmforge.evaluation.perplexity.evaluate_lm` plus ``run``, ``data`` and ``split``.
@@ -214,17 +237,18 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, split: str = "
         raise CheckpointError(f"{run_dir} has no {ckpt.TOKENIZER_FILE}; the run folder is incomplete")
     if split not in ("val", "test"):
         raise ConfigError(f"unknown split {split!r}; choose val or test")
-    if data is not None:
-        docs = read_documents(data)
-        source = str(data)
-    else:
-        if split == "test":
-            raise ConfigError("a run keeps only train and val splits; pass the test text with --data FILE")
-        docs = split_documents(read_documents(cfg.data.path), cfg.data.val_fraction)[1]
+    if data is None and split == "test":
+        raise ConfigError("a run keeps only train and val splits; pass the test text with --data FILE")
+    if data is None:
+        prepared = _prepared(cfg, progress=progress, reuse_only=True)  # the training's shards, when still there
+        if prepared is None or prepared.tokenizer is None or prepared.tokenizer.fingerprint() != run.tokenizer.fingerprint():
+            prepared = _prepared(cfg, run.tokenizer, progress)
         source = cfg.data.path or "bundled Tiny Shakespeare"
-    import numpy as np
-
-    tokens = np.asarray(encode_documents(docs, run.tokenizer))
-    meta = {"tokens": int(len(tokens)), "chars": sum(len(d) for d in docs), "bytes": sum(len(d.encode("utf-8")) for d in docs)}
-    figs = evaluate_lm(run.model, tokens, meta, cfg.block_size, batch_size or cfg.train.batch_size, device=device)
+    else:
+        prepared = _prepared(cfg, run.tokenizer, progress, val_fraction=1.0, path=str(data))  # all of it is scored
+        source = str(data)
+    report = None if progress is None else (
+        lambda done, total: progress({"event": "eval_progress", "done": done, "total": total}))
+    figs = evaluate_lm(run.model, prepared.val, prepared.meta["val"], cfg.block_size, batch_size or cfg.train.batch_size,
+                       device=device, max_tokens=max_tokens, progress=report)
     return {**figs, "run": str(run_dir), "data": source, "split": split if data is None else "file"}
