@@ -4,6 +4,13 @@ and the LSTM's per-token cost as the output grows.
 Usage:
     python benchmarks/bench_decode.py [--batches 1 8 64] [--new-tokens 128] [--prompt 32] [--threads N]
                                       [--repeats 3] [--vocab-size 5000] [--lstm-tokens 1024]
+    python benchmarks/bench_decode.py --llamacpp [--llamacpp-threads 1 2] [--bits 32 8 4] ...
+
+With ``--llamacpp`` the peer is llama.cpp (``xllamacpp``) instead of transformers: the same weights exported
+with ``lmforge export --format gguf`` as F32, Q8_0 and Q4_0 against lmforge in fp32, int8 and int4
+(``lmforge.models.quantized``); see ``llamacpp_peer.py`` for how each side is timed. Run one thread count per
+process (``--llamacpp-threads 1``, then ``2``): Inductor writes the compiled step's OpenMP loops for the thread
+count it was compiled under, and a process keeps the step it compiled.
 
 The Transformer is the 6-layer, d_model 384 Llama-style config (RMSNorm, RoPE, SwiGLU, 6 heads of 64, tied
 embeddings, context 512). Its weights are exported with ``lmforge.interop.hf.export_hf`` and loaded by
@@ -21,6 +28,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -112,11 +120,16 @@ def bench_transformer(args) -> list[dict]:
 
 
 @torch.inference_mode()
-def bench_lstm(args) -> list[tuple[int, float]]:
-    """ms/token of an LSTM (lstm-small sizes) in windows of the output, via the generation loop itself."""
+def bench_lstm(args, bits: int = 0) -> list[tuple[int, float]]:
+    """ms/token of an LSTM (lstm-small sizes) in windows of the output, via the generation loop itself; with
+    ``bits`` 8 or 4, its weights quantized (models.quantized)."""
+    from lmforge.models.quantized import quantize_model
+
     torch.manual_seed(0)
     model = build_model(LSTMConfig(vocab_size=args.vocab_size, embedding_dim=128, hidden_dim=256, num_layers=2,
                                    dropout=0.0)).eval()
+    if bits:
+        quantize_model(model, bits)
     params = SamplingParams(temperature=0, max_new_tokens=args.lstm_tokens, ignore_eos=True)
     dec = _Decoder(model, [list(range(8, 40))], params, [], [0])
     window = max(1, args.lstm_tokens // 8)
@@ -129,6 +142,67 @@ def bench_lstm(args) -> list[tuple[int, float]]:
     return out
 
 
+def bench_llamacpp(args) -> None:
+    """lmforge against llama.cpp on the same weights (exported to GGUF): batch 1 decode-only tokens/s at each
+    thread count, fp32 vs F32, int8 vs Q8_0, int4 vs Q4_0, the two engines interleaved; then batch 8 and 64."""
+    import copy
+
+    from llamacpp_peer import LlamaCpp, agreement, bpe_tokenizer, export_ggufs, lmforge_batch_tps, lmforge_decode_tps
+
+    from lmforge.models.quantized import quantize_model
+
+    torch.manual_seed(0)
+    model = build_model(llama_style(args.vocab_size)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.05)
+    variants = {"fp32": (model, "f32"), "int8": (quantize_model(copy.deepcopy(model), 8), "q8_0"),
+                "int4": (quantize_model(copy.deepcopy(model), 4), "q4_0")}
+    variants = {k: v for k, v in variants.items() if int(k.removeprefix("fp").removeprefix("int")) in args.bits}
+    prompt = _prompts(1, args.prompt, args.vocab_size)[0]
+    new = args.new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_ggufs(model, bpe_tokenizer(args.vocab_size), Path(tmp), [g for _, g in variants.values()])
+        print("\n| threads | lmforge weights | lmforge eager tok/s (the default below 2,048 new tokens) | lmforge "
+              "compiled tok/s (`--compile`, long generations) | llama.cpp type | llama.cpp tok/s | compiled / "
+              "llama.cpp | eager / llama.cpp | greedy tokens equal (of 32) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for threads in args.llamacpp_threads:
+            torch.set_num_threads(threads)
+            for name, (m, gtype) in variants.items():
+                exact = LlamaCpp(files[gtype], threads, f32_cache=True)  # for the agreement check only
+                same = agreement(m, exact, prompt, 32, compile=False)
+                exact.close()
+                peer = LlamaCpp(files[gtype], threads)  # llama.cpp's defaults (float16 K/V) for the speed
+                lmforge_decode_tps(m, prompt, 8, compile=True)  # compiles (or loads Inductor's cache) once
+                best = {"eager": 0.0, "compiled": 0.0, "peer": 0.0}
+                for _ in range(args.repeats):  # interleaved, best of each
+                    best["compiled"] = max(best["compiled"], lmforge_decode_tps(m, prompt, new, compile=True))
+                    best["peer"] = max(best["peer"], peer.decode_tps(prompt, new))
+                    best["eager"] = max(best["eager"], lmforge_decode_tps(m, prompt, new, compile=False))
+                peer.close()
+                print(f"| {threads} | {name} | {best['eager']:.0f} | {best['compiled']:.0f} | {gtype.upper()} | "
+                      f"{best['peer']:.0f} | **{best['compiled'] / best['peer']:.2f}x** | "
+                      f"{best['eager'] / best['peer']:.2f}x | {same} |", flush=True)
+        torch.set_num_threads(max(args.llamacpp_threads))
+        print(f"\n| batch ({max(args.llamacpp_threads)} threads) | weights | lmforge eager tok/s (wall, prompts included) | "
+              "llama.cpp tok/s | ratio |")
+        print("|---|---|---|---|---|")
+        for batch in [b for b in args.batches if b > 1]:
+            prompts = _prompts(batch, args.prompt, args.vocab_size)
+            n = args.new_tokens if batch < 64 else max(16, args.new_tokens // 2)
+            for name in [v for v in ("fp32", "int8") if v in variants]:
+                m, gtype = variants[name]
+                peer = LlamaCpp(files[gtype], max(args.llamacpp_threads), slots=batch, ctx_per_slot=args.prompt + n + 8)
+                ours = theirs = 0.0
+                for _ in range(args.repeats):
+                    ours = max(ours, lmforge_batch_tps(m, prompts, n, compile=False))
+                    theirs = max(theirs, peer.batch_tps(prompts, n))
+                peer.close()
+                print(f"| {batch} | {name} / {gtype.upper()} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
@@ -139,13 +213,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lstm-tokens", type=int, default=1024)
     ap.add_argument("--skip-hf", action="store_true", help="only the LSTM figures")
+    ap.add_argument("--llamacpp", action="store_true", help="compare with llama.cpp (xllamacpp) instead of transformers")
+    ap.add_argument("--llamacpp-threads", type=int, nargs="+", default=[2],
+                    help="thread counts for --llamacpp (one per process gives the compiled step its own threads)")
+    ap.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4], help="--llamacpp: weights to compare (32 8 4)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
     print(f"machine: {info.get('cpu', info)}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    if not args.skip_hf:
+    if args.llamacpp:
+        bench_llamacpp(args)
+    elif not args.skip_hf:
         import transformers
 
         rows = bench_transformer(args)
@@ -155,11 +235,11 @@ def main() -> None:
         for r in rows:
             print(f"| {r['batch']} | {r['new']} | {r['compiled']:.1f} ({r['compile_s']:.1f} s) | {r['lmforge']:.1f} | "
                   f"{r['step']:.1f} | {r['hf']:.1f} | {r['compiled'] / r['hf']:.2f}x | {r['lmforge'] / r['hf']:.2f}x |")
-    lstm = bench_lstm(args)
-    print("\n| LSTM output tokens | ms/token in the window before |")
-    print("|---|---|")
-    for n, ms in lstm:
-        print(f"| {n} | {ms:.3f} |")
+    lstm, lstm8 = bench_lstm(args), bench_lstm(args, bits=8)
+    print("\n| LSTM output tokens | ms/token in the window before (fp32) | int8 weights |")
+    print("|---|---|---|")
+    for (n, ms), (_, ms8) in zip(lstm, lstm8):
+        print(f"| {n} | {ms:.3f} | {ms8:.3f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -33,6 +33,7 @@ from lmforge.inference.sampling import SamplingParams
 from lmforge.inference.translate import Translator
 from lmforge.models.capabilities import model_capabilities
 from lmforge.models.protocol import CausalLM
+from lmforge.models.quantized import quantization_of, quantize_model
 from lmforge.models.run_folder import load_run
 from lmforge.models.transformer.decode import compile_decoding
 from lmforge.tokenizers.base import Tokenizer
@@ -123,6 +124,14 @@ class LM:
         it. The first generation then compiles (seconds); later ones decode about twice as fast on a CPU."""
 
         return compile_decoding(self.model, enabled)
+
+    def quantize(self, bits: int = 8, group_size: int = 32) -> "LM":
+        """Quantizes the model's weights in place (weight-only int8 or int4, see
+        :func:`lmforge.models.quantized.quantize_model`); a model already quantized is left as it is.
+        Returns ``self``."""
+        if quantization_of(self.model) is None:
+            quantize_model(self.model, bits, group_size)
+        return self
 
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``."""

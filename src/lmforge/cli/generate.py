@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from lmforge.errors import ConfigError
+
 DESCRIPTION = "Generate text from a trained language model (streamed; greedy with --temperature 0)."
 
 __all__ = ["DESCRIPTION", "configure", "run", "add_compile_arg", "add_sampling_args", "apply_compile", "sampling_kwargs"]
@@ -34,11 +36,19 @@ def add_compile_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the decoding step with torch.compile (Llama-style Transformers on a CPU): "
                              "seconds to compile at the first generation, then about twice the tokens/s")
+    parser.add_argument("--quantize", choices=["int8", "int4"],
+                        help="quantize the weights when loading (weight-only; `lmforge quantize` saves such a run)")
 
 
 def apply_compile(engine: Any, args: argparse.Namespace) -> None:
-    """Turns on compiled decoding when ``--compile`` asks for it, with a note when the engine cannot use it (a
-    model other than a Llama-style Transformer, a GPU, a translation run)."""
+    """Quantizes the weights when ``--quantize`` asks for it, and turns on compiled decoding when ``--compile``
+    asks for it, with a note when the engine cannot use it (a model other than a Llama-style Transformer, a
+    GPU, a translation run)."""
+    if getattr(args, "quantize", None):
+        quantize = getattr(engine, "quantize", None)
+        if quantize is None:
+            raise ConfigError(f"--quantize applies to language models, not to this run ({type(engine).__name__})")
+        quantize(int(args.quantize.removeprefix("int")))
     compile_decoding = getattr(engine, "compile_decoding", None)
     if args.compile and not (compile_decoding is not None and compile_decoding()):
         print("note: --compile applies to Llama-style Transformers (RMSNorm, RoPE, SwiGLU) in float32 on a CPU; "

@@ -32,8 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("lmforge.cli.compare", "train models on the same data and budget and compare them in a report"),
     "serve": ("lmforge.cli.serve", "serve a run over an OpenAI-compatible HTTP API with a web chat page"),
     "translate": ("lmforge.cli.translate", "translate text with a translation run, one sentence per line"),
-    "export": ("lmforge.cli.export", "export a Transformer to a Hugging Face folder or ONNX (LoRA adapters merged)"),
+    "export": ("lmforge.cli.export", "export a Transformer to a Hugging Face folder, ONNX or a GGUF file for llama.cpp"),
     "import": ("lmforge.cli.import_hf", "import a local Hugging Face checkpoint (Llama, Mistral, Qwen2, GPT-2) as a run"),
+    "quantize": ("lmforge.cli.quantize", "write a run with int8 or int4 weights (faster CPU decoding, smaller files)"),
 }
 
 

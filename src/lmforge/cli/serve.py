@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     engine: object = args.run
-    if args.compile:
+    if args.compile or args.quantize:
         from lmforge.api import load
 
         engine = load(args.run)

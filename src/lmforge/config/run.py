@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from lmforge.config.base import StrictModel
 from lmforge.config.data import DataConfig
 from lmforge.config.model import LM_FAMILIES, SEQ2SEQ_FAMILIES, ModelConfig
+from lmforge.config.quantization import QuantizationConfig
 from lmforge.config.tokenizer import TokenizerConfig
 from lmforge.config.train import TrainConfig
 from lmforge.config.transformer import TransformerConfig
@@ -25,6 +26,8 @@ class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     out_dir: str = "runs/latest"
+    # set by `lmforge quantize`: the weights are int8/int4 (models.quantized rebuilds the layers on load)
+    quantization: Optional[QuantizationConfig] = None
 
     @model_validator(mode="before")
     @classmethod

@@ -123,7 +123,7 @@ class _Decoder:
                  sample_indices: Sequence[int], pad_id: int = 0, fast: bool = True,
                  compile: Optional[bool] = None) -> None:
         # the lean decoding path for Llama-style Transformers, else the model's own init_state/step
-        self.model = (fast_decoder(model, compile=compile) if fast else None) or model
+        self.model = (fast_decoder(model, compile=compile, tokens=params.max_new_tokens or 0) if fast else None) or model
         self.params = params
         self.device = model_device(model)
         self.max_context: Optional[int] = getattr(model, "max_context", None)

@@ -41,6 +41,7 @@ from lmforge.config.base import read_config_file
 from lmforge.config.model import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 from lmforge.models.lora import load_weights_with_adapters, save_weights_with_adapters
+from lmforge.models.quantized import quantize_model
 from lmforge.models.registry import MODELS, _resolve, build_model
 from lmforge.models.weights import (
     build_for_weights,
@@ -171,6 +172,15 @@ def _parse_config(data: dict[str, Any], source: str) -> Any:
     return config_class_for(family).parse(data, source=source)
 
 
+def _rebuild_quantized(model: nn.Module, path: Path, recorded: Any = None) -> None:
+    """Replaces the float layers by int8/int4 ones (models.quantized) when the weights file says they are
+    quantized (its metadata, written by save_weights) or the run config records it (``quantization``)."""
+    raw = read_metadata(path).get("quantization")
+    spec = json.loads(raw) if raw else (recorded.to_dict() if recorded is not None else None)
+    if spec:
+        quantize_model(model, int(spec["bits"]), int(spec.get("group_size", 32)))
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Loads a folder written by :func:`save_model` (or a run folder); never unpickles anything.
 
@@ -189,6 +199,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(f"model folder {directory} not found; check the path, or save/train a model there first")
     config = _read_model_config(directory)
     model = build_for_weights(config, directory / WEIGHTS_FILE)  # a bf16/fp16 checkpoint stays in its dtype
+    _rebuild_quantized(model, directory / WEIGHTS_FILE)
     load_weights_with_adapters(model, directory / WEIGHTS_FILE)  # LoRA adapters merged
     model.to(resolve_device(device))
     model.eval()
@@ -302,6 +313,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", weights: s
         raise
     except Exception as err:  # a config that validates but cannot be built
         raise CheckpointError(f"{run_dir}: the model in {RUN_CONFIG_FILE} cannot be built ({err})") from None
+    _rebuild_quantized(model, path, config.quantization)
     load_weights_with_adapters(model, path)  # LoRA adapters merged
     model.to(resolve_device(device))
     model.eval()

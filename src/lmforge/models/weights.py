@@ -126,12 +126,14 @@ def save_weights(model: nn.Module, path: str | Path, extra_metadata: Optional[di
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous()
     cfg = config_dict(model)
+    quant = getattr(model, "quantization", None)  # models.quantized: the loaders rebuild int8/int4 layers first
     metadata = {
         "format": _FORMAT,
         "family": str((cfg or {}).get("family") or type(model).__name__),
         "config": json.dumps(cfg) if cfg is not None else "null",
         "aliases": json.dumps(aliases),
         "sha256": _checksum(tensors),
+        **({"quantization": json.dumps(quant)} if quant else {}),
         **(extra_metadata or {}),
     }
     with atomic_path(path) as tmp:

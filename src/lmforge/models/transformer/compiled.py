@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmforge.models.quantized import decode_matvec
+
 __all__ = ["CompiledStep", "CompiledLlamaDecoder", "compile_supported", "add_bias"]
 
 
@@ -36,16 +38,13 @@ def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
     return x if b is None else x.add_(b)
 
 
+def _rows(w: Any) -> Any:
+    return w.t() if isinstance(w, Tensor) else w
+
+
 def compile_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :class:`CompiledStep` runs for weights on ``device`` in ``dtype``."""
     return device.type == "cpu" and dtype in (torch.float32, torch.float64)
-
-
-def _matvec(x: Tensor, w: Tensor) -> Tensor:
-    """``x @ w.T`` for x (B, K) and w (N, K); as a fused reduction at batch 1."""
-    if x.shape[0] == 1:
-        return (x * w).sum(-1).unsqueeze(0)
-    return torch.mm(x, w.t())
 
 
 def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor], vcs: list[Tensor],
@@ -66,7 +65,7 @@ def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor
         return torch.rsqrt((t * t).sum(-1, keepdim=True) + deps)
 
     for (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd), kc, vc in zip(layers, kcs, vcs):
-        qkv = add_bias(_matvec(x, wqkv) * inv_norm(x), bqkv)  # (B, nq + 2 nk)
+        qkv = add_bias(decode_matvec(x, wqkv) * inv_norm(x), bqkv)  # (B, nq + 2 nk)
         pairs = qkv[:, : nq + nk].reshape(B, H + Hkv, hd // 2, 2)
         a, b = pairs[..., 0], pairs[..., 1]
         qk = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(B, H + Hkv, hd)
@@ -77,10 +76,10 @@ def _step(tok: Tensor, pos: Tensor, slot: Tensor, mask: Tensor, kcs: list[Tensor
         scores = (q * k).sum(-1) * (1.0 / math.sqrt(hd))  # (B, Hkv, G, S)
         p = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
         att = (p.unsqueeze(-1) * v).sum(-2).reshape(B, nq)  # (B, H * hd)
-        x = x + add_bias(_matvec(att, wo), bo)
-        gu = add_bias(_matvec(x, wgu) * inv_norm(x), bgu)
-        x = x + add_bias(_matvec(F.silu(gu[:, :ffn]) * gu[:, ffn:], wd), bd)
-    return _matvec(x, head) * inv_norm(x)
+        x = x + add_bias(decode_matvec(att, wo), bo)
+        gu = add_bias(decode_matvec(x, wgu) * inv_norm(x), bgu)
+        x = x + add_bias(decode_matvec(F.silu(gu[:, :ffn]) * gu[:, ffn:], wd), bd)
+    return decode_matvec(x, head) * inv_norm(x)
 
 
 class CompiledStep:
@@ -91,10 +90,11 @@ class CompiledStep:
     """
 
     def __init__(self, fast: Any) -> None:
-        # FastLlamaDecoder keeps (in, out) views of contiguous (out, in) matrices: .t() gives the rows back
-        self.layers = [(wqkv.t(), bqkv, wo.t(), bo, wgu.t(), bgu, wd.t(), bd)
+        # FastLlamaDecoder keeps (in, out) views of contiguous (out, in) matrices: .t() gives the rows back;
+        # int8/int4 layers are (gain, *parts) tuples already by rows
+        self.layers = [(_rows(wqkv), bqkv, _rows(wo), bo, _rows(wgu), bgu, _rows(wd), bd)
                        for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
-        self.emb, self.head = fast.emb, fast.head_t.t()
+        self.emb, self.head = fast.emb, _rows(fast.head_t)
         self.rope = torch.view_as_real(fast.rope).contiguous()  # (S, hd/2, 2)
         self.dims = (fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps))
         self._fn = torch.compile(_step, fullgraph=True)
@@ -117,6 +117,7 @@ class CompiledLlamaDecoder:
         self.max_context = fast.max_context
         self.compiled = CompiledStep(fast)
         self.failed: Optional[str] = None  # why compiling failed, once it has
+        self.ready = False  # a compiled step has run: later calls get it without compiling again
 
     def init_state(self, batch_size: int) -> Any:
         # one spare slot: the attended length then never equals the cache's, so the graph never specialises on it
@@ -144,6 +145,7 @@ class CompiledLlamaDecoder:
             warnings.warn(f"compiled decoding is unavailable ({self.failed}); decoding without it", RuntimeWarning,
                           stacklevel=2)
             return self.fast.step(idx, state, attention_mask)
+        self.ready = True
         state.seen += 1
         state.length = s + 1
         return logits.view(B, 1, -1), state

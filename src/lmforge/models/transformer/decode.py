@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmforge.models.quantized import decode_addmm, decode_mm, decode_weight
 from lmforge.models.transformer.compiled import CompiledLlamaDecoder, add_bias, compile_supported
 from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
 
@@ -82,22 +83,31 @@ class FastLlamaDecoder:
         def fold(mat: Tensor, gain: Tensor) -> Tensor:  # (out, in) * (in,): RMSNorm gain and sqrt(D) folded in
             return w(f64(mat) * (f64(gain) * root)[None, :])
 
-        def rows(t: Optional[Tensor]) -> Optional[Tensor]:  # [q | k | v] with q and k rows made interleaved pairs
-            if t is None:
-                return None
-            q, k, v = f64(t).split([self.nq, self.nk, self.nk], dim=0)
+        def perm(t: Tensor) -> Tensor:  # [q | k | v] rows (any dtype) with q and k rows made interleaved pairs
+            q, k, v = t.split([self.nq, self.nk, self.nk], dim=0)
             return torch.cat([_interleave_rows(q, H, hd), _interleave_rows(k, Hkv, hd), v], 0)
 
+        def rows(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else perm(f64(t))
+
+        def mat(layer: Any, gain: Optional[Tensor] = None, qkv: bool = False) -> Any:
+            """(in, out) float matrix, or an int8/int4 layer's (gain, *parts) read as stored (models.quantized)"""
+            quant = decode_weight(layer, None if gain is None else f64(gain) * root, perm if qkv else None)
+            if quant is not None:
+                return quant
+            t = rows(layer.weight) if qkv else f64(layer.weight)
+            return (w(t) if gain is None else fold(t, gain)).t()
+
         self.emb = w(model.tok_emb.weight.detach())
-        self.head_t = fold(model.lm_head.weight, model.norm_f.weight).t()
+        self.head_t = mat(model.lm_head, model.norm_f.weight)
         self.layers = []
         for block in model.blocks:
             attn, ffn = block.attn, block.ffn
             self.layers.append((
-                fold(rows(attn.qkv.weight), block.norm_attn.weight).t(), w(rows(attn.qkv.bias)),
-                w(attn.o_proj.weight.detach()).t(), w(_detach(attn.o_proj.bias)),
-                fold(ffn.w_in.weight, block.norm_ffn.weight).t(), w(_detach(ffn.w_in.bias)),
-                w(ffn.w_out.weight.detach()).t(), w(_detach(ffn.w_out.bias)),
+                mat(attn.qkv, block.norm_attn.weight, qkv=True), w(rows(attn.qkv.bias)),
+                mat(attn.o_proj), w(_detach(attn.o_proj.bias)),
+                mat(ffn.w_in, block.norm_ffn.weight), w(_detach(ffn.w_in.bias)),
+                mat(ffn.w_out), w(_detach(ffn.w_out.bias)),
             ))
         self.ffn = c.ffn_hidden
         # rotary table e^{i * pos * theta_j}, frequencies scaled as the model's (arXiv:2306.15595, 2407.21783)
@@ -138,19 +148,19 @@ class FastLlamaDecoder:
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
         x = F.embedding(idx, self.emb).view(B * T, self.D)  # (B*T, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = add_bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
+            qkv = add_bias(decode_mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
             qk = torch.view_as_real(torch.view_as_complex(qkv[..., :nq + nk].reshape(B, T, H + Hkv, hd // 2, 2)) * rot)
             qk = qk.view(B, T, H + Hkv, hd)  # rotary embedding applied
             state.k[i][:, :, s:S] = qk[:, :, H:].transpose(1, 2)
             state.v[i][:, :, s:S] = qkv[..., nq + nk:].view(B, T, Hkv, hd).transpose(1, 2)
             att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), state.k[i][:, :, :S], state.v[i][:, :, :S],
                                                  attn_mask=mask, is_causal=causal, enable_gqa=H != Hkv)  # (B, H, T, hd)
-            x = add_bias(torch.addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
-            gu = add_bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
-            x = add_bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+            x = add_bias(decode_addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
+            gu = add_bias(decode_mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = add_bias(decode_addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
         state.length = S
         last = x.view(B, T, self.D)[:, -1]  # (B, D)
-        return torch.mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
+        return decode_mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
 
     def _decode_one(self, idx: Tensor, state: _State) -> Tensor:
         """One new (real) token per row, everything 2-D. Without padding in the cache: no mask and one rotary
@@ -169,18 +179,18 @@ class FastLlamaDecoder:
             rot = self.rope[s]  # (hd/2,)
         x = F.embedding(idx.view(B), self.emb)  # (B, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = add_bias(torch.mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
+            qkv = add_bias(decode_mm(x, wqkv).mul_(self._inv_norm(x)), bqkv)  # (B, nq + 2 nk)
             qk = torch.view_as_real(torch.view_as_complex(qkv[:, :nq + nk].view(B, H + Hkv, hd // 2, 2)) * rot)
             kc, vc = state.k[i], state.v[i]
             kc[:, :, s] = qk[:, H:].view(B, Hkv, hd)
             vc[:, :, s] = qkv[:, nq + nk:].view(B, Hkv, hd)
             att = F.scaled_dot_product_attention(qk[:, :H].view(B, H, 1, hd), kc[:, :, :S], vc[:, :, :S],
                                                  attn_mask=mask, enable_gqa=H != Hkv)  # (B, H, 1, hd)
-            x = add_bias(torch.addmm(x, att.view(B, nq), wo), bo)
-            gu = add_bias(torch.mm(x, wgu).mul_(self._inv_norm(x)), bgu)
-            x = add_bias(torch.addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+            x = add_bias(decode_addmm(x, att.view(B, nq), wo), bo)
+            gu = add_bias(decode_mm(x, wgu).mul_(self._inv_norm(x)), bgu)
+            x = add_bias(decode_addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
         state.length = S
-        return torch.mm(x, self.head_t).mul_(self._inv_norm(x)).view(B, 1, -1)
+        return decode_mm(x, self.head_t).mul_(self._inv_norm(x)).view(B, 1, -1)
 
     def _padded_positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:
         B, T = idx.shape
@@ -236,8 +246,9 @@ _CACHE: "weakref.WeakKeyDictionary[Any, tuple[tuple, FastLlamaDecoder]]" = weakr
 
 
 def _weights_key(model: Any) -> tuple:
-    # parameters' identities, devices, dtypes and in-place version counters: an optimizer step or a load changes it
-    return tuple((id(p), p.device, p.dtype, p._version) for p in model.parameters())
+    # parameters' (and int8/int4 weights') identities, devices, dtypes and in-place version counters: an
+    # optimizer step or a load changes it
+    return tuple((id(p), p.device, p.dtype, p._version) for p in (*model.parameters(), *model.buffers()))
 
 
 _COMPILE: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -259,13 +270,23 @@ def compile_decoding(model: Any, enabled: bool = True) -> bool:
     return True
 
 
-def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
+# Without a say from the caller, one-token steps are compiled when a call decodes at least this many tokens per
+# row: compiling costs 15 s cold and a few seconds from Inductor's disk cache on the 2-core benchmark machine (much
+# more under load), and saves about 4 ms a token in float32 and 10 ms in int8 at batch 1 (BENCHMARKS.md, "CPU
+# inference: int8/int4 weights and llama.cpp"), so only long generations pay it back within one call.
+AUTO_COMPILE_TOKENS = 2048
+
+
+def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) -> Optional[Any]:
     """The fast path for ``model`` (built once, reused while its weights do not change), or ``None`` when the
     model is not a Llama-compatible Transformer.
 
-    With ``compile`` (default: whether :func:`compile_decoding` was called for the model), one-token steps run
-    a ``torch.compile``'d step (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is
-    supported (CPU, float32/64); elsewhere the eager fast path is returned."""
+    With ``compile=True``, one-token steps run a ``torch.compile``'d step
+    (:class:`~lmforge.models.transformer.compiled.CompiledLlamaDecoder`) where it is supported (CPU,
+    float32/64, int8/int4 weights); ``False`` keeps the eager fast path. ``None`` (the default) picks the faster
+    path for the work: compiled when :func:`compile_decoding` was called for the model (servers, chat), when the
+    model's step has run compiled already in this process, or when the call decodes ``tokens`` >=
+    :data:`AUTO_COMPILE_TOKENS` per row; eager otherwise."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "family", None) != "transformer" or not hasattr(model, "tok_emb"):
         return None
@@ -283,7 +304,8 @@ def fast_decoder(model: Any, compile: Optional[bool] = None) -> Optional[Any]:
     else:
         fast = FastLlamaDecoder(model)
         _CACHE[model] = (key, fast)
-    if compile or (compile is None and model in _COMPILE):
+    auto = model in _COMPILE or tokens >= AUTO_COMPILE_TOKENS or (fast.compiled is not None and fast.compiled.ready)
+    if compile or (compile is None and auto):
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:
                 fast.compiled = CompiledLlamaDecoder(fast)
