@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
@@ -38,6 +39,9 @@ from lmforge.models.run_folder import load_run
 from lmforge.models.transformer.decode import compile_decoding
 from lmforge.tokenizers.base import Tokenizer
 from lmforge.utils.device import resolve_device as _resolve_device
+from lmforge.inference.engine import BatchEngine
+from lmforge.inference.chat import CHAT_TEMPLATES
+from lmforge.inference.scoring import token_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -168,13 +172,11 @@ class LM:
                            use_context=use_context)
 
     def _chat_prompt(self, messages: Sequence[dict], max_new_tokens: int) -> list[int]:
-
         budget = prompt_budget(self.max_context, max_new_tokens)
         kept = trim_messages(self.tokenizer, messages, budget, self.chat_template)
         return render_chat(self.tokenizer, kept, True, self.chat_template)
 
     def _chat_params(self, sampling: dict) -> Any:
-
         tpl = CHAT_TEMPLATES.get(self.chat_template)
         p = SamplingParams.from_kwargs(None, **sampling)
         return SamplingParams.from_kwargs(p, stop=list(p.stop) + list(tpl.stop),
@@ -203,13 +205,11 @@ class LM:
     # ------------------------------------------------------------------ serving many users, scoring
     def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256) -> "BatchEngine":
         """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model."""
-        from lmforge.inference.engine import BatchEngine
 
         return BatchEngine(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue).start()
 
     def sampling_params(self, **sampling: Any) -> "SamplingParams":
         """``SamplingParams`` from keyword options (``temperature=0``, ``max_new_tokens=64``...)."""
-        from lmforge.inference.sampling import SamplingParams
 
         return SamplingParams.from_kwargs(None, **sampling)
 
@@ -221,14 +221,12 @@ class LM:
 
     def clean_reply(self, text: str) -> str:
         """A chat reply as :meth:`chat` returns it (the template's clean-up, e.g. surrounding spaces removed)."""
-        from lmforge.inference.chat import CHAT_TEMPLATES
 
         return CHAT_TEMPLATES.get(self.chat_template).clean(text)
 
     def token_logprobs(self, ids: Sequence[int], top: int = 0) -> list[Any]:
         """Log-probabilities of each token of ``ids`` given those before it (``None`` for the first); see
         :func:`lmforge.inference.scoring.token_logprobs`."""
-        from lmforge.inference.scoring import token_logprobs
 
         return token_logprobs(self.model, ids, top)
 
@@ -287,7 +285,6 @@ def read_texts(path: str | Path) -> list[str]:
 def default_index_path(run_dir: str | Path, docs_path: str | Path, pooling: str = "mean") -> Path:
     """Where ``lmforge search`` keeps the index of ``docs_path`` for a run: inside the run folder's cache, one
     file per documents file (the file records what it was built from, so a change triggers a rebuild)."""
-    import hashlib
 
     docs_path = Path(docs_path).resolve()
     tag = hashlib.sha256(f"{docs_path}|{pooling}".encode()).hexdigest()[:12]

@@ -194,13 +194,13 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
     save_weights(_build("lstm"), path)
     before = path.read_bytes()
-    import safetensors.torch
+    import lmforge.models.weights as weights_module
 
     def half_write(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    monkeypatch.setattr(weights_module, "save_file", half_write)
     with pytest.raises(OSError):
         save_weights(_build("lstm", hidden_dim=16), path)
     assert path.read_bytes() == before

@@ -1,7 +1,6 @@
 """The chatbot workflow: build a tokenizer and a model, train on a folder of text, generate and chat.
 
 Thin entry points over lmforge's own classes (no second implementation):
-
 * :class:`TransformerModel` is lmforge's :class:`~lmforge.models.transformer.Transformer`, and
   :class:`CustomAIModel` its :class:`~lmforge.models.lstm.LSTMLanguageModel`, each with a tokenizer slot,
   ``generate(seed_text=...)`` (through :func:`lmforge.inference.generation.generate`) and ``save``/``load`` of
@@ -129,7 +128,6 @@ class _ChatbotModel:
 
     @classmethod
     def _check_family(cls, folder: Path) -> None:
-
         have = read_metadata(folder / WEIGHTS_FILE).get("family")
         if have is not None and have != cls.family:
             other = {"transformer": "TransformerModel (Transformer)", "lstm": "CustomAIModel (LSTM)"}.get(have, repr(have))

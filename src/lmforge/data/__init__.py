@@ -22,7 +22,6 @@ _LAZY = {"sample_batch", "iter_eval_batches", "eval_window_starts", "gather_wind
 
 def __getattr__(name: str):
     if name in _LAZY:
-
         return getattr(lm_dataset, name)
     raise AttributeError(f"module 'lmforge.data' has no attribute {name!r}")
 

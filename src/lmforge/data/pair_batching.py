@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 __all__ = ["PairBatch", "encode_source", "encode_pairs", "filter_pairs", "token_batches", "collate_pairs", "IGNORE_INDEX"]
 
@@ -112,7 +113,6 @@ def token_batches(src_lens: Sequence[int], tgt_lens: Sequence[int], max_tokens: 
 def collate_pairs(src_seqs: Sequence[Sequence[int]], tgt_seqs: Sequence[Sequence[int]], pad_id: int, bos_id: int,
                   eos_id: int) -> PairBatch:
     """Right-pads a list of pairs into a :class:`PairBatch` (dynamic padding: to this batch's longest)."""
-    import torch
 
     b = len(src_seqs)
     s_len = max(len(s) for s in src_seqs)

@@ -14,6 +14,7 @@ import numpy as np
 from lmforge.data.pipeline import SPLITS
 from lmforge.data.prepare import PreparedData
 from lmforge.data.shards import INDEX_COLUMNS
+from lmforge.utils.files import atomic_path
 
 __all__ = ["corpus_stats", "plot_stats"]
 
@@ -97,7 +98,6 @@ def plot_stats(stats: dict, path: str | os.PathLike, title: Optional[str] = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmforge.utils.files import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, key, what in ((axes[0], "doc_tokens", "tokens"), (axes[1], "doc_chars", "characters")):

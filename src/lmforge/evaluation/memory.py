@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import threading
 from typing import Any, Optional
+import torch
 
 __all__ = ["PeakMemory", "current_rss_bytes"]
 
@@ -91,8 +92,6 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
@@ -112,8 +111,6 @@ class PeakMemory:
 
     def __exit__(self, *exc: Any) -> None:
         if self._mode == "cuda":
-            import torch
-
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         elif self._mode == "sample":

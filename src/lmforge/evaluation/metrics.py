@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lmforge.evaluation.memory import PeakMemory, current_rss_bytes
+from torch import nn
+import torch
 
 __all__ = [
     "bits_per_unit", "bits_per_char", "bits_per_byte", "parameter_split", "Timing", "time_call",
@@ -81,7 +83,6 @@ def parameter_split(model: Any, vocab_size: Optional[int] = None) -> dict[str, A
         ``{"embedding", "body", "output", "total", "tied"}``; ``tied`` is True when the head reuses the
         embedding matrix (or the model has no separate head layer).
     """
-    from torch import nn
 
     if vocab_size is None:
         vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -132,8 +133,6 @@ class Timing:
 
 def _sync(device: Any) -> None:
     if device is not None and str(device).startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize(device)
 
 
@@ -169,8 +168,6 @@ def _model_device(model: Any) -> Any:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
-        import torch
-
         return torch.device("cpu")
 
 
@@ -190,7 +187,6 @@ def forward_latency(model: Any, batch_size: int, seq_len: int, vocab_size: int, 
     Returns:
         A :class:`Timing`.
     """
-    import torch
 
     device = _model_device(model)
     gen = torch.Generator().manual_seed(seed)
@@ -224,7 +220,6 @@ def decode_step_times(model: Any, length: int, batch_size: int = 1, repeats: int
     Returns:
         A list of ``length`` seconds-per-step figures (time of one step for the whole batch).
     """
-    import torch
 
     device = _model_device(model)
     was_training = model.training
@@ -273,7 +268,6 @@ def _cpu_model() -> str:
 
 def machine_info(device: Any = "cpu") -> dict[str, Any]:
     """The machine a measurement ran on: CPU model, cores, GPU (if used), torch, Python and OS versions."""
-    import torch
 
     try:
         usable = len(os.sched_getaffinity(0))

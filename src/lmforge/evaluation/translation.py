@@ -14,7 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Sequence
+from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.significance import PairedTest
 
 __all__ = ["corpus_scores", "evaluate_translator", "paired_bootstrap", "METRICS"]
 
@@ -47,8 +50,6 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
 
 
 def _metrics() -> dict[str, Any]:
-    from sacrebleu.metrics import BLEU, CHRF, TER
-
     return {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}
 
 
@@ -80,7 +81,6 @@ def paired_bootstrap(systems: Sequence[tuple[str, Sequence[str]]], references: S
     Raises:
         ValueError: fewer than two systems, or a system not aligned with the references.
     """
-    from sacrebleu.significance import PairedTest
 
     if len(systems) < 2:
         raise ValueError("a paired test needs two systems: a baseline and one to compare")
@@ -105,7 +105,6 @@ def evaluate_translator(translator: Any, sources: Sequence[str], references: Seq
     Returns:
         :func:`corpus_scores`' figures plus ``beam``, ``hypotheses`` (kept beside the scores) and ``seconds``.
     """
-    import time
 
     if len(sources) != len(references):
         raise ValueError(f"{len(sources)} sources but {len(references)} references; they must be aligned")

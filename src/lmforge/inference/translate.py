@@ -82,7 +82,6 @@ class Translator:
         return model_capabilities(self.model)
 
     def _batches(self, texts: Sequence[str], batch_size: int) -> list[tuple[list[int], torch.Tensor]]:
-
         ids = [encode_source(self.src_tokenizer, t) for t in texts]
         order = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: len(ids[i]))
         pad = self.src_tokenizer.pad_id

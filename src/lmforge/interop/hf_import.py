@@ -35,6 +35,7 @@ from lmforge.models.transformer import Transformer
 from lmforge.models.transformer.positions import POSITIONS
 from lmforge.models.weights import read_metadata
 from lmforge.tokenizers.hf import HFTokenizer
+from safetensors import safe_open
 
 __all__ = ["import_hf", "read_hf_tokenizer", "build_transformer"]
 
@@ -68,8 +69,6 @@ class _Tensors:
     """The checkpoint's tensors by name, across shards, read one at a time."""
 
     def __init__(self, folder: Path) -> None:
-        from safetensors import safe_open
-
         index = folder / "model.safetensors.index.json"
         if index.is_file():
             weight_map_ = _read_json(index, "the shard index is damaged; download the checkpoint again").get("weight_map")

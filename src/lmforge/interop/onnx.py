@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.utils.files import atomic_path, atomic_write_json
+from lmforge.models.run_folder import load_model
 
 __all__ = ["export_onnx", "verify_onnx", "export_model_dir_onnx"]
 
@@ -124,7 +125,6 @@ def _quiet() -> Any:
 def export_model_dir_onnx(model_dir: str | Path, out_dir: str | Path, atol: float = 1e-4) -> dict[str, Any]:
     """Exports a run or model folder to ``out_dir/model.onnx`` (LoRA adapters merged), with the run's
     ``tokenizer.json`` and model ``config.json`` beside it."""
-    from lmforge.models.run_folder import load_model
 
     model = load_model(model_dir)
     out = Path(out_dir)

@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.weights import load_weights, save_weights
 from lmforge.utils.files import atomic_path
+from safetensors.torch import save_file
+from safetensors import safe_open
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora", "has_lora", "lora_parameters", "save_adapter", "load_adapter",
            "adapter_path", "lora_detached", "lora_from_config", "save_weights_with_adapters", "load_weights_with_adapters", "DEFAULT_TARGETS"]
@@ -195,7 +197,6 @@ def adapter_path(weights: str | Path) -> Path:
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
     """Writes the adapters (A and B of every adapted layer) with rank, alpha and targets in the metadata."""
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in lora_parameters(model).items()}
     meta = {"format": "lmforge-lora", "lora": json.dumps(getattr(model, "lora_config", {}))}
@@ -210,7 +211,6 @@ def load_adapter(model: nn.Module, path: str | Path, merge: bool = False) -> nn.
     Raises:
         CheckpointError: the file is missing, corrupted or does not fit the model.
     """
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():

@@ -22,6 +22,9 @@ from torch import nn
 from lmforge.errors import CheckpointError
 from lmforge.models.registry import build_model, upgrade_state_dict
 from lmforge.utils.files import atomic_path
+from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 __all__ = [
     "weights_dtype", "build_for_weights", "master_weights", "save_weights", "load_weights", "read_metadata", "count_parameters", "unwrap_model", "file_sha256", "config_dict"]
@@ -110,7 +113,6 @@ def save_weights(model: nn.Module, path: str | Path, extra_metadata: Optional[di
         path: the file to write.
         extra_metadata: more string key/values for the safetensors header.
     """
-    from safetensors.torch import save_file
 
     model = unwrap_model(model)
     tensors: dict[str, torch.Tensor] = {}
@@ -232,8 +234,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
         CheckpointError: the file is missing, truncated or corrupted, holds another family or vocabulary, or
             its tensors do not fit the model; the message names both sides and the fix.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_metadata(path)

@@ -41,6 +41,7 @@ from lmforge.serving.routes.page import PUBLIC_PATHS
 from lmforge.serving.runtime import QueueFull
 from lmforge.serving.schemas import error_body, now
 from lmforge.serving.state import ServerState
+from lmforge.api import load
 
 __all__ = ["create_app", "APIError"]
 
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 
 def _load(engine_or_run: Any) -> Any:
     if isinstance(engine_or_run, (str, Path)):
-        from lmforge.api import load
-
         return load(engine_or_run)
     return engine_or_run
 

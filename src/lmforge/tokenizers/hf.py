@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 from lmforge.errors import TokenizerError
 from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, content_fingerprint
 from lmforge.utils.files import atomic_write_json
+from tokenizers import Tokenizer as _HF
 
 __all__ = ["HFTokenizer"]
 
@@ -46,8 +47,6 @@ class HFTokenizer:
 
     def __init__(self, payload: dict, special: Optional[dict] = None, chat_template: Optional[str] = None,
                  stop_tokens: Sequence[str] = (), add_bos: bool = False, source: str = "tokenizer") -> None:
-        from tokenizers import Tokenizer as _HF
-
         try:
             self._tok = _HF.from_str(json.dumps(payload))
         except Exception as err:  # the library raises its own exception type for a malformed file

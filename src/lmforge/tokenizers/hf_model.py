@@ -22,6 +22,7 @@ from lmforge.tokenizers.base import (
     resolve_tokenizer_path,
 )
 from lmforge.utils.files import atomic_write_json
+import tokenizers
 
 __all__ = ["HFModelTokenizer", "hf_tokenizers"]
 
@@ -54,11 +55,7 @@ def _not_text(text: object) -> str:
 
 
 def hf_tokenizers() -> Any:
-    """The ``tokenizers`` package (a core dependency), or a clear error."""
-    try:
-        import tokenizers
-    except ImportError as err:  # pragma: no cover - a core dependency
-        raise TokenizerError("this tokenizer kind needs the `tokenizers` package; pip install tokenizers") from err
+    """The ``tokenizers`` package (a core dependency)."""
     return tokenizers
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 from lmforge.tokenizers import load_tokenizer
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 __all__ = ["DistInfo", "init_distributed", "wrap_ddp", "all_reduce_sum", "barrier", "cleanup", "env_world_size",
            "current_dist", "process_group", "main_first", "shared_tokenizer"]
@@ -84,7 +85,6 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> to
     """Wraps ``model`` in ``DistributedDataParallel`` when distributed, else returns it unchanged."""
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     if device.type == "cuda":
         return DDP(model, device_ids=[device.index if device.index is not None else info.local_rank])

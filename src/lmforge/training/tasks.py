@@ -100,7 +100,6 @@ class LMTask:
                  seed: int = 1337, val_meta: Optional[dict] = None, eval_batch_size: Optional[int] = None,
                  label_smoothing: float = 0.0, eval_tokens: Optional[int] = None,
                  eval_share: Optional[float] = None) -> None:
-
         _check(train_tokens, block_size, 1, block_size + 1, "training split")
         _check(val_tokens, block_size, 1, 2, "validation split")
         self.train_tokens = train_tokens
@@ -126,7 +125,6 @@ class LMTask:
         self.rows = micro_batch_rows(self.batch_size, world_size, grad_accum)
 
     def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-
         starts = self.sampler.next_starts(self.batch_size)  # (B,) the global batch, the same on every rank
         self.steps_drawn += 1
         out = []

@@ -389,11 +389,9 @@ class Trainer:
         if tb is not None:
             tb.close()
         if self.run_dir is not None:
-
             atomic_write_json(self.run_dir / ckpt.SUMMARY_FILE, summary)
             if metrics is not None:
                 try:
-
                     plot_losses(metrics.records(), self.run_dir / "loss.png", title=f"{self.config.model.family}")
                 except Exception as err:  # a figure must never lose a finished run
                     log.warning("could not draw loss.png: %s", err)

@@ -145,7 +145,6 @@ def _time_to(points: list[dict], target: float) -> Optional[dict]:
 
 # ------------------------------------------------------------------------------------------------ the driver
 def _prepare(settings: CompareSettings, out_dir: Path, val_fraction: float) -> tuple[Any, list[str], dict]:
-
     docs = read_documents(settings.data)
     train_docs, val_docs = split_documents(docs, val_fraction=val_fraction)
     tok = train_tokenizer(settings.tokenizer, train_docs, vocab_size=settings.vocab_size)

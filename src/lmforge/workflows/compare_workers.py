@@ -7,6 +7,7 @@ so that one phase's or one model's peak memory never leaks into another's figure
 
 from __future__ import annotations
 
+import time
 import logging
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +27,8 @@ from lmforge.models.run_folder import load_run
 from lmforge.training.precision import resolve_device
 from lmforge.training.tasks import LMTask
 from lmforge.training.trainer import Trainer
+import torch
+import numpy as np
 
 __all__ = ["train_worker", "measure_worker", "run_job", "capped_warmup"]
 
@@ -37,14 +40,11 @@ def _setup_worker(job: dict) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=job["log_level"], format="%(message)s")
     if job.get("threads"):
-        import torch
-
         torch.set_num_threads(job["threads"])
 
 
 def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
     """The shared tokenizer, the token cache, and the (possibly shortened) validation split with its lengths."""
-    import numpy as np
 
 
     tok = load_tokenizer(job["tokenizer_path"])
@@ -60,7 +60,6 @@ def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
 
 def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> float:
     """Median seconds of a forward + backward pass on a training batch (weights are not changed)."""
-    import time
 
 
     model.to(device).train()
@@ -86,7 +85,6 @@ def capped_warmup(configured: int, expected_steps: int) -> int:
 
 def train_worker(job: dict) -> dict:
     """Trains one model (in its own process when isolated) and returns its training figures and curve."""
-    import torch
 
 
     _setup_worker(job)
@@ -159,7 +157,6 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 def _generation_speed(model: Any, tok: Any, batch: int, job: dict, device: Any) -> float:
-
     params = SamplingParams(temperature=1.0, max_new_tokens=job["gen_tokens"], ignore_eos=True, seed=job["seed"])
     prompts = [job["prompts"][0]] * batch
     produced: list[int] = []
@@ -172,7 +169,6 @@ def _generation_speed(model: Any, tok: Any, batch: int, job: dict, device: Any) 
 
 
 def _samples(model: Any, tok: Any, job: dict) -> list[dict]:
-
     params = SamplingParams(temperature=0.8, top_k=None, max_new_tokens=job["sample_tokens"], seed=job["seed"])
     done = generate(model, tok, job["prompts"], params)
     return [{"prompt": p, "completion": c.text} for p, c in zip(job["prompts"], done)]

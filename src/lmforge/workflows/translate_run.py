@@ -84,7 +84,6 @@ def _pairs(config: RunConfig) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 
 def _tokenizers(config: RunConfig, train: list[tuple[str, str]], run_dir: Path, resume: bool) -> tuple[Any, Any]:
-
     if resume:
         run = run_dir / ckpt.TOKENIZER_FILE
         if run.is_file():
@@ -187,7 +186,6 @@ def train_translation(config: RunConfig, *, resume: bool = False, progress: Any 
     summary["train_pairs"] = len(run.task.train_src)
     summary["train_target_tokens"] = sum(len(t) + 1 for t in run.task.train_tgt)  # per epoch, with <eos>
     if trainer.dist.is_main and not summary.get("interrupted"):
-
         shown = run.val_pairs[:3]
         hyps = Translator(trainer.raw, run.src_tokenizer, run.tgt_tokenizer).translate([s for s, _ in shown], beam=1)
         summary["sample"] = "\n".join(f"{s}\n  => {h}" for (s, _), h in zip(shown, hyps))
