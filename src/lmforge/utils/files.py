@@ -24,20 +24,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         >>> with atomic_open("out.txt") as f:  # doctest: +SKIP
         ...     f.write("hello")
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
 
 
 @contextlib.contextmanager
