@@ -13,6 +13,8 @@ from lmforge.config import RunConfig, get_preset
 from lmforge.config.translate_defaults import DEFAULT_CPU_BUDGET, FAST_BELOW, choose_translation_preset
 from lmforge.models import build_model
 from lmforge.models.io import count_parameters
+from lmforge.utils import cpu_load
+from lmforge.utils.cpu_load import _sampled_running as sampled_running, busy  # the real one: a fixture patches it
 
 
 class _Cuda:
@@ -30,7 +32,8 @@ class _Cuda:
 def _idle_machine(monkeypatch):
     from lmforge.cli import train as train_cli
 
-    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # the choice must not depend on the CI's load
+    monkeypatch.setattr(cpu_load, "_sampled_running", lambda *a: None)  # the choice must not depend on the CI's load
+    monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
 
 
 def _config(argv: list[str], gpu: bool = False):
@@ -125,7 +128,22 @@ def test_the_cli_reads_the_load(monkeypatch) -> None:
     monkeypatch.setattr(train_cli.os, "getloadavg", lambda: (30.0, 30.0, 30.0))
     monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
     cfg, choice, note = _config(["--time-budget", "1200"])
-    assert choice.preset == "translate-cpu-fast" and choice.threads == 1 and "load average 30.0 on 2 cores" in note
+    assert choice.preset == "translate-cpu-fast" and choice.threads == 1 and "load 30.0 on 2 cores" in note
+
+
+def test_the_load_is_the_running_tasks_now_not_the_lagging_average(tmp_path, monkeypatch) -> None:
+    proc = tmp_path / "loadavg"
+    proc.write_text("9.50 6.00 3.00 1/230 4242\n")  # a long job just ended: the average still reports it
+    assert sampled_running(0.0, 3, str(proc)) == 0.0  # only the reader itself runs
+    proc.write_text("0.20 0.10 0.00 4/230 4242\n")  # three tasks started a moment ago
+    assert sampled_running(0.0, 3, str(proc)) == 3.0
+    assert sampled_running(0.0, 3, str(tmp_path / "missing")) is None
+    monkeypatch.setattr(cpu_load, "_sampled_running", lambda *a: 0.0)
+    monkeypatch.setattr(cpu_load.os, "getloadavg", lambda: (9.5, 6.0, 3.0))
+    monkeypatch.setattr(cpu_load.os, "cpu_count", lambda: 2)
+    assert cpu_load.machine_load() == (0.0, 2) and not busy(cpu_load.machine_load())
+    monkeypatch.setattr(cpu_load, "_sampled_running", lambda *a: None)  # no /proc: the load average
+    assert cpu_load.machine_load() == (9.5, 2)
 
 
 def test_decoding_commands_use_one_thread_on_a_busy_cpu(monkeypatch) -> None:

@@ -74,7 +74,8 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
         device: where training runs (resolve ``auto`` first).
         family: ``transformer`` or ``lstm`` (a ``seq2seq_`` prefix is accepted).
         step_budget: a step or epoch budget was given, so no time budget is added.
-        load: ``(load average, CPU cores)`` of the machine, when known. On a CPU already busy with other
+        load: ``(load, CPU cores)`` of the machine, when known (:func:`lmforge.utils.cpu_load.machine_load`: the
+            tasks running now besides this one, or the load average). On a CPU already busy with other
             processes the run can expect about ``cores / (load + 1)`` of the machine, so the tier is chosen for
             that share of the budget; and it trains with one thread, since torch's threads would spend the
             budget waiting for each other while other processes hold the cores (BENCHMARKS.md, "Translation").
@@ -107,7 +108,7 @@ def choose_translation_preset(time_budget: Optional[float], *, device: Literal["
         given = "given" if time_budget is not None else "the default when none is given"
         why = f"{budget:g} s of training ({given}) on {where}"
         if crowded:
-            why += (f" busy with other work (load average {load[0]:.1f} on {load[1]} cores: about "
+            why += (f" busy with other work (load {load[0]:.1f} on {load[1]} cores: about "
                     f"{budget * share:.0f} s of an idle machine's compute)")
         if not gpu:
             why += f"; {'under' if fast else 'at least'} {FAST_BELOW:g} s picks the {'small' if fast else 'standard'} CPU tier"
