@@ -70,3 +70,42 @@ def test_the_one_loader_reads_a_model_folder_too() -> None:
     with torch.no_grad():
         torch.testing.assert_close(run.model(tensors["input"])[0], tensors["logits"], rtol=1e-5, atol=1e-5)
     assert isinstance(api.load(OLD / "model_folder_lstm", device="cpu").generate("the", max_new_tokens=3), str)
+
+
+def _pairs(tmp_path: Path) -> tuple[Path, Path]:
+    """The pairs the translation fixtures were trained on (make_fixtures.py)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6))) for _ in range(200)]
+    (tmp_path / "s.txt").write_text("".join(w + "\n" for w in words))
+    (tmp_path / "t.txt").write_text("".join(w[::-1] + "\n" for w in words))
+    return tmp_path / "s.txt", tmp_path / "t.txt"
+
+
+def test_resuming_old_runs(tmp_path: Path, capsys) -> None:
+    """An old seq2seq LSTM run resumes; the old seq2seq Transformer's optimizer state cannot (its Q/K/V are one
+    matrix now), which is said in one line with the fix, and that fix (``--init-from``) trains on its weights."""
+    import shutil
+
+    from lmforge.cli.main import main
+
+    src, tgt = _pairs(tmp_path)
+    data = [f"data.src={src}", f"data.tgt={tgt}"]
+    for name in ("translate_lstm", "translate_transformer"):
+        shutil.copytree(OLD / name, tmp_path / name)
+    assert main(["train", "--resume", str(tmp_path / "translate_lstm"), *data, "train.max_steps=4", "--quiet"]) == 0
+    assert json.loads((tmp_path / "translate_lstm" / "summary.json").read_text())["steps"] == 4
+    before = (tmp_path / "translate_transformer" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "translate_transformer"), *data, "train.max_steps=4", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "older lmforge" in err and "--init-from" in err and "Traceback" not in err
+    assert (tmp_path / "translate_transformer" / "model.safetensors").read_bytes() == before  # nothing lost
+    out = tmp_path / "continued"
+    assert main(["train", "--task", "translate", "--init-from", str(tmp_path / "translate_transformer"), "--src", str(src),
+                 "--tgt", str(tgt), "--max-steps", "1", "--out", str(out), "--quiet"]) == 0
+    old = api.load(OLD / "translate_transformer", device="cpu").model.state_dict()
+    new = api.load(out, device="cpu").model.state_dict()
+    assert set(old) == set(new)
+    assert max((old[k] - new[k]).abs().max().item() for k in old) < 0.05  # one small step from the old weights

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError
 from lmforge.models import run_folder
+from lmforge.models.registry import upgrade_state_dict
 from lmforge.models.run_folder import (
     BEST_WEIGHTS_FILE,
     RUN_CONFIG_FILE,
@@ -37,6 +39,7 @@ from lmforge.models.run_folder import (
 from lmforge.utils.files import atomic_path
 
 __all__ = [
+    "optimizer_mismatch_fix",
     "Run", "save_run", "load_run", "save_trainer_state", "load_trainer_state", "file_sha256",
     "capture_rng_state", "restore_rng_state", "unwrap_model", "read_summary",
     "CONFIG_FILE", "WEIGHTS_FILE", "BEST_WEIGHTS_FILE", "STATE_FILE", "SUMMARY_FILE", "TOKENIZER_FILE",
@@ -100,3 +103,15 @@ def restore_rng_state(state: dict) -> None:
         torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def optimizer_mismatch_fix(model: nn.Module, weights: str | Path) -> str:
+    """What to do when a run's saved optimizer state does not fit ``model``: for weights an older lmforge saved
+    (their names are renamed on load, as the seq2seq Transformer's separate Q/K/V became one fused matrix), the
+    optimizer's per-parameter state no longer lines up, so the fix is a new optimizer from those weights."""
+    tensors = load_file(str(weights))
+    if set(upgrade_state_dict(model, dict(tensors))) != set(tensors):
+        return (f"its weights were saved by an older lmforge (its layers have been renamed or fused since), so "
+                f"its optimizer state cannot be carried over; continue training its weights with a new optimizer: "
+                f"`lmforge train --init-from {Path(weights).parent}` (generate, eval and translate load it as it is)")
+    return "resume with the run's own config.yaml"

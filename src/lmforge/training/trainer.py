@@ -170,8 +170,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"the optimizer state in {self.run_dir} does not fit this model ({err}); "
-                                  "resume with the run's own config.yaml") from None
+            fix = ckpt.optimizer_mismatch_fix(self.raw, weights)
+            raise CheckpointError(f"the optimizer state in {self.run_dir} does not fit this model ({err}); {fix}") from None
         self.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state.get("schedule", {}))
         self.task.load_state_dict(state["task"])
