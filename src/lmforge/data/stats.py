@@ -98,7 +98,6 @@ def plot_stats(stats: dict, path: str | os.PathLike, title: Optional[str] = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, key, what in ((axes[0], "doc_tokens", "tokens"), (axes[1], "doc_chars", "characters")):
         bins = stats[key]

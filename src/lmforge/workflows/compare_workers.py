@@ -45,8 +45,6 @@ def _setup_worker(job: dict) -> None:
 
 def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
     """The shared tokenizer, the token cache, and the (possibly shortened) validation split with its lengths."""
-
-
     tok = load_tokenizer(job["tokenizer_path"])
     train_docs, val_docs = split_documents(read_documents(job["data"]), val_fraction=job["val_fraction"])
     data = prepare_lm_data(train_docs, val_docs, tok, job["cache_dir"])
@@ -60,8 +58,6 @@ def _load_data(job: dict) -> tuple[Any, Any, Any, dict]:
 
 def _calibrate_step_time(model: Any, task: Any, device: Any, steps: int = 3) -> float:
     """Median seconds of a forward + backward pass on a training batch (weights are not changed)."""
-
-
     model.to(device).train()
     task.setup(device=device, rank=0, world_size=1, grad_accum=1)
     x, y = task.next_batches()[0]
@@ -85,8 +81,6 @@ def capped_warmup(configured: int, expected_steps: int) -> int:
 
 def train_worker(job: dict) -> dict:
     """Trains one model (in its own process when isolated) and returns its training figures and curve."""
-
-
     _setup_worker(job)
     name = job["name"]
     config = RunConfig.parse(job["config"])
@@ -123,7 +117,6 @@ def train_worker(job: dict) -> dict:
 
 def measure_worker(job: dict) -> dict:
     """Loads a trained run (in its own process when isolated) and measures latency, generation and memory."""
-
     _setup_worker(job)
     device = resolve_device(job["device"])
     out: dict[str, Any] = {}
