@@ -15,8 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
+from lmforge.utils.files import atomic_write_json
+
 __all__ = [
     "SPECIAL_TOKENS",
+    "SavedAsJSON",
     "FIRST_REGULAR_ID",
     "PAD_ID",
     "UNK_ID",
@@ -101,6 +104,21 @@ class Tokenizer(Protocol):
     def fingerprint(self) -> str:
         """A stable hash of the tokenizer's content (same vocabulary and rules -> same hash)."""
         ...
+
+
+class SavedAsJSON:
+    """``save`` and ``fingerprint`` for a tokenizer whose whole content is its ``to_dict()`` payload."""
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def save(self, path: Any) -> None:
+        """Writes ``tokenizer.json`` atomically (a folder path gets ``tokenizer.json`` inside it)."""
+        atomic_write_json(resolve_tokenizer_path(path), self.to_dict())
+
+    def fingerprint(self) -> str:
+        """A stable hash of the payload: the same vocabulary and rules give the same hash."""
+        return content_fingerprint(self.to_dict())
 
 
 def frame_ids(ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:

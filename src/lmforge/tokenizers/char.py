@@ -16,16 +16,14 @@ from lmforge.tokenizers.base import (
     FORMAT_VERSION,
     PAD_ID,
     SPECIAL_TOKENS,
+    SavedAsJSON,
     UNK_ID,
-    content_fingerprint,
-    resolve_tokenizer_path,
 )
-from lmforge.utils.files import atomic_write_json
 
 __all__ = ["CharTokenizer"]
 
 
-class CharTokenizer:
+class CharTokenizer(SavedAsJSON):
     """Maps each character to an id; characters not seen in training become ``<unk>``.
 
     Example:
@@ -107,13 +105,7 @@ class CharTokenizer:
         """Rebuilds the tokenizer from :meth:`to_dict`'s payload (``source`` names the file in errors)."""
         return cls(payload_list(data, "vocab", source))
 
-    def save(self, path: Any) -> None:
-        """Writes ``tokenizer.json`` atomically (a folder path gets ``tokenizer.json`` inside it)."""
-        atomic_write_json(resolve_tokenizer_path(path), self.to_dict())
 
-    def fingerprint(self) -> str:
-        """Stable hash of the vocabulary."""
-        return content_fingerprint(self.to_dict())
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"

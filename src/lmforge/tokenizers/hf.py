@@ -21,8 +21,7 @@ import json
 from typing import Any, Iterable, Optional, Sequence
 
 from lmforge.errors import TokenizerError
-from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, content_fingerprint
-from lmforge.utils.files import atomic_write_json
+from lmforge.tokenizers.base import FORMAT_NAME, FORMAT_VERSION, SavedAsJSON
 from tokenizers import Tokenizer as _HF
 
 __all__ = ["HFTokenizer"]
@@ -30,7 +29,7 @@ __all__ = ["HFTokenizer"]
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-class HFTokenizer:
+class HFTokenizer(SavedAsJSON):
     """A Hugging Face ``tokenizers`` tokenizer behind the lmforge :class:`~lmforge.tokenizers.base.Tokenizer`
     contract.
 
@@ -117,13 +116,7 @@ class HFTokenizer:
                 "chat_template": self.chat_template, "special": self.special, "stop_tokens": self.stop_tokens,
                 "add_bos": self.add_bos}
 
-    def save(self, path: Any) -> None:
-        """Writes the tokenizer (with its chat template and special tokens) as one ``tokenizer.json``."""
-        atomic_write_json(path, self.to_dict())
 
-    def fingerprint(self) -> str:
-        """A stable hash of the vocabulary, rules, special tokens and chat template."""
-        return content_fingerprint(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer") -> "HFTokenizer":

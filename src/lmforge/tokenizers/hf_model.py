@@ -16,12 +16,10 @@ from lmforge.tokenizers.base import (
     FORMAT_VERSION,
     PAD_ID,
     SPECIAL_TOKENS,
+    SavedAsJSON,
     UNK_ID,
-    content_fingerprint,
     frame_ids,
-    resolve_tokenizer_path,
 )
-from lmforge.utils.files import atomic_write_json
 import tokenizers
 
 __all__ = ["HFModelTokenizer", "hf_tokenizers"]
@@ -59,7 +57,7 @@ def hf_tokenizers() -> Any:
     return tokenizers
 
 
-class HFModelTokenizer:
+class HFModelTokenizer(SavedAsJSON):
     """A Hugging Face ``tokenizers.Tokenizer`` whose ids 0-7 are lmforge's special tokens; subclasses add ``kind``
     and ``train``. ``cuttable`` says whether long text may be cut at :data:`_SAFE_CUT` and encoded in parallel
     with the same ids (true when a line break between two non-space characters is always its own pre-token)."""
@@ -154,13 +152,7 @@ class HFModelTokenizer:
             raise TokenizerError(f"{source}: the {cls.kind} model cannot be read ({str(err).splitlines()[0][:120]}); the file is corrupted, retrain the tokenizer") from None
         return cls(tok)
 
-    def save(self, path: Any) -> None:
-        """Writes ``tokenizer.json`` atomically (a folder path gets ``tokenizer.json`` inside it)."""
-        atomic_write_json(resolve_tokenizer_path(path), self.to_dict())
 
-    def fingerprint(self) -> str:
-        """Stable hash of the vocabulary, merges and pipeline."""
-        return content_fingerprint(self.to_dict())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"

@@ -22,11 +22,9 @@ from lmforge.tokenizers.base import (
     FORMAT_VERSION,
     PAD_ID,
     SPECIAL_TOKENS,
+    SavedAsJSON,
     UNK_ID,
-    content_fingerprint,
-    resolve_tokenizer_path,
 )
-from lmforge.utils.files import atomic_write_json
 
 __all__ = ["WordTokenizer"]
 
@@ -34,7 +32,7 @@ NEWLINE = "\n"
 _PIECES = re.compile(r"\n|[^\s]+")
 
 
-class WordTokenizer:
+class WordTokenizer(SavedAsJSON):
     """Splits on whitespace (keeping line breaks as tokens) and maps words outside the vocabulary to ``<unk>``.
 
     ``decode(encode(s))`` gives ``s`` back when ``s`` uses single spaces between words, no spaces at line ends
@@ -140,13 +138,7 @@ class WordTokenizer:
             raise TokenizerError(f"{source}: field 'lowercase' must be true or false; the file is corrupted, retrain the tokenizer")
         return cls(payload_list(data, "vocab", source), lowercase=lowercase)
 
-    def save(self, path: Any) -> None:
-        """Writes ``tokenizer.json`` atomically (a folder path gets ``tokenizer.json`` inside it)."""
-        atomic_write_json(resolve_tokenizer_path(path), self.to_dict())
 
-    def fingerprint(self) -> str:
-        """Stable hash of the vocabulary and the lowercase flag."""
-        return content_fingerprint(self.to_dict())
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase})"
