@@ -84,6 +84,9 @@ class BatchEngine:
         self._stop = False
         self._thread: Optional[threading.Thread] = None
         self.steps = 0  # decoding steps taken (for tests and metrics)
+        # the events of one iteration, handed to the sinks together at its end: a consumer on another thread
+        # (the server's event loop) is woken once per step, not in the middle of the step's Python work
+        self.outbox: list[tuple[Callable[[Event], None], Event]] = []
 
     # ------------------------------------------------------------------ public, any thread
     @property
@@ -185,7 +188,18 @@ class BatchEngine:
                 seq.fail(err)
             self._running.clear()
             self._prefilling.clear()
+        finally:
+            self._send()
         return True
+
+    def _send(self) -> None:
+        """Hands the iteration's events to their sinks (a failing sink must not stop the others)."""
+        out, self.outbox[:] = list(self.outbox), []
+        for sink, event in out:
+            try:
+                sink(event)
+            except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
+                log.exception("a request's sink failed")
 
     def _drop_cancelled(self) -> None:
         with self._cond:
