@@ -78,10 +78,10 @@ def test_completions_stream_that_lags_keeps_every_token(serve, tiny_lm):
 
 
 def test_a_stream_that_keeps_up_gets_one_token_per_event(serve):
-    """A slow generation (50 ms a token, the reader idle in between): no event merges tokens."""
+    """A slow generation (100 ms a token, the reader idle in between): no event merges tokens."""
     from serving_fakes import FakeLM, reply_for, render_chat
 
-    srv = serve(FakeLM(delay=0.05))
+    srv = serve(FakeLM(delay=0.1))
     body = {"messages": MESSAGES, "max_tokens": 8, "stream": True}
     resp = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)
     deltas = [e["choices"][0]["delta"].get("content") for e in _events(resp.text.split("\n")) if e["choices"]]
