@@ -192,3 +192,33 @@ def test_long_prompt_prefill_does_not_stall_running_streams(tok):
         assert running.done.wait(60)
     finally:
         eng.stop()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt"])
+def test_prompts_of_different_lengths_prefill_as_one_padded_batch(tok, family):
+    """Requests waiting together, of different lengths, are prefilled in one left-padded call (and so are the
+    re-prefills of rows that filled the 32-token context); each one's greedy tokens still equal offline
+    generation of that request alone."""
+    model = _model(tok, family)
+    eng = BatchEngine(model, tok, max_batch=4, prefill_chunk=256)
+    calls: list[list[int]] = []
+    feed = eng.slots.feed
+
+    def counting_feed(scratch, ids):
+        calls.append([len(r) for r in ids])
+        return feed(scratch, ids)
+
+    eng.slots.feed = counting_feed
+    lengths = [40, 33, 45, 38]
+    sinks = [_submit(eng, tok, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths)]  # queued before the start
+    eng.start()
+    try:
+        for s in sinks:
+            assert s.done.wait(60)
+    finally:
+        eng.stop()
+    assert len(calls[1]) == 4 and len(set(calls[1])) == 4  # all four at once (calls[0] is the warm-up)
+    assert len(calls) > 2  # and the rows that filled the context were re-prefilled
+    for prompt, n_new, sink in zip(PROMPTS, lengths, sinks):
+        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=n_new, ignore_eos=True)[0]
+        assert sink.ids() == alone.token_ids

@@ -84,7 +84,9 @@ def test_chat_stream_is_openai_chunk_format(serve):
     assert plain[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in plain)
     assert text == reply_for(prompt)[:12]
-    assert len(plain) == 1 + 12 + 1  # role, one chunk per token, finish
+    # role, the text (one chunk per token; fewer when the writer lags behind this instant fake model, as the
+    # tokens waiting then share a chunk: tests/serving/test_serving_coalesce.py), finish
+    assert 3 <= len(plain) <= 1 + 12 + 1
     assert plain[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
     assert all("usage" not in e for e in plain)
     assert with_usage[-1]["choices"] == []

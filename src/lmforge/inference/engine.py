@@ -84,6 +84,9 @@ class BatchEngine:
         self._stop = False
         self._thread: Optional[threading.Thread] = None
         self.steps = 0  # decoding steps taken (for tests and metrics)
+        # the events of one iteration, handed to the sinks together at its end: a consumer on another thread
+        # (the server's event loop) is woken once per step, not in the middle of the step's Python work
+        self.outbox: list[tuple[Callable[[Event], None], Event]] = []
 
     # ------------------------------------------------------------------ public, any thread
     @property
@@ -185,7 +188,18 @@ class BatchEngine:
                 seq.fail(err)
             self._running.clear()
             self._prefilling.clear()
+        finally:
+            self._send()
         return True
+
+    def _send(self) -> None:
+        """Hands the iteration's events to their sinks (a failing sink must not stop the others)."""
+        out, self.outbox[:] = list(self.outbox), []
+        for sink, event in out:
+            try:
+                sink(event)
+            except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
+                log.exception("a request's sink failed")
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -205,21 +219,24 @@ class BatchEngine:
                 self._prefilling.extend(Sequence.for_request(handle, self, i) for i in range(handle.request.n))
 
     def _prefill(self) -> None:
-        """Prefills up to ``prefill_chunk`` prompt tokens. Fresh prompts of one length that fit are fed as one
-        batch (the re-prefills of sequences that filled their context together, or requests that came
-        together); a longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
+        """Prefills up to ``prefill_chunk`` prompt tokens. The fresh prompts that fit are fed as one batch (the
+        re-prefills of sequences that filled their context, requests that came together), left-padded where
+        the slots allow prompts of different lengths (a Transformer's), else those of the head's length; a
+        longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
         take their first token and join the batch; the choices of one request share one prefill."""
         budget = self.prefill_chunk
+        ragged = bool(getattr(self.slots, "ragged", False))
         while self._prefilling and budget > 0:
             head = self._prefilling[0]
             size = len(head.to_prefill)
             if head.scratch is None and size <= budget:
                 reps: list[Sequence] = []
                 for s in self._prefilling:
-                    if s.scratch is None and len(s.to_prefill) == size and (len(reps) + 1) * size <= budget \
+                    n = len(s.to_prefill)
+                    if s.scratch is None and (ragged or n == size) and n <= budget \
                             and not any(s.shares_prefill_with(r) for r in reps):
                         reps.append(s)
-                budget -= size * len(reps)
+                        budget -= n
                 logits, scratch = self.slots.feed(self.slots.scratch(len(reps)), [r.to_prefill for r in reps])
                 for i, rep in enumerate(reps):
                     self._prefilled(rep, logits[i], scratch, i)

@@ -81,6 +81,7 @@ class Sequence:
     def __init__(self, handle: Any, engine: Any, index: int) -> None:
         req: GenerationRequest = handle.request
         self.handle, self.request, self.index, self.group = handle, req, index, handle
+        self.outbox: list[tuple[Callable[[Event], None], Event]] = engine.outbox  # sent after each iteration
         self.params = p = req.params
         ctx = engine.slots.max_context
         ids = list(req.prompt_ids)[-ctx:] if ctx else list(req.prompt_ids)
@@ -189,7 +190,7 @@ class Sequence:
         event = Event(self.index, text, self.pending_ids, self.pending_lp, reason, self.n_gen, self.prompt_tokens,
                       error)
         self.pending_ids, self.pending_lp = [], []
-        self.request.sink(event)
+        self.outbox.append((self.request.sink, event))
 
     def finish(self, reason: str) -> bool:
         """Sends the last event (what text was held back, and ``finish_reason``); returns False."""

@@ -39,6 +39,7 @@ class LSTMSlots:
     """
 
     max_context: Optional[int] = None
+    ragged = False  # feed() needs prompts of one length (padding would run through the recurrence)
 
     def __init__(self, model: Any, slots: int) -> None:
         self.model = model
@@ -138,16 +139,27 @@ class KVSlots:
     def scratch(self, rows: int = 1) -> Any:
         return self.decoder.init_state(rows)
 
+    ragged = True  # feed() takes prompts of different lengths in one call
+
     def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
-        """Feeds equally long ``ids`` (one list per scratch row); returns their last logits (rows, V)."""
-        idx = torch.as_tensor(ids, dtype=torch.long, device=self.state.valid.device)
-        logits, scratch = self.decoder.step(idx, scratch)
+        """Feeds ``ids`` (one list per scratch row) into a fresh ``scratch``; returns their last logits (rows, V).
+        Rows of different lengths are left-padded and masked, each keeping its own positions 0, 1, 2..., so a
+        row gives what it gives alone (as batched ``generate`` does)."""
+        device = self.state.valid.device
+        width = max(len(r) for r in ids)
+        if all(len(r) == width for r in ids):
+            logits, scratch = self.decoder.step(torch.as_tensor(ids, dtype=torch.long, device=device), scratch)
+            return logits[:, -1], scratch
+        idx = torch.as_tensor([[0] * (width - len(r)) + list(r) for r in ids], dtype=torch.long, device=device)
+        mask = torch.as_tensor([[False] * (width - len(r)) + [True] * len(r) for r in ids], device=device)
+        logits, scratch = self.decoder.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch
 
     def insert(self, row: int, scratch: Any, srow: int = 0) -> None:
-        """Writes row ``srow`` of a prefilled scratch cache (``p`` tokens) into the ``p`` columns before the
-        cursor of ``row``."""
-        st, p = self.state, int(scratch.length)
+        """Writes row ``srow`` of a prefilled scratch cache (its ``p`` real tokens, the last ``p`` columns when
+        the scratch was left-padded) into the ``p`` columns before the cursor of ``row``."""
+        st, width = self.state, int(scratch.length)
+        p = int(scratch.seen[srow]) if scratch.padded else width
         if st.length < p:  # move the cursor on; the skipped columns hold nothing for any row
             st.valid[:, st.length:p] = False
             st.length = p
@@ -155,8 +167,8 @@ class KVSlots:
         st.valid[row] = False
         st.valid[row, end - p:end] = True
         for (kb, vb), (ks, vs) in zip(_layers(st), _layers(scratch)):
-            kb[row, :, end - p:end] = ks[srow, :, :p]
-            vb[row, :, end - p:end] = vs[srow, :, :p]
+            kb[row, :, end - p:end] = ks[srow, :, width - p:width]
+            vb[row, :, end - p:end] = vs[srow, :, width - p:width]
         st.seen[row] = p
         if hasattr(st, "positions"):
             st.positions[row, end - p:end] = torch.arange(p, device=st.positions.device)

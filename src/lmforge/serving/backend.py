@@ -26,7 +26,7 @@ from lmforge.serving.metrics import Metrics
 from lmforge.serving.responses import APIError
 from lmforge.serving.runtime import QueueFull, Runner
 
-__all__ = ["BatchBackend", "Generation", "SerialBackend"]
+__all__ = ["BatchBackend", "Generation", "SerialBackend", "coalesce"]
 
 Prompt = Union[str, list[int]]
 
@@ -73,6 +73,7 @@ class Generation:
         self.metrics = metrics
         self.started = time.monotonic()
         self.first = False
+        self.done = 0  # choices finished
         self.prompts: dict[int, int] = {}
         self.completion: dict[int, int] = {}
         self._cancel: Callable[[], None] = lambda: None
@@ -87,20 +88,35 @@ class Generation:
     def cancel(self) -> None:
         self._cancel()
 
+    def _take(self, event: Event) -> Event:
+        """Books one event taken from the queue (time to first token, token counts, choices finished)."""
+        if event.error is not None:
+            raise event.error
+        if not self.first and (event.token_ids or event.text):
+            self.first = True
+            self.metrics.first_token(time.monotonic() - self.started)
+        self.prompts[event.index // self.per_prompt] = event.prompt_tokens
+        self.completion[event.index] = event.completion_tokens
+        self.done += event.finish_reason is not None
+        return event
+
+    def ready(self) -> list[Event]:
+        """The events already waiting in the queue, taken without waiting (booked as ``async for`` would)."""
+        out = []
+        while self.done < self.n and not self.queue.empty():
+            out.append(self._take(self.queue.get_nowait()))
+        return out
+
+    def coalesced(self, event: Event) -> list[Event]:
+        """``event`` merged with the events already waiting, one event per choice (see :func:`coalesce`)."""
+        if self.queue.empty():
+            return [event]
+        return coalesce([event, *self.ready()])
+
     async def __aiter__(self) -> AsyncIterator[Event]:
-        done = 0
         try:
-            while done < self.n:
-                event: Event = await self.queue.get()
-                if event.error is not None:
-                    raise event.error
-                if not self.first and (event.token_ids or event.text):
-                    self.first = True
-                    self.metrics.first_token(time.monotonic() - self.started)
-                self.prompts[event.index // self.per_prompt] = event.prompt_tokens
-                self.completion[event.index] = event.completion_tokens
-                done += event.finish_reason is not None
-                yield event
+            while self.done < self.n:
+                yield self._take(await self.queue.get())
         finally:
             self.cancel()
             self.metrics.tokens(self.prompt_tokens, sum(self.completion.values()))
@@ -112,6 +128,25 @@ class Generation:
     @property
     def prompt_tokens(self) -> int:
         return sum(self.prompts.values())
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """Merges the events of each choice into one (texts, tokens and log-probabilities in order; the last finish
+    reason and counts), so a stream that fell behind the engine catches up with one server-sent event per
+    choice instead of one per token. Choices keep their first-seen order."""
+    merged: dict[int, Event] = {}
+    for e in events:
+        m = merged.get(e.index)
+        if m is None:
+            merged[e.index] = Event(e.index, e.text, list(e.token_ids), list(e.logprobs), e.finish_reason,
+                                    e.completion_tokens, e.prompt_tokens)
+            continue
+        m.text += e.text
+        m.token_ids.extend(e.token_ids)
+        m.logprobs.extend(e.logprobs)
+        m.finish_reason = e.finish_reason or m.finish_reason
+        m.completion_tokens, m.prompt_tokens = e.completion_tokens, e.prompt_tokens
+    return list(merged.values())
 
 
 class BatchBackend:

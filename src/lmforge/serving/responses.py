@@ -103,22 +103,20 @@ class SSEResponse(StreamingResponse):
 
 def event_stream(gen: Any, render: Callable[[Any], list[bytes]], head: list[bytes],
                  finish: Callable[[], list[bytes]]) -> SSEResponse:
-    """Server-sent events of a generation: ``head``, then ``render(event)`` for each event, then ``finish()``
-    and ``data: [DONE]``. An error after the headers went out becomes an error event; closing the response
-    (the client left) cancels the generation."""
+    """Server-sent events of a generation: ``head``, then ``render(event)`` for each event (the events already
+    waiting merged per choice by ``gen.coalesced``), then ``finish()`` and ``data: [DONE]``. An error after the
+    headers went out becomes an error event; closing the response (the client left) cancels the generation."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
             for chunk in head:
                 yield chunk
-            pending: list[bytes] = []
             async for event in gen:
-                pending.extend(render(event))
-                if pending and gen.queue.empty():  # send what arrived together in one write
+                # what arrived together goes out in one write, one event per choice: a stream that lags
+                # behind the engine gets several tokens per event (OpenAI clients accept deltas of any length)
+                pending = [chunk for merged in gen.coalesced(event) for chunk in render(merged)]
+                if pending:
                     yield b"".join(pending)
-                    pending.clear()
-            if pending:
-                yield b"".join(pending)
             for chunk in finish():
                 yield chunk
             yield b"data: [DONE]\n\n"
