@@ -1,6 +1,7 @@
 """Weight-only int8 and int4 quantization of a model's linear layers and LSTM matrices.
 
-Activations stay float; only the stored weights shrink:
+Only the stored weights are quantized (the activations are quantized per call only inside FBGEMM's int8 kernels,
+below):
 
 * **int8**: symmetric, one scale per output channel: ``W[n, k] ~= q[n, k] * scale[n]`` with ``q`` in
   [-127, 127] (the per-channel absmax scheme of LLM.int8(), arXiv:2208.07339, without its outlier split).
@@ -12,17 +13,20 @@ Activations stay float; only the stored weights shrink:
   the low nibble of column ``j`` holds ``q[:, j]`` and the high nibble ``q[:, j + K/2]`` (half-split), so a
   kernel unpacks one half of the row with ``& 15`` and the other with ``>> 4``, no interleaving.
 
-The stored layout is portable (plain int8/uint8 tensors in safetensors). Eager layers dequantize and call the
-float matrix product: PyTorch 2.13's own CPU kernels (``aten._weight_int8pack_mm``,
-``aten._weight_int4pack_mm_for_cpu``) were measured slower than that on the benchmark machine, at every batch
-size (BENCHMARKS.md, "int8 and int4 weights"). The bandwidth win comes from the compiled decoding step, which
-reads the integer weights inside a fused reduction (:func:`matvec`).
+The stored layout is portable (plain int8/uint8 tensors in safetensors). On a CPU with FBGEMM, eager int8 layers
+(and the LSTM's int8 matrices) run FBGEMM's dynamic int8 kernels (:mod:`lmforge.models.int8_cpu`): the activations
+are quantized to 8 bits per call too, and the products are integer. Elsewhere (CUDA, float64, no FBGEMM) and for
+int4, eager layers dequantize and call the float matrix product: PyTorch 2.13's weight-only CPU kernels
+(``aten._weight_int8pack_mm``, ``aten._weight_int4pack_mm_for_cpu``) were measured slower than that on the
+benchmark machine, at every batch size (BENCHMARKS.md, issue 16). The compiled decoding step reads the integer
+weights inside a fused reduction (:func:`matvec`).
 
 Embeddings stay float (a lookup reads one row). A tied output head gets its own quantized copy.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Optional, Union
 
@@ -32,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lmforge.errors import ConfigError
+from lmforge.models import int8_cpu
 
 __all__ = [
     "QuantLinear", "QuantLSTM", "quantize_model", "dequantize_model", "quantization_of", "quantize_weight",
@@ -103,28 +108,37 @@ def matvec(x: Tensor, qw: Union[Tensor, QWeight]) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- decoding-path weights
 # The fast decoding path (models/transformer/decode.py, compiled.py) holds each matrix either as a float (K, N)
-# tensor or, for a quantized layer, as a tuple ``(gain, *parts)``: the parts of :func:`quantize_weight` (rows
-# = outputs) and an optional input gain (K,) applied to ``x`` first (the RMSNorm gain that the float path folds
-# into its matrices; folding it into integer weights would round them a second time).
+# tensor or, for a quantized layer, as a tuple ``(gain, packed, *parts)``: the parts of :func:`quantize_weight`
+# (rows = outputs), their FBGEMM pack for int8 on a CPU that has it (else None), and an optional input gain (K,)
+# applied to ``x`` first (the RMSNorm gain that the float path folds into its matrices; folding it into integer
+# weights would round them a second time).
 
 
 def decode_weight(layer: nn.Module, gain: Optional[Tensor] = None, rows: Any = None) -> Optional[QWeight]:
-    """``(gain, *parts)`` of a :class:`QuantLinear` for the decoding path (``rows`` reorders the output rows
-    of every part), or ``None`` when ``layer`` is not quantized."""
+    """``(gain, packed, *parts)`` of a :class:`QuantLinear` for the decoding path (``rows`` reorders the output
+    rows of every part), or ``None`` when ``layer`` is not quantized."""
     if not isinstance(layer, QuantLinear):
         return None
     parts = layer.qweight_parts
     if rows is not None:
         parts = tuple(rows(t) for t in parts)
-    return (None if gain is None else gain.detach().float(), *(t.contiguous() for t in parts))
+    parts = tuple(t.contiguous() for t in parts)
+    packed = None
+    if len(parts) == 2 and parts[0].device.type == "cpu" and int8_cpu.available():
+        packed = int8_cpu.pack(*parts)
+    return (None if gain is None else gain.detach().float(), packed, *parts)
 
 
 def decode_mm(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
-    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (dequantized)."""
+    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (FBGEMM's int8
+    product where it runs, else dequantized)."""
     if isinstance(w, Tensor):
         return torch.mm(x, w)
-    gain, *parts = w
-    return F.linear(x if gain is None else x * gain, dequantize_weight(tuple(parts), x.dtype))
+    gain, packed, *parts = w
+    x = x if gain is None else x * gain
+    if packed is not None and int8_cpu.usable(x):
+        return int8_cpu.linear(x, packed)
+    return F.linear(x, dequantize_weight(tuple(parts), x.dtype))
 
 
 def decode_addmm(x: Tensor, a: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
@@ -137,7 +151,7 @@ def decode_matvec(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
     is a fused reduction over the (integer) weights (:func:`matvec`), more rows a matrix product."""
     if isinstance(w, Tensor):
         return matvec(x, w) if x.shape[0] == 1 else torch.mm(x, w.t())
-    gain, *parts = w
+    gain, _, *parts = w  # the FBGEMM pack (an opaque object) is not for the compiled graph
     x = x if gain is None else x * gain
     if x.shape[0] == 1:
         return matvec(x, tuple(parts))
@@ -158,7 +172,8 @@ def _get(module: nn.Module, prefix: str) -> QWeight:
 
 class QuantLinear(nn.Module):
     """A linear layer with int8 or int4 weights (buffers ``qweight``, ``scale`` and for int4 ``low``) and a
-    float bias; its output equals ``nn.Linear`` with the dequantized weight.
+    float bias; its output equals ``nn.Linear`` with the dequantized weight, up to the rounding of the activations
+    where FBGEMM's int8 kernel runs (:mod:`lmforge.models.int8_cpu`).
 
     Args:
         linear: the float layer to quantize.
@@ -173,6 +188,7 @@ class QuantLinear(nn.Module):
         _register(self, "", quantize_weight(linear.weight, bits, group_size))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.residual = getattr(linear, "residual", False)
+        self._packs = int8_cpu.PackCache()  # FBGEMM's packed weight, built on first use; never saved
 
     @property
     def qweight_parts(self) -> QWeight:
@@ -190,7 +206,14 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bits == 8 and int8_cpu.usable(x) and self.qweight.device.type == "cpu":
+            return int8_cpu.linear(x, self._pack())
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def _pack(self) -> Any:
+        """The FBGEMM pack of the current weights (rebuilt after a load or an in-place change)."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scale, self.bias) if t is not None)
+        return self._packs.get(key, lambda: int8_cpu.pack(self.qweight, self.scale, self.bias))
 
     def extra_repr(self) -> str:
         extra = f", group_size={self.group_size}" if self.bits == 4 else ""
@@ -200,7 +223,8 @@ class QuantLinear(nn.Module):
 class QuantLSTM(nn.Module):
     """A unidirectional ``nn.LSTM`` whose ``weight_ih``/``weight_hh`` matrices are int8/int4 (buffers
     ``qweight_ih_l{k}``, ...); biases stay float. ``forward`` takes and returns what ``nn.LSTM`` does (tensors
-    or packed sequences) and runs PyTorch's fused LSTM on the dequantized matrices.
+    or packed sequences) and runs PyTorch's fused LSTM on the dequantized matrices, or for int8 on a CPU with
+    FBGEMM its dynamically quantized LSTM (``torch.quantized_lstm``) on the packed int8 matrices.
 
     Args:
         lstm: the float LSTM (batch_first or not; not bidirectional, no projections).
@@ -221,6 +245,7 @@ class QuantLSTM(nn.Module):
                 if lstm.bias:
                     b = getattr(lstm, f"bias_{kind}_l{k}").detach().clone()
                     self.register_parameter(f"bias_{kind}_l{k}", nn.Parameter(b, requires_grad=False))
+        self._packs = int8_cpu.PackCache()  # FBGEMM's packed cells, built on first use; never saved
 
     def matrices(self, layer: int) -> tuple[QWeight, QWeight]:
         """The quantized ``(weight_ih, weight_hh)`` of ``layer``."""
@@ -235,24 +260,42 @@ class QuantLSTM(nn.Module):
                 flat += [getattr(self, f"bias_ih_l{k}").to(dtype), getattr(self, f"bias_hh_l{k}").to(dtype)]
         return flat
 
+    def _cells(self) -> list[Any]:
+        """FBGEMM's packed cell parameters, one per layer (rebuilt after a load or an in-place change)."""
+        tensors = [t for _, t in self.named_buffers()] + [t for _, t in self.named_parameters()]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+
+        def build() -> list[Any]:
+            cells = []
+            for k in range(self.num_layers):
+                (qi, si), (qh, sh) = self.matrices(k)
+                zero = torch.zeros(4 * self.hidden_size)
+                b_ih, b_hh = (getattr(self, f"bias_{kind}_l{k}") for kind in ("ih", "hh")) if self.bias else (zero, zero)
+                w_ih, w_hh = int8_cpu.pack(qi, si, b_ih), int8_cpu.pack(qh, sh, b_hh)  # the biases go in the packs too
+                cells.append(int8_cpu.lstm_params(w_ih, w_hh, b_ih, b_hh))
+            return cells
+        return self._packs.get(key, build)
+
     def forward(self, x: Any, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Any, tuple[Tensor, Tensor]]:
         packed = isinstance(x, PackedSequence)
         data = x.data if packed else x
-        weights = self._flat_weights(data.dtype)
+        fbgemm = self.bits == 8 and int8_cpu.usable(data) and not self.training
+        weights = self._cells() if fbgemm else self._flat_weights(data.dtype)
+        lstm = functools.partial(torch.quantized_lstm, dtype=torch.qint8, use_dynamic=True) if fbgemm else torch._VF.lstm
         if hx is None:
             batch = int(x.batch_sizes[0]) if packed else data.shape[0 if self.batch_first else 1]
             z = data.new_zeros(self.num_layers, batch, self.hidden_size)
             hx = (z, z)
         drop = self.dropout if self.training else 0.0
         if not packed:
-            out, h, c = torch._VF.lstm(data, hx, weights, self.bias, self.num_layers, drop, self.training, False,
-                                       self.batch_first)
+            out, h, c = lstm(data, hx, weights, fbgemm or self.bias, self.num_layers, drop, self.training, False,
+                             self.batch_first)
             return out, (h, c)
         order, back = x.sorted_indices, x.unsorted_indices
         if order is not None:
             hx = (hx[0].index_select(1, order), hx[1].index_select(1, order))
-        out, h, c = torch._VF.lstm(data, x.batch_sizes, hx, weights, self.bias, self.num_layers, drop, self.training,
-                                   False)
+        out, h, c = lstm(data, x.batch_sizes, hx, weights, fbgemm or self.bias, self.num_layers, drop, self.training,
+                         False)
         if back is not None:
             h, c = h.index_select(1, back), c.index_select(1, back)
         return PackedSequence(out, x.batch_sizes, order, back), (h, c)
