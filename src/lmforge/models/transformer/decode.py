@@ -96,7 +96,7 @@ class FastLlamaDecoder:
             if quant is not None:
                 return quant
             t = rows(layer.weight) if qkv else f64(layer.weight)
-            return (w(t) if gain is None else fold(t, gain)).t()
+            return (w(t) if gain is None else fold(t, gain)).t().contiguous()  # (in, out): torch.mm of one row is fastest so
 
         self.emb = w(model.tok_emb.weight.detach())
         self.head_t = mat(model.lm_head, model.norm_f.weight)
