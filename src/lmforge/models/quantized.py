@@ -151,7 +151,7 @@ def decode_matvec(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
     is a fused reduction over the (integer) weights (:func:`matvec`), more rows a matrix product."""
     if isinstance(w, Tensor):
         return matvec(x, w) if x.shape[0] == 1 else torch.mm(x, w.t())
-    gain, _, *parts = w  # the FBGEMM pack (an opaque object) is not for the compiled graph
+    gain, _, *parts = w  # the FBGEMM pack is an opaque object the compiled graph cannot take (see compiled.py)
     x = x if gain is None else x * gain
     if x.shape[0] == 1:
         return matvec(x, tuple(parts))

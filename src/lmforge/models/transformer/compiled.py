@@ -40,8 +40,10 @@ def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
 
 def _rows(w: Any) -> Any:
     """A float (in, out) matrix as contiguous (out, in) rows, the layout the fused reduction streams fastest;
-    int8/int4 tuples are by rows already."""
-    return w.t().contiguous() if isinstance(w, Tensor) else w
+    int8/int4 tuples are by rows already. Their FBGEMM pack is dropped: behind a custom operator (a registry key
+    as its argument) FBGEMM made the compiled int8 step no faster than the fused reduction over the integer
+    weights (1.33-1.56 ms against 1.24-1.42 ms a token at 1 thread, BENCHMARKS.md, issue 16)."""
+    return w.t().contiguous() if isinstance(w, Tensor) else (w[0], None, *w[2:])
 
 
 def _share_rows(fast: Any, step: "CompiledStep") -> None:
