@@ -53,6 +53,19 @@ def test_one_row_takes_fbgemm_within_the_activation_rounding_bound():
     assert torch.allclose(q(rows), F.linear(rows, w, q.bias), atol=1e-5)
 
 
+@needs_fbgemm
+def test_layers_quantized_under_inference_mode_run(monkeypatch):
+    torch.manual_seed(0)
+    with torch.inference_mode():  # inference tensors have no version counter for the pack's key
+        model = quantize_model(nn.Sequential(nn.Linear(16, 8), nn.LSTM(8, 8, batch_first=True)), 8).eval()
+        y = model[0](torch.randn(1, 16))
+        out, _ = model[1](y.view(1, 1, 8))
+        monkeypatch.setattr(int8_cpu, "ENABLED", False)
+        ref, _ = model[1](y.view(1, 1, 8))
+    assert model[0]._packs.value is not None and model[1]._packs.value is not None
+    assert (out - ref).abs().max() < 0.02
+
+
 def test_without_fbgemm_int8_layers_dequantize(no_fbgemm):
     torch.manual_seed(0)
     q = QuantLinear(nn.Linear(96, 40), 8)

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "available", "usable", "pack", "linear", "lstm_params"]
+__all__ = ["ENABLED", "available", "usable", "pack", "linear", "lstm_params", "stamp", "PackCache"]
 
 # Set to False to make every int8 layer dequantize and use the float matrix product (tests compare the two).
 ENABLED = True
@@ -77,6 +77,12 @@ def lstm_params(w_ih: Any, w_hh: Any, b_ih: Tensor, b_hh: Tensor) -> Any:
     """One LSTM layer's packed cell parameters for ``torch.quantized_lstm`` (weights from :func:`pack`)."""
     return torch.ops.quantized.make_quantized_cell_params_dynamic(w_ih, w_hh, b_ih.detach().float(),
                                                                   b_hh.detach().float(), _reduce_range())
+
+
+def stamp(tensors: Any) -> tuple:
+    """A key that changes when any of ``tensors`` is replaced or changed in place (tensors made under
+    ``torch.inference_mode`` have no version counter: only their storage counts)."""
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors if t is not None)
 
 
 class PackCache:

@@ -212,8 +212,7 @@ class QuantLinear(nn.Module):
 
     def _pack(self) -> Any:
         """The FBGEMM pack of the current weights (rebuilt after a load or an in-place change)."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.qweight, self.scale, self.bias) if t is not None)
-        return self._packs.get(key, lambda: int8_cpu.pack(self.qweight, self.scale, self.bias))
+        return self._packs.get(int8_cpu.stamp((self.qweight, self.scale, self.bias)), lambda: int8_cpu.pack(self.qweight, self.scale, self.bias))
 
     def extra_repr(self) -> str:
         extra = f", group_size={self.group_size}" if self.bits == 4 else ""
@@ -262,8 +261,7 @@ class QuantLSTM(nn.Module):
 
     def _cells(self) -> list[Any]:
         """FBGEMM's packed cell parameters, one per layer (rebuilt after a load or an in-place change)."""
-        tensors = [t for _, t in self.named_buffers()] + [t for _, t in self.named_parameters()]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = int8_cpu.stamp([*self.buffers(), *self.parameters()])
 
         def build() -> list[Any]:
             cells = []
