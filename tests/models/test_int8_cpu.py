@@ -75,6 +75,17 @@ def test_without_fbgemm_int8_layers_dequantize(no_fbgemm):
     lstm = QuantLSTM(nn.LSTM(16, 24, 2, batch_first=True), 8).eval()
     out, _ = lstm(torch.randn(1, 1, 16))
     assert out.shape == (1, 1, 24) and lstm._packs.value is None
+    model, _ = trained("transformer", "bpe")
+    quant = quantize_model(copy.deepcopy(model), 8)
+    ids = torch.tensor([[5, 9, 17, 3]])
+    with torch.no_grad():
+        fast = fast_decoder(quant, compile=False)
+        assert fast.layers[0][0][1] is None  # no pack: the decoding path dequantizes
+        state = fast.init_state(1)
+        fast.step(ids[:, :3], state)
+        one, _ = fast.step(ids[:, 3:], state)  # the one-row step, on the fallback
+        ref, _ = quant(ids)
+    assert torch.allclose(one[0, 0], ref[0, 3], atol=1e-4)
 
 
 @needs_fbgemm
