@@ -53,6 +53,12 @@ def test_one_row_takes_fbgemm_within_the_activation_rounding_bound():
     assert torch.allclose(q(rows), F.linear(rows, w, q.bias), atol=1e-5)
 
 
+def test_quantizing_an_eval_model_keeps_eval_mode():
+    model = nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 8, 2, dropout=0.5)).eval()
+    quantize_model(model, 8)
+    assert not any(m.training for m in model.modules())  # else the LSTM would apply dropout while generating
+
+
 @needs_fbgemm
 def test_layers_quantized_under_inference_mode_run(monkeypatch):
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "available", "usable", "pack", "linear", "lstm_params", "stamp", "PackCache"]
+__all__ = ["ENABLED", "available", "usable", "pack", "linear", "stamp", "PackCache"]
 
 # Set to False to make every int8 layer dequantize and use the float matrix product (tests compare the two).
 ENABLED = True
@@ -71,12 +71,6 @@ def pack(q: Tensor, scale: Tensor, bias: Optional[Tensor] = None) -> Any:
 def linear(x: Tensor, packed: Any) -> Tensor:
     """``x @ W.T (+ bias)`` for a :func:`pack`'d weight; ``x`` (..., K) float32 on the CPU."""
     return torch.ops.quantized.linear_dynamic(x, packed, _reduce_range())
-
-
-def lstm_params(w_ih: Any, w_hh: Any, b_ih: Tensor, b_hh: Tensor) -> Any:
-    """One LSTM layer's packed cell parameters for ``torch.quantized_lstm`` (weights from :func:`pack`)."""
-    return torch.ops.quantized.make_quantized_cell_params_dynamic(w_ih, w_hh, b_ih.detach().float(),
-                                                                  b_hh.detach().float(), _reduce_range())
 
 
 def stamp(tensors: Any) -> tuple:
