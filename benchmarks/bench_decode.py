@@ -164,7 +164,7 @@ def bench_llamacpp(args) -> None:
     new = args.new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         files = export_ggufs(model, bpe_tokenizer(args.vocab_size), Path(tmp), [g for _, g in variants.values()])
-        print("\n| threads | lmforge weights | lmforge eager tok/s (the default below 2,048 new tokens) | lmforge "
+        print("\n| threads | lmforge weights | lmforge eager tok/s (the default below 8,192 new tokens: FBGEMM for int8) | lmforge "
               "compiled tok/s (`--compile`, long generations) | llama.cpp type | llama.cpp tok/s | compiled / "
               "llama.cpp | eager / llama.cpp | greedy tokens equal (of 32) |")
         print("|---|---|---|---|---|---|---|---|---|")

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from lmforge.api import LM
 from lmforge.cli.main import main
 from lmforge.config import RunConfig
+from lmforge.models import int8_cpu
 from lmforge.models.quantized import (QuantLinear, QuantLSTM, dequantize_weight, matvec, quantization_of,
                                       quantize_model, quantize_weight)
 from lmforge.models.run_folder import save_run
@@ -43,8 +44,14 @@ def test_int4_groups_and_half_split_nibbles():
     assert torch.allclose(dequantize_weight((packed, scale, low)), w, atol=1e-6)
 
 
+@pytest.fixture
+def no_fbgemm(monkeypatch):
+    """Every int8 layer takes the dequantize-then-matmul path, as on a machine without FBGEMM."""
+    monkeypatch.setattr(int8_cpu, "available", lambda: False)
+
+
 @pytest.mark.parametrize("bits, out_features, in_features", [(8, 24, 40), (4, 24, 64), (4, 8, 44), (4, 8, 344)])
-def test_quant_linear_equals_the_float_layer_with_dequantized_weights(bits, out_features, in_features):
+def test_quant_linear_equals_the_float_layer_with_dequantized_weights(bits, out_features, in_features, no_fbgemm):
     lin = nn.Linear(in_features, out_features)
     q = QuantLinear(lin, bits)
     w = q.dequantize()

@@ -1,6 +1,7 @@
 """Weight-only int8 and int4 quantization of a model's linear layers and LSTM matrices.
 
-Activations stay float; only the stored weights shrink:
+Only the stored weights are quantized (the activations are quantized per call only inside FBGEMM's int8 kernels,
+below):
 
 * **int8**: symmetric, one scale per output channel: ``W[n, k] ~= q[n, k] * scale[n]`` with ``q`` in
   [-127, 127] (the per-channel absmax scheme of LLM.int8(), arXiv:2208.07339, without its outlier split).
@@ -12,11 +13,13 @@ Activations stay float; only the stored weights shrink:
   the low nibble of column ``j`` holds ``q[:, j]`` and the high nibble ``q[:, j + K/2]`` (half-split), so a
   kernel unpacks one half of the row with ``& 15`` and the other with ``>> 4``, no interleaving.
 
-The stored layout is portable (plain int8/uint8 tensors in safetensors). Eager layers dequantize and call the
-float matrix product: PyTorch 2.13's own CPU kernels (``aten._weight_int8pack_mm``,
-``aten._weight_int4pack_mm_for_cpu``) were measured slower than that on the benchmark machine, at every batch
-size (BENCHMARKS.md, "int8 and int4 weights"). The bandwidth win comes from the compiled decoding step, which
-reads the integer weights inside a fused reduction (:func:`matvec`).
+The stored layout is portable (plain int8/uint8 tensors in safetensors). On a CPU with FBGEMM, eager int8 layers
+(and the LSTM's int8 matrices) run FBGEMM's dynamic int8 kernels (:mod:`lmforge.models.int8_cpu`): the activations
+are quantized to 8 bits per call too, and the products are integer. Elsewhere (CUDA, float64, no FBGEMM) and for
+int4, eager layers dequantize and call the float matrix product: PyTorch 2.13's weight-only CPU kernels
+(``aten._weight_int8pack_mm``, ``aten._weight_int4pack_mm_for_cpu``) were measured slower than that on the
+benchmark machine, at every batch size (BENCHMARKS.md, issue 16). The compiled decoding step reads the integer
+weights inside a fused reduction (:func:`matvec`).
 
 Embeddings stay float (a lookup reads one row). A tied output head gets its own quantized copy.
 """
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lmforge.errors import ConfigError
+from lmforge.models import int8_cpu
 
 __all__ = [
     "QuantLinear", "QuantLSTM", "quantize_model", "dequantize_model", "quantization_of", "quantize_weight",
@@ -103,28 +107,37 @@ def matvec(x: Tensor, qw: Union[Tensor, QWeight]) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- decoding-path weights
 # The fast decoding path (models/transformer/decode.py, compiled.py) holds each matrix either as a float (K, N)
-# tensor or, for a quantized layer, as a tuple ``(gain, *parts)``: the parts of :func:`quantize_weight` (rows
-# = outputs) and an optional input gain (K,) applied to ``x`` first (the RMSNorm gain that the float path folds
-# into its matrices; folding it into integer weights would round them a second time).
+# tensor or, for a quantized layer, as a tuple ``(gain, packed, *parts)``: the parts of :func:`quantize_weight`
+# (rows = outputs), their FBGEMM pack for int8 on a CPU that has it (else None), and an optional input gain (K,)
+# applied to ``x`` first (the RMSNorm gain that the float path folds into its matrices; folding it into integer
+# weights would round them a second time).
 
 
 def decode_weight(layer: nn.Module, gain: Optional[Tensor] = None, rows: Any = None) -> Optional[QWeight]:
-    """``(gain, *parts)`` of a :class:`QuantLinear` for the decoding path (``rows`` reorders the output rows
-    of every part), or ``None`` when ``layer`` is not quantized."""
+    """``(gain, packed, *parts)`` of a :class:`QuantLinear` for the decoding path (``rows`` reorders the output
+    rows of every part), or ``None`` when ``layer`` is not quantized."""
     if not isinstance(layer, QuantLinear):
         return None
     parts = layer.qweight_parts
     if rows is not None:
         parts = tuple(rows(t) for t in parts)
-    return (None if gain is None else gain.detach().float(), *(t.contiguous() for t in parts))
+    parts = tuple(t.contiguous() for t in parts)
+    packed = None
+    if len(parts) == 2 and parts[0].device.type == "cpu" and int8_cpu.available():
+        packed = int8_cpu.pack(*parts)
+    return (None if gain is None else gain.detach().float(), packed, *parts)
 
 
 def decode_mm(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
-    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (dequantized)."""
+    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (FBGEMM's int8
+    product where it runs, else dequantized)."""
     if isinstance(w, Tensor):
         return torch.mm(x, w)
-    gain, *parts = w
-    return F.linear(x if gain is None else x * gain, dequantize_weight(tuple(parts), x.dtype))
+    gain, packed, *parts = w
+    x = x if gain is None else x * gain
+    if packed is not None and int8_cpu.usable(x):
+        return int8_cpu.linear(x, packed)
+    return F.linear(x, dequantize_weight(tuple(parts), x.dtype))
 
 
 def decode_addmm(x: Tensor, a: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
@@ -137,7 +150,7 @@ def decode_matvec(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
     is a fused reduction over the (integer) weights (:func:`matvec`), more rows a matrix product."""
     if isinstance(w, Tensor):
         return matvec(x, w) if x.shape[0] == 1 else torch.mm(x, w.t())
-    gain, *parts = w
+    gain, _, *parts = w  # the FBGEMM pack is an opaque object the compiled graph cannot take (see compiled.py)
     x = x if gain is None else x * gain
     if x.shape[0] == 1:
         return matvec(x, tuple(parts))
@@ -158,7 +171,8 @@ def _get(module: nn.Module, prefix: str) -> QWeight:
 
 class QuantLinear(nn.Module):
     """A linear layer with int8 or int4 weights (buffers ``qweight``, ``scale`` and for int4 ``low``) and a
-    float bias; its output equals ``nn.Linear`` with the dequantized weight.
+    float bias; its output equals ``nn.Linear`` with the dequantized weight, up to the rounding of the activations
+    where FBGEMM's int8 kernel runs (:mod:`lmforge.models.int8_cpu`).
 
     Args:
         linear: the float layer to quantize.
@@ -173,6 +187,7 @@ class QuantLinear(nn.Module):
         _register(self, "", quantize_weight(linear.weight, bits, group_size))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.residual = getattr(linear, "residual", False)
+        self._packs = int8_cpu.PackCache()  # FBGEMM's packed weight, built on first use; never saved
 
     @property
     def qweight_parts(self) -> QWeight:
@@ -190,7 +205,13 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bits == 8 and int8_cpu.usable(x) and self.qweight.device.type == "cpu":
+            return int8_cpu.linear(x, self._pack())
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def _pack(self) -> Any:
+        """The FBGEMM pack of the current weights (rebuilt after a load or an in-place change)."""
+        return self._packs.get(int8_cpu.stamp((self.qweight, self.scale, self.bias)), lambda: int8_cpu.pack(self.qweight, self.scale, self.bias))
 
     def extra_repr(self) -> str:
         extra = f", group_size={self.group_size}" if self.bits == 4 else ""
@@ -200,7 +221,8 @@ class QuantLinear(nn.Module):
 class QuantLSTM(nn.Module):
     """A unidirectional ``nn.LSTM`` whose ``weight_ih``/``weight_hh`` matrices are int8/int4 (buffers
     ``qweight_ih_l{k}``, ...); biases stay float. ``forward`` takes and returns what ``nn.LSTM`` does (tensors
-    or packed sequences) and runs PyTorch's fused LSTM on the dequantized matrices.
+    or packed sequences) and runs PyTorch's fused LSTM on the dequantized matrices, or, for one int8 token of one
+    row on a CPU with FBGEMM, the cell on FBGEMM's int8 products (:mod:`lmforge.models.int8_cpu`).
 
     Args:
         lstm: the float LSTM (batch_first or not; not bidirectional, no projections).
@@ -221,6 +243,7 @@ class QuantLSTM(nn.Module):
                 if lstm.bias:
                     b = getattr(lstm, f"bias_{kind}_l{k}").detach().clone()
                     self.register_parameter(f"bias_{kind}_l{k}", nn.Parameter(b, requires_grad=False))
+        self._packs = int8_cpu.PackCache()  # FBGEMM's packed cells, built on first use; never saved
 
     def matrices(self, layer: int) -> tuple[QWeight, QWeight]:
         """The quantized ``(weight_ih, weight_hh)`` of ``layer``."""
@@ -235,14 +258,42 @@ class QuantLSTM(nn.Module):
                 flat += [getattr(self, f"bias_ih_l{k}").to(dtype), getattr(self, f"bias_hh_l{k}").to(dtype)]
         return flat
 
+    def _packed(self) -> list[tuple[Any, Any]]:
+        """FBGEMM packs ``(weight_ih + bias_ih, weight_hh + bias_hh)`` per layer (rebuilt after a load or an
+        in-place change)."""
+        def build() -> list[tuple[Any, Any]]:
+            out = []
+            for k in range(self.num_layers):
+                (qi, si), (qh, sh) = self.matrices(k)
+                b_ih, b_hh = (getattr(self, f"bias_{kind}_l{k}", None) for kind in ("ih", "hh"))
+                out.append((int8_cpu.pack(qi, si, b_ih), int8_cpu.pack(qh, sh, b_hh)))
+            return out
+        return self._packs.get(int8_cpu.stamp([*self.buffers(), *self.parameters()]), build)
+
+    def _one_token(self, x: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One token of one row on FBGEMM: the LSTM cell (arXiv:1503.04069 gives the equations) written out, two
+        int8 products a layer (0.16 ms against 0.40 ms for the float LSTM at 1 thread, lstm-small sizes)."""
+        h0, c0 = hx
+        inp, hs, cs = x.reshape(1, -1), [], []
+        for k, (w_ih, w_hh) in enumerate(self._packed()):
+            gates = int8_cpu.linear(inp, w_ih).add_(int8_cpu.linear(h0[k], w_hh))
+            i, f, g, o = gates.chunk(4, 1)  # PyTorch's gate order
+            c = torch.sigmoid(f).mul_(c0[k]).add_(torch.sigmoid(i).mul_(torch.tanh(g)))
+            inp = torch.sigmoid(o).mul_(torch.tanh(c))
+            hs.append(inp)
+            cs.append(c)
+        return inp.view(*x.shape[:-1], self.hidden_size), (torch.stack(hs), torch.stack(cs))
+
     def forward(self, x: Any, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Any, tuple[Tensor, Tensor]]:
         packed = isinstance(x, PackedSequence)
         data = x.data if packed else x
-        weights = self._flat_weights(data.dtype)
         if hx is None:
             batch = int(x.batch_sizes[0]) if packed else data.shape[0 if self.batch_first else 1]
             z = data.new_zeros(self.num_layers, batch, self.hidden_size)
             hx = (z, z)
+        if self.bits == 8 and not packed and not self.training and int8_cpu.usable(data):
+            return self._one_token(data, hx)
+        weights = self._flat_weights(data.dtype)
         drop = self.dropout if self.training else 0.0
         if not packed:
             out, h, c = torch._VF.lstm(data, hx, weights, self.bias, self.num_layers, drop, self.training, False,
@@ -287,11 +338,12 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32) -> nn.Modu
     count = 0
     for parent, name, child in _children(model):
         if isinstance(child, nn.Linear):
-            setattr(parent, name, QuantLinear(child, bits, group_size))
+            layer: nn.Module = QuantLinear(child, bits, group_size)
         elif isinstance(child, nn.LSTM):
-            setattr(parent, name, QuantLSTM(child, bits, group_size))
+            layer = QuantLSTM(child, bits, group_size)
         else:
             continue
+        setattr(parent, name, layer.train(child.training))  # an eval model stays in eval mode (LSTM dropout)
         count += 1
     model.quantization = {"bits": bits, "group_size": group_size}
     log.info("quantized %d layers to int%d", count, bits)

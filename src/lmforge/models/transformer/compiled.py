@@ -39,7 +39,20 @@ def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
 
 
 def _rows(w: Any) -> Any:
-    return w.t() if isinstance(w, Tensor) else w
+    """A float (in, out) matrix as contiguous (out, in) rows, the layout the fused reduction streams fastest;
+    int8/int4 tuples are by rows already. Their FBGEMM pack is dropped: behind a custom operator (a registry key
+    as its argument) FBGEMM made the compiled int8 step no faster than the fused reduction over the integer
+    weights (1.33-1.56 ms against 1.24-1.42 ms a token at 1 thread, BENCHMARKS.md, issue 16)."""
+    return w.t().contiguous() if isinstance(w, Tensor) else (w[0], None, *w[2:])
+
+
+def _share_rows(fast: Any, step: "CompiledStep") -> None:
+    """Points ``fast``'s float matrices at (in, out) views of ``step``'s rows, so one copy of each matrix is kept
+    (the eager path then runs prompts on the views, where the layout matters little)."""
+    fast.layers = [tuple(s.t() if i % 2 == 0 and isinstance(s, Tensor) else f for i, (f, s) in enumerate(zip(fl, sl)))
+                   for fl, sl in zip(fast.layers, step.layers)]
+    if isinstance(step.head, Tensor):
+        fast.head_t = step.head.t()
 
 
 def compile_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -90,8 +103,8 @@ class CompiledStep:
     """
 
     def __init__(self, fast: Any) -> None:
-        # FastLlamaDecoder keeps (in, out) views of contiguous (out, in) matrices: .t() gives the rows back;
-        # int8/int4 layers are (gain, *parts) tuples already by rows
+        # FastLlamaDecoder keeps contiguous (in, out) float matrices (fastest for its torch.mm of one row); the
+        # reduction below wants (out, in) rows: a transposed copy, which then replaces the eager path's copy
         self.layers = [(_rows(wqkv), bqkv, _rows(wo), bo, _rows(wgu), bgu, _rows(wd), bd)
                        for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
         self.emb, self.head = fast.emb, _rows(fast.head_t)
@@ -116,6 +129,7 @@ class CompiledLlamaDecoder:
         self.fast = fast
         self.max_context = fast.max_context
         self.compiled = CompiledStep(fast)
+        _share_rows(fast, self.compiled)
         self.failed: Optional[str] = None  # why compiling failed, once it has
         self.ready = False  # a compiled step has run: later calls get it without compiling again
 

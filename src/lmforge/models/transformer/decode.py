@@ -96,7 +96,7 @@ class FastLlamaDecoder:
             if quant is not None:
                 return quant
             t = rows(layer.weight) if qkv else f64(layer.weight)
-            return (w(t) if gain is None else fold(t, gain)).t()
+            return (w(t) if gain is None else fold(t, gain)).t().contiguous()  # (in, out): torch.mm of one row is fastest so
 
         self.emb = w(model.tok_emb.weight.detach())
         self.head_t = mat(model.lm_head, model.norm_f.weight)
@@ -272,9 +272,11 @@ def compile_decoding(model: Any, enabled: bool = True) -> bool:
 
 # Without a say from the caller, one-token steps are compiled when a call decodes at least this many tokens per
 # row: compiling costs 15 s cold and a few seconds from Inductor's disk cache on the 2-core benchmark machine (much
-# more under load), and saves about 4 ms a token in float32 and 10 ms in int8 at batch 1 (BENCHMARKS.md, "CPU
-# inference: int8/int4 weights and llama.cpp"), so only long generations pay it back within one call.
-AUTO_COMPILE_TOKENS = 2048
+# more under load). Since the eager step stores its float matrices for a fast one-row torch.mm and runs int8 on
+# FBGEMM, compiling saves only about 1.3 ms a token in float32 and 0.7 ms in int8 at batch 1 on the issue-16 model
+# (BENCHMARKS.md, "CPU inference: int8/int4 weights and llama.cpp"), so a cold compile pays back after ~10,000
+# tokens: in practice the eager path, unless --compile (servers, chat) asks for it.
+AUTO_COMPILE_TOKENS = 8192
 
 
 def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) -> Optional[Any]:
