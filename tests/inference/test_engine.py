@@ -94,6 +94,25 @@ def test_batch_invariance_and_join_leave_mid_stream(tok, family):
         eng.stop()
 
 
+@pytest.mark.parametrize("family", ["llama", "lstm"])
+def test_int8_models_are_batch_invariant_too(tok, family):
+    """With int8 weights (FBGEMM rounds each row's activations on its own scale where it runs), a request's greedy
+    tokens inside a busy batch still equal those of the request generated alone."""
+    from lmforge.models.quantized import quantize_model
+
+    model = quantize_model(_model(tok, family), 8)
+    eng = BatchEngine(model, tok, max_batch=8, prefill_chunk=64).start()
+    try:
+        sinks = [_submit(eng, tok, p, max_new_tokens=30) for p in PROMPTS]
+        for s in sinks:
+            assert s.done.wait(60)
+        for prompt, sink in zip(PROMPTS, sinks):
+            alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=30, ignore_eos=True)[0]
+            assert sink.ids() == alone.token_ids
+    finally:
+        eng.stop()
+
+
 def test_requests_really_share_steps(tok):
     """Four requests of 30 tokens take about 30 decoding steps together, not 120."""
     eng = BatchEngine(_model(tok, "llama"), tok, max_batch=4, prefill_chunk=64)

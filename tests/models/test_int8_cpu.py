@@ -49,8 +49,11 @@ def test_one_row_takes_fbgemm_within_the_activation_rounding_bound():
     assert q._packs.value is not None  # the pack was built: the FBGEMM path ran
     assert not torch.equal(got, ref)  # the activations were rounded, so the result is not the float one
     assert ((got - ref).abs()[0] <= _bound(x[0], w)).all()
-    rows = torch.randn(3, 96)  # several rows keep the exact reference (a per-call scale would couple them)
-    assert torch.allclose(q(rows), F.linear(rows, w, q.bias), atol=1e-5)
+    rows = torch.randn(3, 96)  # several rows: each one rounded on its own, as if alone (one scale per row)
+    assert torch.equal(q(rows), torch.cat([q(r) for r in rows.split(1)]))
+    assert torch.equal(q(rows.view(3, 1, 96)), q(rows).view(3, 1, 40))  # one position per row: a decoding step
+    seq = rows.view(1, 3, 96)  # a sequence (a prompt, an evaluation batch) keeps the exact float reference
+    assert torch.allclose(q(seq), F.linear(seq, w, q.bias), atol=1e-5)
 
 
 def test_quantizing_an_eval_model_keeps_eval_mode():

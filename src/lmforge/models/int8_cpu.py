@@ -9,9 +9,11 @@ arXiv:1712.05877, section 2). At batch 1 on the benchmark machine one pass over 
 
 The activation scale is one per call, so it would couple the rows of a call: a row's output would depend on the
 other rows in its batch (and on the rest of a prompt), which breaks "a padded row gives the same tokens as the row
-alone" and makes served text depend on who else is being served. So these kernels run only where the activation is
-**one row** (the one-token step at batch 1, the case llama.cpp is compared on); there the per-call scale is a
-per-row scale. Prompts, batches and teacher-forced evaluation keep the dequantize-then-matmul path.
+alone" and makes served text depend on who else is being served. So :func:`linear_rows` calls the kernel **one row
+at a time**: each row gets its own scale and the same arithmetic whatever else is in the batch (at batch 1 that is
+one call, the case llama.cpp is compared on; at batch 32 the per-row calls cost about what dequantize-then-matmul
+does). Which rows take it is the caller's choice: the one-token decoding steps (and the fast decoding path's
+prompts) do; teacher-forced evaluation and the prompts of the model's own forward keep dequantize-then-matmul.
 
 Packs are derived from the stored weights on first use and cached on the owner (never serialized: the
 safetensors files are unchanged). Where FBGEMM is missing, the tensors are not float32 CPU tensors, or a caller
@@ -27,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "available", "usable", "pack", "linear", "stamp", "PackCache"]
+__all__ = ["ENABLED", "available", "usable", "pack", "linear", "linear_rows", "stamp", "PackCache"]
 
 # Set to False to make every int8 layer dequantize and use the float matrix product (tests compare the two).
 ENABLED = True
@@ -52,9 +54,8 @@ def _reduce_range() -> bool:
 
 
 def usable(x: Tensor) -> bool:
-    """Whether :func:`linear` runs for activations ``x``: one row (see the module docstring), float32 on the CPU,
-    FBGEMM present and enabled."""
-    return ENABLED and x.numel() == x.shape[-1] and x.dtype == torch.float32 and x.device.type == "cpu" and available()
+    """Whether :func:`linear_rows` runs for activations ``x``: float32 on the CPU, FBGEMM present and enabled."""
+    return ENABLED and x.dtype == torch.float32 and x.device.type == "cpu" and available()
 
 
 def pack(q: Tensor, scale: Tensor, bias: Optional[Tensor] = None) -> Any:
@@ -71,6 +72,14 @@ def pack(q: Tensor, scale: Tensor, bias: Optional[Tensor] = None) -> Any:
 def linear(x: Tensor, packed: Any) -> Tensor:
     """``x @ W.T (+ bias)`` for a :func:`pack`'d weight; ``x`` (..., K) float32 on the CPU."""
     return torch.ops.quantized.linear_dynamic(x, packed, _reduce_range())
+
+
+def linear_rows(x: Tensor, packed: Any) -> Tensor:
+    """:func:`linear` of each row of ``x`` (R, K) on its own, so that each row is rounded with its own scale and
+    its result never depends on the other rows (see the module docstring)."""
+    if x.shape[0] == 1:
+        return linear(x, packed)
+    return torch.cat([linear(row, packed) for row in x.split(1)])
 
 
 def stamp(tensors: Any) -> tuple:
