@@ -128,21 +128,22 @@ def decode_weight(layer: nn.Module, gain: Optional[Tensor] = None, rows: Any = N
     return (None if gain is None else gain.detach().float(), packed, *parts)
 
 
-def decode_mm(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
-    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple (FBGEMM's int8
-    product where it runs, else dequantized)."""
+def decode_mm(x: Tensor, w: Union[Tensor, QWeight], step: bool = True) -> Tensor:
+    """``x @ w`` for a float (K, N) matrix, or ``(x * gain) @ W.T`` for a decoding-path tuple: FBGEMM's int8
+    product row by row where it runs and ``step`` (each row is one sequence's new token), else dequantized (the
+    positions of a prompt: one float product, consistent across batches as a float model's is)."""
     if isinstance(w, Tensor):
         return torch.mm(x, w)
     gain, packed, *parts = w
     x = x if gain is None else x * gain
-    if packed is not None and int8_cpu.usable(x):
+    if step and packed is not None and int8_cpu.usable(x):
         return int8_cpu.linear_rows(x, packed)
     return F.linear(x, dequantize_weight(tuple(parts), x.dtype))
 
 
-def decode_addmm(x: Tensor, a: Tensor, w: Union[Tensor, QWeight]) -> Tensor:
+def decode_addmm(x: Tensor, a: Tensor, w: Union[Tensor, QWeight], step: bool = True) -> Tensor:
     """``x + a @ w`` (see :func:`decode_mm`)."""
-    return torch.addmm(x, a, w) if isinstance(w, Tensor) else x + decode_mm(a, w)
+    return torch.addmm(x, a, w) if isinstance(w, Tensor) else x + decode_mm(a, w, step)
 
 
 def decode_matvec(x: Tensor, w: Union[Tensor, QWeight]) -> Tensor:

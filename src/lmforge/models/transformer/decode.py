@@ -148,18 +148,18 @@ class FastLlamaDecoder:
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
         x = F.embedding(idx, self.emb).view(B * T, self.D)  # (B*T, D)
         for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = add_bias(decode_mm(x, wqkv).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
+            qkv = add_bias(decode_mm(x, wqkv, False).mul_(self._inv_norm(x)), bqkv).view(B, T, nq + 2 * nk)
             qk = torch.view_as_real(torch.view_as_complex(qkv[..., :nq + nk].reshape(B, T, H + Hkv, hd // 2, 2)) * rot)
             qk = qk.view(B, T, H + Hkv, hd)  # rotary embedding applied
             state.k[i][:, :, s:S] = qk[:, :, H:].transpose(1, 2)
             state.v[i][:, :, s:S] = qkv[..., nq + nk:].view(B, T, Hkv, hd).transpose(1, 2)
             att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), state.k[i][:, :, :S], state.v[i][:, :, :S],
                                                  attn_mask=mask, is_causal=causal, enable_gqa=H != Hkv)  # (B, H, T, hd)
-            x = add_bias(decode_addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo), bo)
-            gu = add_bias(decode_mm(x, wgu).mul_(self._inv_norm(x)), bgu)
-            x = add_bias(decode_addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
+            x = add_bias(decode_addmm(x, att.transpose(1, 2).reshape(B * T, nq), wo, False), bo)
+            gu = add_bias(decode_mm(x, wgu, False).mul_(self._inv_norm(x)), bgu)
+            x = add_bias(decode_addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd, False), bd)
         state.length = S
-        last = x.view(B, T, self.D)[:, -1]  # (B, D)
+        last = x.view(B, T, self.D)[:, -1]  # (B, D): its logits are a step's (int8: row by row)
         return decode_mm(last, self.head_t).mul_(self._inv_norm(last)).view(B, 1, -1), state
 
     def _decode_one(self, idx: Tensor, state: _State) -> Tensor:
