@@ -147,11 +147,10 @@ class KVSlots:
         row gives what it gives alone (as batched ``generate`` does)."""
         device = self.state.valid.device
         width = max(len(r) for r in ids)
-        if all(len(r) == width for r in ids):
-            logits, scratch = self.decoder.step(torch.as_tensor(ids, dtype=torch.long, device=device), scratch)
-            return logits[:, -1], scratch
         idx = torch.as_tensor([[0] * (width - len(r)) + list(r) for r in ids], dtype=torch.long, device=device)
-        mask = torch.as_tensor([[False] * (width - len(r)) + [True] * len(r) for r in ids], device=device)
+        mask = None  # equally long rows need none
+        if any(len(r) < width for r in ids):
+            mask = torch.as_tensor([[False] * (width - len(r)) + [True] * len(r) for r in ids], device=device)
         logits, scratch = self.decoder.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch
 
