@@ -15,6 +15,7 @@ from lmforge.inference.engine import BatchEngine, GenerationRequest
 from lmforge.inference.generation import generate
 from lmforge.inference.sampling import SamplingParams
 from lmforge.models import build_model
+from lmforge.models.quantized import quantize_model
 from lmforge.tokenizers import train_tokenizer
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
@@ -70,11 +71,13 @@ def _submit(eng, tok, prompt, n=1, **kw):
     return sink
 
 
+@pytest.mark.parametrize("bits", [None, 8])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_batch_invariance_and_join_leave_mid_stream(tok, family):
+def test_batch_invariance_and_join_leave_mid_stream(tok, family, bits):
     """Requests of different lengths join a running batch at different steps and leave when done (different
-    max_new_tokens); each one's greedy tokens equal offline generation of that request alone."""
-    model = _model(tok, family)
+    max_new_tokens); each one's greedy tokens equal offline generation of that request alone. With int8 weights
+    too: FBGEMM rounds each row's activations on its own scale where it runs."""
+    model = _model(tok, family) if bits is None else quantize_model(_model(tok, family), bits)
     eng = BatchEngine(model, tok, max_batch=8, prefill_chunk=8).start()
     try:
         lengths = [40, 7, 25, 40]
@@ -90,25 +93,6 @@ def test_batch_invariance_and_join_leave_mid_stream(tok, family):
             assert sink.text() == alone.text
             assert sink.events[0][-1].finish_reason == "length"
         assert eng.active == 0
-    finally:
-        eng.stop()
-
-
-@pytest.mark.parametrize("family", ["llama", "lstm"])
-def test_int8_models_are_batch_invariant_too(tok, family):
-    """With int8 weights (FBGEMM rounds each row's activations on its own scale where it runs), a request's greedy
-    tokens inside a busy batch still equal those of the request generated alone."""
-    from lmforge.models.quantized import quantize_model
-
-    model = quantize_model(_model(tok, family), 8)
-    eng = BatchEngine(model, tok, max_batch=8, prefill_chunk=64).start()
-    try:
-        sinks = [_submit(eng, tok, p, max_new_tokens=30) for p in PROMPTS]
-        for s in sinks:
-            assert s.done.wait(60)
-        for prompt, sink in zip(PROMPTS, sinks):
-            alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=30, ignore_eos=True)[0]
-            assert sink.ids() == alone.token_ids
     finally:
         eng.stop()
 
