@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -59,3 +60,15 @@ def validation_ids(tokenizer) -> torch.Tensor:
     """Token ids of held-out text (Shakespeare after the training part)."""
     text = _SHAKESPEARE.read_text(encoding="utf-8")[20000:24000] if _SHAKESPEARE.is_file() else FALLBACK[:2000]
     return torch.tensor(tokenizer.encode(text))
+
+
+def teacher_forced(fast, ids: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Perplexity and logits of ``ids`` (R, T) fed one token at a time at batch 1 (the one-row decoding step)."""
+    nll, logits = 0.0, []
+    for row in ids:
+        state = fast.init_state(1)
+        for t in range(len(row) - 1):
+            out, state = fast.step(row[t].view(1, 1), state)
+            logits.append(out[0, 0])
+            nll -= float(out[0, 0].log_softmax(-1)[row[t + 1]])
+    return math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1))), torch.stack(logits)

@@ -1,11 +1,11 @@
 """FBGEMM's int8 x int8 kernels for int8 layers on the CPU (models/int8_cpu.py): taken where they should be, within
 the activation rounding bound of the dequantize-then-matmul reference, the fallback where they are missing, packs
-never saved, and the decoding path's quality on a trained tiny model."""
+never saved (the decoding step's quality with FBGEMM is tested beside the C step's, in test_native_step.py).
+These tests run the decoding path's PyTorch step, where FBGEMM is used."""
 
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -18,8 +18,9 @@ from lmforge.config import RunConfig
 from lmforge.models import int8_cpu
 from lmforge.models.quantized import QuantLinear, QuantLSTM, quantize_model
 from lmforge.models.run_folder import save_run
+from lmforge.models.transformer import native
 from lmforge.models.transformer.decode import fast_decoder
-from trained_toy import trained, validation_ids
+from trained_toy import trained
 
 needs_fbgemm = pytest.mark.skipif(not int8_cpu.available(), reason="this PyTorch build has no FBGEMM (not x86)")
 
@@ -27,6 +28,12 @@ needs_fbgemm = pytest.mark.skipif(not int8_cpu.available(), reason="this PyTorch
 @pytest.fixture
 def no_fbgemm(monkeypatch):
     monkeypatch.setattr(int8_cpu, "available", lambda: False)
+
+
+@pytest.fixture(autouse=True)
+def _pytorch_step(monkeypatch):
+    """The decoding path's PyTorch step (where FBGEMM runs); the C step has its own tests (test_native_step.py)."""
+    monkeypatch.setattr(native, "ENABLED", False)
 
 
 def _bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -126,39 +133,3 @@ def test_packs_are_never_saved_and_copies_pack_again(tmp_path):
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert set(saved) == set(quant.state_dict())
     assert all(t.dtype != torch.quint8 and t.dtype != torch.qint8 for t in saved.values())
-
-
-def _teacher_forced(fast, ids: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Perplexity and logits of ``ids`` (R, T) fed one token at a time at batch 1 (the one-row decoding step)."""
-    nll, logits = 0.0, []
-    for row in ids:
-        state = fast.init_state(1)
-        for t in range(len(row) - 1):
-            out, state = fast.step(row[t].view(1, 1), state)
-            logits.append(out[0, 0])
-            nll -= float(out[0, 0].log_softmax(-1)[row[t + 1]])
-    return math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1))), torch.stack(logits)
-
-
-@needs_fbgemm
-def test_decoding_step_with_fbgemm_keeps_perplexity_within_one_percent(monkeypatch):
-    model, tok = trained("transformer", "bpe")
-    quant = quantize_model(copy.deepcopy(model), 8)
-    ids = validation_ids(tok)[:256].view(2, 128)
-    with torch.no_grad():
-        ppl, ref = _teacher_forced(fast_decoder(model, compile=False), ids)
-        fast = fast_decoder(quant, compile=False)
-        assert fast.layers[0][0][1] is not None  # the decoding path holds FBGEMM packs
-        qppl, got = _teacher_forced(fast, ids)
-        monkeypatch.setattr(int8_cpu, "ENABLED", False)
-        dppl, deq = _teacher_forced(fast, ids)  # the same weights, dequantized: the reference for the kernel
-    p, q = ref.log_softmax(-1), got.log_softmax(-1)
-    kl = float((p.exp() * (p - q)).sum(-1).mean())
-    print(f"\ndecode step at batch 1: perplexity fp32 {ppl:.3f}, int8 FBGEMM {qppl:.3f} ({qppl / ppl - 1:+.3%}), "
-          f"int8 dequantized {dppl:.3f}; KL {kl:.2e}; max logit change vs dequantized "
-          f"{float((got - deq).abs().max()):.3f} (logit std {float(deq.std()):.2f})")
-    assert abs(qppl / ppl - 1) <= 0.01
-    # the stated int8 tolerances of test_quantized.py (10% of the logits' std, mean KL 1e-3) hold with the
-    # activations quantized too
-    assert (got - ref).abs().max() <= 0.10 * ref.std() and kl <= 1e-3
-    assert not torch.equal(got, deq)

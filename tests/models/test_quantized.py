@@ -21,6 +21,7 @@ from lmforge.models import int8_cpu
 from lmforge.models.quantized import (QuantLinear, QuantLSTM, dequantize_weight, matvec, quantization_of,
                                       quantize_model, quantize_weight)
 from lmforge.models.run_folder import save_run
+from lmforge.models.transformer import native
 from trained_toy import corpus, trained, validation_ids
 
 
@@ -213,8 +214,9 @@ def test_quantize_errors_are_one_line(float_run, tmp_path, capsys):
 @pytest.mark.parametrize("bits", [8, 4])
 def test_fast_decoding_path_reads_the_quantized_layers(bits, monkeypatch):
     """The fast path reads the quantized layers: with FBGEMM off, its logits equal the model's own forward (FBGEMM's
-    activation rounding is bounded in test_int8_cpu.py)."""
+    activation rounding is bounded in test_int8_cpu.py, the C step's in test_native_step.py)."""
     monkeypatch.setattr(int8_cpu, "ENABLED", False)
+    monkeypatch.setattr(native, "ENABLED", False)
     from llama_toy_path import llama_toy
 
     from lmforge.models.transformer.decode import FastLlamaDecoder, fast_decoder
@@ -231,12 +233,20 @@ def test_fast_decoding_path_reads_the_quantized_layers(bits, monkeypatch):
     assert torch.allclose(first[:, 0], ref[:, 4], atol=1e-4) and torch.allclose(second[:, 0], ref[:, 5], atol=1e-4)
 
 
-def test_compiled_step_is_chosen_for_long_generations_only():
+def test_compiled_step_is_chosen_for_long_generations_only(monkeypatch):
+    """Where the C step runs it is the default whatever the length (it is faster than the compiled step), and
+    only an explicit request compiles; elsewhere long generations compile."""
     from llama_toy_path import llama_toy
 
     from lmforge.models.transformer.compiled import CompiledLlamaDecoder
-    from lmforge.models.transformer.decode import AUTO_COMPILE_TOKENS, FastLlamaDecoder, fast_decoder
+    from lmforge.models.transformer.decode import AUTO_COMPILE_TOKENS, FastLlamaDecoder, compile_decoding, fast_decoder
 
+    if native.library() is not None:
+        model = quantize_model(llama_toy({}), 8)
+        assert isinstance(fast_decoder(model, tokens=AUTO_COMPILE_TOKENS), FastLlamaDecoder)
+        assert isinstance(fast_decoder(model, compile=True), CompiledLlamaDecoder)
+        assert compile_decoding(model) and isinstance(fast_decoder(model, tokens=1), CompiledLlamaDecoder)
+    monkeypatch.setattr(native, "ENABLED", False)
     model = quantize_model(llama_toy({}), 8)
     assert isinstance(fast_decoder(model, tokens=200), FastLlamaDecoder)
     comp = fast_decoder(model, tokens=AUTO_COMPILE_TOKENS)

@@ -34,8 +34,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 200
 def add_compile_arg(parser: argparse.ArgumentParser) -> None:
     """``--compile``, shared by ``generate``, ``chat`` and ``serve``; :func:`apply_compile` acts on it."""
     parser.add_argument("--compile", action="store_true",
-                        help="compile the decoding step with torch.compile (Llama-style Transformers on a CPU): "
-                             "seconds to compile at the first generation, then about twice the tokens/s")
+                        help="decode with the torch.compile'd step (Llama-style Transformers on a CPU; seconds to "
+                             "compile at first). Where lmforge's C step runs (x86-64 Linux with a C compiler, the "
+                             "default) that is faster without this flag")
     parser.add_argument("--quantize", choices=["int8", "int4"],
                         help="quantize the weights when loading (weight-only; `lmforge quantize` saves such a run)")
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.models.quantized import decode_addmm, decode_mm, decode_weight
-from lmforge.models.transformer.compiled import CompiledLlamaDecoder, add_bias, compile_supported
+from lmforge.models.transformer import native
+from lmforge.models.transformer.compiled import CompiledLlamaDecoder, _share_rows, add_bias, compile_supported
 from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
 
 __all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder", "llama_incompatibilities"]
@@ -64,6 +65,7 @@ class FastLlamaDecoder:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.compiled: Optional[Any] = None  # its CompiledLlamaDecoder, built on first request
+        self._native: Any = None  # its NativeStep (one-token steps in C), built on the first step; False: none
         c = model.config
         self.L = c.num_layers
         H, Hkv, hd = c.attention.num_heads, c.attention.kv_heads, c.head_size
@@ -168,6 +170,16 @@ class FastLlamaDecoder:
         B = idx.size(0)
         s = state.length
         S = s + 1
+        step = self.native_step()
+        if step is not None:
+            pos = state.seen if state.padded else torch.full((B,), s, dtype=torch.long)
+            if state.padded:
+                state.valid[:, s] = True
+            logits = step(idx.view(B), pos, s, state.valid if state.padded else None, state.k, state.v)
+            if state.padded:
+                state.seen += 1
+            state.length = S
+            return logits.view(B, 1, -1)
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
         mask = None
         if state.padded:
@@ -191,6 +203,18 @@ class FastLlamaDecoder:
             x = add_bias(decode_addmm(x, F.silu(gu[:, : self.ffn]).mul_(gu[:, self.ffn:]), wd), bd)
         state.length = S
         return decode_mm(x, self.head_t).mul_(self._inv_norm(x)).view(B, 1, -1)
+
+    def native_step(self) -> Optional[Any]:
+        """The one-token step in C (:mod:`lmforge.models.transformer.native`), built on first use, where it runs:
+        float32 or int8 weights on a CPU with a working C compiler (else ``None``: the PyTorch step runs)."""
+        if self._native is None:
+            self._native = False
+            mats = [m for layer in self.layers for m in layer[0::2]] + [self.head_t]
+            if (native.ENABLED and self.device.type == "cpu" and self.dtype == torch.float32
+                    and all(native.supports(m) for m in mats) and native.library() is not None):
+                self._native = native.NativeStep(self)
+                _share_rows(self, self._native)  # one copy of each float matrix
+        return self._native or None
 
     def _padded_positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:
         B, T = idx.shape
@@ -307,6 +331,8 @@ def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) ->
         fast = FastLlamaDecoder(model)
         _CACHE[model] = (key, fast)
     auto = model in _COMPILE or tokens >= AUTO_COMPILE_TOKENS or (fast.compiled is not None and fast.compiled.ready)
+    if compile is None and auto and fast.native_step() is not None:
+        auto = model in _COMPILE  # the C step is faster than the compiled one: only an explicit request compiles
     if compile or (compile is None and auto):
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:

@@ -1,0 +1,258 @@
+"""The one-token decoding step in C (``native_step.c``), for Llama-style Transformers on a CPU.
+
+A small model's decoding step at batch 1 costs more in per-operation overhead (a hundred or so PyTorch calls,
+each a few microseconds of Python and dispatch) than in arithmetic, and PyTorch's one-row matrix products read
+the weights at about half the memory bandwidth a plain loop reaches. ``native_step.c`` runs the whole step
+(embedding, every layer, head) as one call: one OpenMP parallel region, each matrix streamed once for all rows,
+float32 rows with AVX-512 fused multiply-adds and int8 rows as integer dot products (AVX-512 VNNI) of each input
+row rounded to 8 bits with its own scale. It is what :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`
+runs for one-token steps by default (BENCHMARKS.md, issue 16, has the figures against llama.cpp).
+
+The source ships with the package and is compiled on first use with the system's C compiler (``$CC``, else
+``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into ``$XDG_CACHE_HOME/lmforge/native`` (``~/.cache/...``),
+keyed by the source, the compiler and the CPU, then loaded with :mod:`ctypes` (which releases the GIL during
+the call). PyTorch's own OpenMP runtime (``libgomp.so.1``, already loaded) serves the parallel region. Where no
+compiler works, or ``LMFORGE_NATIVE=0``, :func:`library` returns ``None`` and the PyTorch step runs instead:
+same results to float rounding (tests compare the logits and the greedy tokens).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import mmap
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lmforge.models.transformer.compiled import _rows
+
+__all__ = ["ENABLED", "NativeStep", "build", "library", "supports", "unavailable_reason"]
+
+log = logging.getLogger(__name__)
+
+# Set to False (or LMFORGE_NATIVE=0 in the environment) to decode with the PyTorch step.
+ENABLED = os.environ.get("LMFORGE_NATIVE", "1") != "0"
+
+_SOURCE = Path(__file__).with_name("native_step.c")
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+class _Mat(ctypes.Structure):
+    _fields_ = [("w", _P), ("q", _P), ("scale", _P), ("rowsum", _P), ("gain", _P), ("bias", _P), ("n", _I), ("k", _I)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("qkv", _Mat), ("o", _Mat), ("gu", _Mat), ("down", _Mat)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [("L", _I), ("D", _I), ("H", _I), ("Hkv", _I), ("hd", _I), ("ffn", _I), ("deps", ctypes.c_float),
+                ("emb", _P), ("rope", _P), ("head", _Mat), ("layers", ctypes.POINTER(_Layer))]
+
+
+_failure: str | None = None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is ``None`` (no compiler, the compiler's error), or ``None`` when it loads."""
+    library()
+    return _failure
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return flags
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled step (built once per machine and cached on disk), or ``None`` where it cannot be built
+    (:func:`unavailable_reason` says why)."""
+    global _failure
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        _failure = f"built only on x86-64 Linux for now (this is {platform.system()} {platform.machine()})"
+        return None
+    try:
+        lib = build("-march=native")
+    except (OSError, subprocess.SubprocessError) as err:
+        _failure = f"could not build or load the C decoding step: {err}"
+        log.info("%s; decoding with the PyTorch step", _failure)
+        return None
+    _failure = None
+    return lib
+
+
+def build(arch: str) -> ctypes.CDLL:
+    """Compiles ``native_step.c`` for ``arch`` (a ``-march=`` flag) into the cache, unless it is there, and loads it.
+
+    Raises:
+        OSError: no C compiler, or it failed (its last line of output is in the message).
+    """
+    cc = _compiler()
+    if cc is None:
+        raise OSError("no C compiler found (set CC, or install gcc)")
+    flags = ["-O3", arch, "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), _cpu_key().encode(),
+                                     torch.__version__.encode()])).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmforge" / "native"
+    target = cache / f"native_step-{key}.so"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=120)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise OSError(f"{Path(cc).name} failed: {last}")
+            os.replace(tmp, target)  # atomic: a concurrent build finds a whole file or none
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    lib.lmf_step.restype = ctypes.c_int
+    lib.lmf_step.argtypes = [ctypes.POINTER(_Model), _I, _P, _P, _I, _P, _I, _P, _P, _I, _I, _P, ctypes.c_int]
+    return lib
+
+
+def _arena(tensors: list[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors`` laid out one after another, in the order given, in one block of memory that the
+    kernel is asked to back with 2 MiB pages (``madvise(MADV_HUGEPAGE)``; Linux's transparent huge pages, where
+    they are enabled). A step then streams its weights as one sequence with few TLB misses: on the benchmark
+    machine a one-row pass over 52 MB of float32 rows took 1.6-1.9 ms on huge pages against 2.9-3.3 ms on 4 KiB
+    pages (BENCHMARKS.md, issue 16)."""
+    huge = 1 << 21
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.numel() * t.element_size() // 64) * 64
+    block = mmap.mmap(-1, total + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: shared memory gets no huge pages
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(block)) % huge
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            block.madvise(mmap.MADV_HUGEPAGE, start, total + huge - start)
+        except OSError:  # a kernel without transparent huge pages: ordinary pages
+            pass
+    out = []
+    for t, off in zip(tensors, offsets):
+        view = torch.frombuffer(block, dtype=t.dtype, count=t.numel(), offset=start + off).view(t.shape)
+        out.append(view.copy_(t))
+    return out
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def supports(w: Any) -> bool:
+    """Whether a decoding-path matrix (a float (out, in) tensor or an int8 tuple) runs in the C step."""
+    if isinstance(w, Tensor):
+        return w.dtype == torch.float32 and w.device.type == "cpu"
+    return len(w) == 4  # (gain, packed, q, scale): int8; int4 tuples have a fifth part
+
+
+def _in_arena(layers: list[tuple], head: Any) -> tuple[list[tuple], Any]:
+    """``layers`` and ``head`` with their float rows and int8 weights moved into one :func:`_arena`, in the
+    order a step reads them."""
+    def matrix(m: Any) -> Any:  # the 2-D tensor of a decoding-path matrix: float rows, or int8's q
+        return m if isinstance(m, Tensor) else m[2]
+
+    mats = [matrix(m) for layer in layers for m in layer[0::2]] + [matrix(head)]
+    moved = dict(zip(map(id, mats), _arena(mats)))
+
+    def redo(m: Any) -> Any:
+        return moved[id(m)] if isinstance(m, Tensor) else (*m[:2], moved[id(m[2])], *m[3:])
+
+    return [tuple(redo(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in layers], redo(head)
+
+
+class NativeStep:
+    """The C step over the weights of a :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`.
+
+    Its float matrices are (out, in) rows (``layers`` and ``head``, in the decoder's order), each row streamed
+    once per step; the decoder's (in, out) matrices become views of them (``compiled._share_rows``).
+    """
+
+    def __init__(self, fast: Any, lib: ctypes.CDLL | None = None) -> None:
+        self.lib = lib or library()
+        if self.lib is None:
+            raise RuntimeError(_failure or "the C decoding step is unavailable")
+        layers = [tuple(_rows(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in fast.layers]
+        self.layers, self.head = _in_arena(layers, _rows(fast.head_t))
+        layers, head = self.layers, self.head
+        self._keep: list[Tensor] = []  # every tensor the structures point at stays alive with this object
+        rope = torch.view_as_real(fast.rope).contiguous().float()
+        emb = fast.emb.contiguous()
+        self._keep += [rope, emb]
+        self.emb_rows = emb.shape[0]
+        self._layers = (_Layer * len(layers))()
+        for i, (wqkv, bqkv, wo, bo, wgu, bgu, wd, bd) in enumerate(layers):
+            ly = self._layers[i]
+            ly.qkv, ly.o, ly.gu, ly.down = (self._mat(wqkv, bqkv), self._mat(wo, bo), self._mat(wgu, bgu),
+                                            self._mat(wd, bd))
+        self._model = _Model(fast.L, fast.D, fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps), emb.data_ptr(),
+                             rope.data_ptr(), self._mat(head, None), self._layers)
+        self.vocab = int(head.shape[0] if isinstance(head, Tensor) else head[2].shape[0])
+
+    def _mat(self, w: Any, bias: Tensor | None) -> _Mat:
+        b = None if bias is None else bias.detach().float().contiguous()
+        if isinstance(w, Tensor):
+            w = w.contiguous()
+            self._keep += [t for t in (w, b) if t is not None]
+            return _Mat(w.data_ptr(), None, None, None, None, _ptr(b), w.shape[0], w.shape[1])
+        gain, _, q, scale = w
+        q, scale = q.contiguous(), scale.float().contiguous()
+        rowsum = q.sum(1, dtype=torch.int32).contiguous()
+        gain = None if gain is None else gain.float().contiguous()
+        self._keep += [t for t in (q, scale, rowsum, gain, b) if t is not None]
+        return _Mat(None, q.data_ptr(), scale.data_ptr(), rowsum.data_ptr(), _ptr(gain), _ptr(b), q.shape[0], q.shape[1])
+
+    def __call__(self, tok: Tensor, pos: Tensor, slot: int, valid: Tensor | None, k: list[Tensor],
+                 v: list[Tensor]) -> Tensor:
+        """tok, pos (B,) int64; the new keys/values go to cache slot ``slot``; valid (B, >= slot + 1) bool, the
+        slots each row attends to (``None``: all up to ``slot``); k, v per layer (B, Hkv, S, hd) float32 views
+        whose last two dimensions are contiguous. Returns the logits (B, V)."""
+        B = tok.shape[0]
+        tok, pos = tok.contiguous(), pos.contiguous()
+        if B and (int(tok.min()) < 0 or int(tok.max()) >= self.emb_rows):  # C reads the table unchecked
+            raise IndexError(f"token ids must be in [0, {self.emb_rows}), got {tok.tolist()}")
+        k0 = k[0]
+        if k0.stride(3) != 1 or k0.stride(2) != k0.shape[3] or any(t.stride() != k0.stride() for t in (*k, *v)):
+            raise ValueError("the caches must share one layout with contiguous last two dimensions")
+        kcs = (_P * len(k))(*(t.data_ptr() for t in k))  # per call, so that calls from several threads never mix
+        vcs = (_P * len(v))(*(t.data_ptr() for t in v))
+        vstride = 0
+        if valid is not None:
+            if valid.stride(1) != 1:
+                valid = valid.contiguous()
+            vstride = valid.stride(0)
+        logits = torch.empty(B, self.vocab, dtype=torch.float32)
+        rc = self.lib.lmf_step(ctypes.byref(self._model), B, tok.data_ptr(), pos.data_ptr(), slot,
+                               _ptr(valid), vstride, kcs, vcs, k0.stride(0), k0.stride(1), logits.data_ptr(),
+                               torch.get_num_threads())
+        if rc != 0:
+            raise MemoryError("the C decoding step could not allocate its scratch memory")
+        return logits

@@ -1,0 +1,235 @@
+/* lmforge: one decoding step of a Llama-style Transformer in C, for CPUs.
+ *
+ * Part of lmforge (see native.py, which compiles this file with the system's C compiler on first use and calls
+ * it through ctypes). At batch 1 a small model's step is bound by reading its weights once and by the per-
+ * operation overhead around ~100 small tensor operations; here the whole step (embedding, every layer, head) is
+ * one call with one OpenMP parallel region, and every matrix is streamed once for all rows of the batch.
+ *
+ * The maths is FastLlamaDecoder's (decode.py):
+ *   - RMSNorm (arXiv:1910.07467) folded into the next matrix: float matrices carry gain * sqrt(D) in their
+ *     columns; int8 matrices take that gain on the input instead. The result is scaled by
+ *     1 / sqrt(|x|^2 + D * eps) per row.
+ *   - Rotary embeddings (arXiv:2104.09864) on interleaved pairs (the Q/K rows are permuted to that layout).
+ *   - SwiGLU (arXiv:2002.05202): silu(gate) * up, the gate and up matrices fused as one.
+ * int8 matrices are per-output-channel symmetric (q * scale[row]); each input row is rounded to 8 bits with its
+ * own absmax scale (dynamic quantization, arXiv:1712.05877) and the products are integer (AVX-512 VNNI where the
+ * CPU has it). Each row's arithmetic is independent of the other rows of the batch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef struct {
+    const float *w;        /* float rows (n, k), or NULL for int8 */
+    const int8_t *q;       /* int8 rows (n, k) */
+    const float *scale;    /* int8: (n) */
+    const int32_t *rowsum; /* int8: (n), the sum of each row of q */
+    const float *gain;     /* int8: (k) input gain, or NULL */
+    const float *bias;     /* (n), or NULL */
+    int64_t n, k;
+} lmf_mat;
+
+typedef struct {
+    lmf_mat qkv, o, gu, down;
+} lmf_layer;
+
+typedef struct {
+    int64_t L, D, H, Hkv, hd, ffn;
+    float deps;         /* D * eps */
+    const float *emb;   /* (V, D) */
+    const float *rope;  /* (positions, hd / 2, 2): cos, sin */
+    lmf_mat head;
+    const lmf_layer *layers;
+} lmf_model;
+
+/* ------------------------------------------------------------------------------------------------ dot products */
+static inline float dot_f32(const float *a, const float *w, int64_t k) {
+    int64_t i = 0;
+    float s = 0.f;
+#if defined(__AVX512F__)
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    for (; i + 64 <= k; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(w + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(w + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(w + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(w + i + 48), s3);
+    }
+    for (; i + 16 <= k; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(w + i), s0);
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#endif
+    for (; i < k; i++) s += a[i] * w[i];
+    return s;
+}
+
+/* sum over i of (a[i] - 128) * w[i], for a = x + 128 in [1, 255] */
+static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int32_t rowsum) {
+    int64_t i = 0;
+    int32_t s = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (; i + 128 <= k; i += 128) {
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(w + i));
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_loadu_si512(a + i + 64), _mm512_loadu_si512(w + i + 64));
+    }
+    for (; i + 64 <= k; i += 64) s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(w + i));
+    s = _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+#endif
+    for (; i < k; i++) s += (int32_t)a[i] * (int32_t)w[i];
+    return s - 128 * rowsum;
+}
+
+/* ------------------------------------------------------------------------------------------ matrix products */
+typedef struct {
+    float *xf;   /* (B, kmax) the input times its gain */
+    uint8_t *xu; /* (B, kmax) the input rounded to 8 bits, offset by 128 */
+    float *xs;   /* (B) the rounding scale of each row */
+} lmf_qbuf;
+
+/* y[b] (=|+=) (x[b] @ W.T) * (inv ? inv[b] : 1) + bias, for B rows. Called inside a parallel region: the rows of
+ * W are shared out among the threads, and each row of W is read once for all B inputs. */
+static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, float *y, int64_t ldy,
+                   const float *inv, int accumulate, lmf_qbuf *qb) {
+    const int64_t n = m->n, k = m->k;
+    if (m->q) { /* the input rows, each rounded to 8 bits with its own scale */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *xr = x + b * ldx;
+            float *t = qb->xf + b * k;
+            float amax = 0.f;
+            for (int64_t i = 0; i < k; i++) {
+                t[i] = m->gain ? xr[i] * m->gain[i] : xr[i];
+                amax = fmaxf(amax, fabsf(t[i]));
+            }
+            float s = amax / 127.f, r = amax > 0.f ? 127.f / amax : 0.f;
+            qb->xs[b] = s;
+            uint8_t *u = qb->xu + b * k;
+            for (int64_t i = 0; i < k; i++) u[i] = (uint8_t)((int32_t)lrintf(t[i] * r) + 128);
+        }
+    }
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < n; j++) {
+        for (int64_t b = 0; b < B; b++) {
+            float v;
+            if (m->q)
+                v = (float)dot_u8s8(qb->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (qb->xs[b] * m->scale[j]);
+            else
+                v = dot_f32(x + b * ldx, m->w + j * k, k);
+            if (inv) v *= inv[b];
+            if (m->bias) v += m->bias[j];
+            float *o = y + b * ldy + j;
+            *o = accumulate ? *o + v : v;
+        }
+    }
+}
+
+/* inv[b] = 1 / sqrt(|x[b]|^2 + deps): the folded RMSNorm factor */
+static void inv_norms(int64_t B, const float *x, int64_t D, float deps, float *inv) {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        float s = 0.f;
+        for (int64_t i = 0; i < D; i++) s += x[b * D + i] * x[b * D + i];
+        inv[b] = 1.f / sqrtf(s + deps);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------- attention */
+static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, float *qkv, int64_t ldqkv, const int64_t *pos,
+                      int64_t slot, const uint8_t *valid, int64_t vstride, int64_t row_stride, int64_t head_stride,
+                      float *att, float *scores, int64_t S) {
+    const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd;
+    /* rotary embedding of q and k, then the new key and value into the cache */
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        float *r = qkv + b * ldqkv;
+        const float *cs = m->rope + pos[b] * half * 2;
+        for (int64_t h = 0; h < H + Hkv; h++)
+            for (int64_t j = 0; j < half; j++) {
+                float a = r[h * hd + 2 * j], c = r[h * hd + 2 * j + 1];
+                r[h * hd + 2 * j] = a * cs[2 * j] - c * cs[2 * j + 1];
+                r[h * hd + 2 * j + 1] = a * cs[2 * j + 1] + c * cs[2 * j];
+            }
+        for (int64_t h = 0; h < Hkv; h++) {
+            memcpy(kcache + b * row_stride + h * head_stride + slot * hd, r + nq + h * hd, hd * sizeof(float));
+            memcpy(vcache + b * row_stride + h * head_stride + slot * hd, r + nq + nk + h * hd, hd * sizeof(float));
+        }
+    }
+    const float scale = 1.f / sqrtf((float)hd);
+    const int64_t G = H / Hkv;
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        const int64_t b = bh / H, h = bh % H, g = h / G;
+        const float *q = qkv + b * ldqkv + h * hd;
+        const float *kc = kcache + b * row_stride + g * head_stride, *vc = vcache + b * row_stride + g * head_stride;
+        const uint8_t *ok = valid ? valid + b * vstride : NULL;
+        float *p = scores + bh * S, mx = -INFINITY;
+        for (int64_t t = 0; t < S; t++) {
+            p[t] = (ok && !ok[t]) ? -INFINITY : dot_f32(q, kc + t * hd, hd) * scale;
+            mx = fmaxf(mx, p[t]);
+        }
+        float sum = 0.f;
+        for (int64_t t = 0; t < S; t++) {
+            p[t] = p[t] == -INFINITY ? 0.f : expf(p[t] - mx);
+            sum += p[t];
+        }
+        float *o = att + b * nq + h * hd;
+        for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
+        for (int64_t t = 0; t < S; t++) {
+            if (p[t] == 0.f) continue;
+            const float w = p[t] / sum, *v = vc + t * hd;
+            for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------------------------------- the step */
+/* One new token per row: tok, pos (B); the new keys and values go to cache slot `slot`, and row b attends to the
+ * slots t <= slot with valid[b * vstride + t] (all of them when valid is NULL). kc[l], vc[l]: layer l's caches,
+ * element (b, h, t, d) at b * row_stride + h * head_stride + t * hd + d. Writes the logits (B, V).
+ * Returns 0, or -1 when memory for the scratch buffers could not be allocated. */
+int lmf_step(const lmf_model *m, int64_t B, const int64_t *tok, const int64_t *pos, int64_t slot,
+             const uint8_t *valid, int64_t vstride, float *const *kc, float *const *vc, int64_t row_stride,
+             int64_t head_stride, float *logits, int nthreads) {
+    const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, F2 = 2 * m->ffn, S = slot + 1;
+    const int64_t kmax = D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq);
+    float *buf = malloc(sizeof(float) * (B * (D + nqkv + nq + F2 + m->ffn + kmax + 2) + B * m->H * S));
+    uint8_t *xu = malloc((size_t)(B * kmax));
+    if (!buf || !xu) {
+        free(buf);
+        free(xu);
+        return -1;
+    }
+    float *x = buf, *qkv = x + B * D, *att = qkv + B * nqkv, *gu = att + B * nq, *hid = gu + B * F2;
+    float *xf = hid + B * m->ffn, *inv = xf + B * kmax, *xs = inv + B, *scores = xs + B;
+    lmf_qbuf qb = {xf, xu, xs};
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) memcpy(x + b * D, m->emb + tok[b] * D, D * sizeof(float));
+        for (int64_t l = 0; l < m->L; l++) {
+            const lmf_layer *ly = m->layers + l;
+            inv_norms(B, x, D, m->deps, inv);
+            matmul(&ly->qkv, B, x, D, qkv, nqkv, inv, 0, &qb);
+            attention(m, kc[l], vc[l], B, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att, scores, S);
+            matmul(&ly->o, B, att, nq, x, D, NULL, 1, &qb);
+            inv_norms(B, x, D, m->deps, inv);
+            matmul(&ly->gu, B, x, D, gu, F2, inv, 0, &qb);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < B * m->ffn; i++) {
+                const int64_t b = i / m->ffn, j = i % m->ffn;
+                const float g = gu[b * F2 + j];
+                hid[i] = g / (1.f + expf(-g)) * gu[b * F2 + m->ffn + j];
+            }
+            matmul(&ly->down, B, hid, m->ffn, x, D, NULL, 1, &qb);
+        }
+        inv_norms(B, x, D, m->deps, inv);
+        matmul(&m->head, B, x, D, logits, m->head.n, inv, 0, &qb);
+    }
+    free(buf);
+    free(xu);
+    return 0;
+}
