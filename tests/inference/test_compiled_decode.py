@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import LSTMConfig
+from lmforge.models.transformer import native
 from lmforge.models.transformer.compiled import CompiledLlamaDecoder
 from lmforge.models.transformer.decode import FastLlamaDecoder, compile_decoding, fast_decoder
 from lmforge.inference.generation import generate
@@ -65,7 +66,13 @@ def test_fast_decoder_compile_is_cached_and_cpu_float_only():
     assert isinstance(fast_decoder(model, compile=True), CompiledLlamaDecoder)
 
 
-def test_compile_decoding_is_the_models_default_and_reports_support():
+def test_compile_decoding_is_the_models_default_and_reports_support(monkeypatch):
+    model = _model({})
+    if native.library() is not None:  # the C step runs: faster, so it stays the default
+        assert compile_decoding(model) is True
+        assert isinstance(fast_decoder(model), FastLlamaDecoder) and fast_decoder(model).native_step() is not None
+        compile_decoding(model, enabled=False)
+    monkeypatch.setattr(native, "ENABLED", False)
     model = _model({})
     assert isinstance(fast_decoder(model), FastLlamaDecoder)
     assert compile_decoding(model) is True

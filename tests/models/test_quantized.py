@@ -234,8 +234,8 @@ def test_fast_decoding_path_reads_the_quantized_layers(bits, monkeypatch):
 
 
 def test_compiled_step_is_chosen_for_long_generations_only(monkeypatch):
-    """Where the C step runs it is the default whatever the length (it is faster than the compiled step), and
-    only an explicit request compiles; elsewhere long generations compile."""
+    """Where the C step runs it is the default whatever the length and ``--compile`` (it is faster than the
+    compiled step), and only ``compile=True`` compiles; elsewhere long generations compile."""
     from llama_toy_path import llama_toy
 
     from lmforge.models.transformer.compiled import CompiledLlamaDecoder
@@ -245,7 +245,7 @@ def test_compiled_step_is_chosen_for_long_generations_only(monkeypatch):
         model = quantize_model(llama_toy({}), 8)
         assert isinstance(fast_decoder(model, tokens=AUTO_COMPILE_TOKENS), FastLlamaDecoder)
         assert isinstance(fast_decoder(model, compile=True), CompiledLlamaDecoder)
-        assert compile_decoding(model) and isinstance(fast_decoder(model, tokens=1), CompiledLlamaDecoder)
+        assert compile_decoding(model) and isinstance(fast_decoder(model, tokens=1), FastLlamaDecoder)
     monkeypatch.setattr(native, "ENABLED", False)
     model = quantize_model(llama_toy({}), 8)
     assert isinstance(fast_decoder(model, tokens=200), FastLlamaDecoder)

@@ -35,8 +35,8 @@ def add_compile_arg(parser: argparse.ArgumentParser) -> None:
     """``--compile``, shared by ``generate``, ``chat`` and ``serve``; :func:`apply_compile` acts on it."""
     parser.add_argument("--compile", action="store_true",
                         help="decode with the torch.compile'd step (Llama-style Transformers on a CPU; seconds to "
-                             "compile at first). Where lmforge's C step runs (x86-64 Linux with a C compiler, the "
-                             "default) that is faster without this flag")
+                             "compile at first), except where lmforge's C step runs (x86-64 Linux with a C compiler: "
+                             "the default there, and faster)")
     parser.add_argument("--quantize", choices=["int8", "int4"],
                         help="quantize the weights when loading (weight-only; `lmforge quantize` saves such a run)")
 

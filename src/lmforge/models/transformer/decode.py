@@ -280,8 +280,10 @@ _COMPILE: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 def compile_decoding(model: Any, enabled: bool = True) -> bool:
     """Makes generation on ``model`` use the compiled one-token step unless a call says otherwise (what
-    ``--compile`` of ``lmforge generate|chat|serve`` does). Returns whether the model and device support it
-    (a Llama-style Transformer in float32/64 on a CPU); when they do not, generation stays eager."""
+    ``--compile`` of ``lmforge generate|chat|serve`` does), except where the C step runs
+    (:mod:`lmforge.models.transformer.native`), which is faster and stays. Returns whether the model and device
+    support compiling (a Llama-style Transformer in float32/64 on a CPU); when they do not, generation stays
+    eager."""
     if not enabled:
         _COMPILE.discard(model)
         return False
@@ -332,7 +334,7 @@ def fast_decoder(model: Any, compile: Optional[bool] = None, tokens: int = 0) ->
         _CACHE[model] = (key, fast)
     auto = model in _COMPILE or tokens >= AUTO_COMPILE_TOKENS or (fast.compiled is not None and fast.compiled.ready)
     if compile is None and auto and fast.native_step() is not None:
-        auto = model in _COMPILE  # the C step is faster than the compiled one: only an explicit request compiles
+        auto = False  # the C step is faster than the compiled one: only compile=True compiles
     if compile or (compile is None and auto):
         if compile_supported(fast.device, fast.dtype):
             if fast.compiled is None:
