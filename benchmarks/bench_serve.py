@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from sse_client import Connection
 
 
 def write_untrained_run(preset: str, out_dir: Path) -> Path:
@@ -81,14 +83,17 @@ async def sse_lines(resp) -> Any:
 
 
 async def one_request(client, body: dict) -> dict:
+    """One streamed chat request on ``client`` (a :class:`sse_client.Connection`, or an ``httpx.AsyncClient``
+    with ``--client httpx``); every event is parsed as JSON, and the request counts only if it ends with
+    ``data: [DONE]``."""
     start = time.perf_counter()
     first = None
     tokens = 0
     done = False
-    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
-        if resp.status_code != 200:
-            return {"ok": False, "status": resp.status_code, "error": (await resp.aread()).decode()[:200]}
-        async for line in sse_lines(resp):
+    async with _stream(client, body) as (status, lines):
+        if status != 200:
+            return {"ok": False, "status": status, "error": b"".join([x async for x in lines]).decode()[:200]}
+        async for line in lines:
             if line == b"data: [DONE]":
                 done = True
             elif line.startswith(b"data: "):
@@ -105,24 +110,44 @@ async def one_request(client, body: dict) -> dict:
             "tokens": tokens}
 
 
+@contextlib.asynccontextmanager
+async def _stream(client, body: dict):
+    """(status, async iterator over the body's lines) of a streamed ``POST /v1/chat/completions``."""
+    if isinstance(client, Connection):
+        status, lines = await client.post_lines("/v1/chat/completions", json.dumps(body).encode())
+        yield status, lines
+        return
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        yield resp.status_code, sse_lines(resp)
+
+
 async def client_loop(client, index: int, requests: int, max_tokens: int, results: list) -> None:
-    async with client:
+    try:
         for r in range(requests):
             body = chat_body(index, r, max_tokens)
             try:
                 results.append(await one_request(client, body))
             except Exception as err:  # noqa: BLE001 - a failed request is counted, not fatal
                 results.append({"ok": False, "status": None, "error": repr(err)})
+                if isinstance(client, Connection):
+                    await client.close()  # a broken connection: the next request opens a new one
+    finally:
+        await (client.close() if isinstance(client, Connection) else client.aclose())
 
 
-async def run_load(url: str, clients: int, requests: int, max_tokens: int) -> tuple[list, float]:
+async def run_load(url: str, clients: int, requests: int, max_tokens: int, kind: str = "raw") -> tuple[list, float]:
     """``clients`` clients, each with its own connection, make ``requests`` streamed requests one after another.
-    The clients are built before the clock starts: an ``httpx.AsyncClient`` loads a TLS context (tens of ms of
-    CPU each, unused on plain http) that is no part of what the server does."""
-    import httpx
-
+    The clients are built (and, for the raw client, connected) before the clock starts: an ``httpx.AsyncClient``
+    loads a TLS context (tens of ms of CPU each, unused on plain http) that is no part of what the server does."""
     results: list = []
-    pool = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) for _ in range(clients)]
+    if kind == "httpx":
+        import httpx
+
+        pool = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) for _ in range(clients)]
+    else:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        pool = [Connection(host, int(port)) for _ in range(clients)]
+        await asyncio.gather(*(c.open() for c in pool))
     start = time.perf_counter()
     await asyncio.gather(*(client_loop(c, i, requests, max_tokens, results) for i, c in enumerate(pool)))
     return results, time.perf_counter() - start
@@ -160,8 +185,8 @@ def serve_and_load(run: Path, args: argparse.Namespace, extra: list[str]) -> dic
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         wait_healthy(url, proc)
-        asyncio.run(run_load(url, 1, 1, 2))  # one warm-up request (first-call costs of the request path)
-        results, wall = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens))
+        asyncio.run(run_load(url, 1, 1, 2, args.client))  # one warm-up request (first-call costs of the request path)
+        results, wall = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens, args.client))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -257,13 +282,15 @@ def main() -> int:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the three modes")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every mode (default: torch's)")
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                    help="the load generator: a lean asyncio HTTP/1.1 client (sse_client.py), or httpx")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else write_untrained_run(args.preset, Path(tmp) / f"untrained-{args.preset}")
         print(f"model: {run.name if args.run else 'untrained ' + args.preset} | clients {args.clients} x requests "
               f"{args.requests} | max_tokens {args.max_tokens} | no-batching --max-concurrency {args.max_concurrency} | "
-              f"torch threads {args.threads or 'default'}")
+              f"torch threads {args.threads or 'default'} | client {args.client}")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f} at the start")
         expected = args.clients * args.requests
