@@ -126,8 +126,9 @@ def build(arch: str) -> ctypes.CDLL:
             done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                                   timeout=120)
             if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise OSError(f"{Path(cc).name} failed: {last}")
+                lines = done.stderr.strip().splitlines() or ["no output"]
+                first = next((line for line in lines if "error" in line), lines[-1])
+                raise OSError(f"{Path(cc).name} failed: {first.strip()}")
             os.replace(tmp, target)  # atomic: a concurrent build finds a whole file or none
         finally:
             if os.path.exists(tmp):

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -62,25 +62,49 @@ static inline float dot_f32(const float *a, const float *w, int64_t k) {
     for (; i + 16 <= k; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(w + i), s0);
     s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 #endif
-    for (; i < k; i++) s += a[i] * w[i];
+#pragma omp simd reduction(+ : s) /* without AVX-512 (AVX2 laptops): vectorised, the sum reassociated */
+    for (int64_t j = i; j < k; j++) s += a[j] * w[j];
     return s;
 }
 
-/* sum over i of (a[i] - 128) * w[i], for a = x + 128 in [1, 255] */
+/* sum over i of (a[i] - 128) * w[i], for a = x + 128 in [1, 255] (x in [-127, 127]) */
 static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int32_t rowsum) {
     int64_t i = 0;
     int32_t s = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    /* u8 x s8 products summed by fours into int32 (no saturation); the offset comes off with the row's sum */
     __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
     for (; i + 128 <= k; i += 128) {
         s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(w + i));
         s1 = _mm512_dpbusd_epi32(s1, _mm512_loadu_si512(a + i + 64), _mm512_loadu_si512(w + i + 64));
     }
     for (; i + 64 <= k; i += 64) s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(a + i), _mm512_loadu_si512(w + i));
-    s = _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+    if (i) { /* rowsum is the whole row's: the tail's share is given back, the tail is summed below */
+        s = _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1)) - 128 * rowsum;
+        for (int64_t j = i; j < k; j++) s += 128 * (int32_t)w[j];
+    }
+#elif defined(__AVX2__)
+    /* AVX2 without VNNI: |x| (u8) times w with x's sign (s8), pairs summed into int16: at most 2 * 127 * 127, so
+     * never saturated (the same trick as llama.cpp's AVX2 path), then pairs of those into int32 */
+    (void)rowsum;
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (; i + 32 <= k; i += 32) {
+        const __m256i x = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a + i)), flip);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x),
+                                               _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + i)), x));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    s = _mm_cvtsi128_si32(h);
+#else
+    (void)rowsum;
 #endif
-    for (; i < k; i++) s += (int32_t)a[i] * (int32_t)w[i];
-    return s - 128 * rowsum;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = i; j < k; j++) s += ((int32_t)a[j] - 128) * (int32_t)w[j];
+    return s;
 }
 
 /* ------------------------------------------------------------------------------------------ matrix products */
