@@ -108,104 +108,118 @@ static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int
 }
 
 /* ------------------------------------------------------------------------------------------ matrix products */
+/* Each thread keeps its own copy of what every output row needs from the inputs (the RMSNorm factors, int8's
+ * rounded rows): computed redundantly, it costs less than a barrier, and a step then waits at one barrier per
+ * matrix and one after attention (what matters when a thread is descheduled on a busy machine). */
 typedef struct {
-    float *xf;   /* (B, kmax) the input times its gain */
+    float *inv;  /* (B) 1 / sqrt(|x[b]|^2 + D * eps), the folded RMSNorm factor */
     uint8_t *xu; /* (B, kmax) the input rounded to 8 bits, offset by 128 */
     float *xs;   /* (B) the rounding scale of each row */
-} lmf_qbuf;
+} lmf_priv;
 
-/* y[b] (=|+=) (x[b] @ W.T) * (inv ? inv[b] : 1) + bias, for B rows. Called inside a parallel region: the rows of
- * W are shared out among the threads, and each row of W is read once for all B inputs. */
-static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, float *y, int64_t ldy,
-                   const float *inv, int accumulate, lmf_qbuf *qb) {
-    const int64_t n = m->n, k = m->k;
-    if (m->q) { /* the input rows, each rounded to 8 bits with its own scale */
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) {
-            const float *xr = x + b * ldx;
-            float *t = qb->xf + b * k;
-            float amax = 0.f;
-            for (int64_t i = 0; i < k; i++) {
-                t[i] = m->gain ? xr[i] * m->gain[i] : xr[i];
-                amax = fmaxf(amax, fabsf(t[i]));
-            }
-            float s = amax / 127.f, r = amax > 0.f ? 127.f / amax : 0.f;
-            qb->xs[b] = s;
-            uint8_t *u = qb->xu + b * k;
-            for (int64_t i = 0; i < k; i++) u[i] = (uint8_t)((int32_t)lrintf(t[i] * r) + 128);
+static float dot_row(const lmf_mat *m, int64_t j, int64_t b, const float *x, int64_t ldx, const lmf_priv *pv) {
+    const int64_t k = m->k;
+    if (m->q) return (float)dot_u8s8(pv->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (pv->xs[b] * m->scale[j]);
+    return dot_f32(x + b * ldx, m->w + j * k, k);
+}
+
+/* This thread's inputs for m: the norm factors of x's rows (when `norm`), and int8's rounded rows of x * gain */
+static void prepare(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, int norm, float deps, lmf_priv *pv) {
+    const int64_t k = m->k;
+    for (int64_t b = 0; b < B; b++) {
+        const float *xr = x + b * ldx;
+        if (norm) {
+            float s = 0.f;
+            for (int64_t i = 0; i < k; i++) s += xr[i] * xr[i];
+            pv->inv[b] = 1.f / sqrtf(s + deps);
         }
+        if (!m->q) continue;
+        float amax = 0.f;
+        for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(m->gain ? xr[i] * m->gain[i] : xr[i]));
+        const float r = amax > 0.f ? 127.f / amax : 0.f;
+        pv->xs[b] = amax / 127.f;
+        uint8_t *u = pv->xu + b * k;
+        for (int64_t i = 0; i < k; i++)
+            u[i] = (uint8_t)((int32_t)lrintf((m->gain ? xr[i] * m->gain[i] : xr[i]) * r) + 128);
     }
+}
+
+/* y[b] (=|+=) (x[b] @ W.T) * (norm ? inv[b] : 1) + bias for B rows, inside a parallel region: the rows of W are
+ * shared out among the threads, each read once for all B inputs. */
+static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, float *y, int64_t ldy, int norm,
+                   float deps, int accumulate, lmf_priv *pv) {
+    prepare(m, B, x, ldx, norm, deps, pv);
 #pragma omp for schedule(static)
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = 0; j < m->n; j++)
         for (int64_t b = 0; b < B; b++) {
-            float v;
-            if (m->q)
-                v = (float)dot_u8s8(qb->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (qb->xs[b] * m->scale[j]);
-            else
-                v = dot_f32(x + b * ldx, m->w + j * k, k);
-            if (inv) v *= inv[b];
+            float v = dot_row(m, j, b, x, ldx, pv);
+            if (norm) v *= pv->inv[b];
             if (m->bias) v += m->bias[j];
             float *o = y + b * ldy + j;
             *o = accumulate ? *o + v : v;
         }
-    }
 }
 
-/* inv[b] = 1 / sqrt(|x[b]|^2 + deps): the folded RMSNorm factor */
-static void inv_norms(int64_t B, const float *x, int64_t D, float deps, float *inv) {
+/* h[b, j] = silu(gate) * up, with gate and up rows j and ffn + j of the fused matrix (SwiGLU, arXiv:2002.05202) */
+static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float *h, int64_t ffn, float deps,
+                   lmf_priv *pv) {
+    prepare(m, B, x, D, 1, deps, pv);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; b++) {
-        float s = 0.f;
-        for (int64_t i = 0; i < D; i++) s += x[b * D + i] * x[b * D + i];
-        inv[b] = 1.f / sqrtf(s + deps);
-    }
+    for (int64_t j = 0; j < ffn; j++)
+        for (int64_t b = 0; b < B; b++) {
+            float g = dot_row(m, j, b, x, D, pv) * pv->inv[b], u = dot_row(m, ffn + j, b, x, D, pv) * pv->inv[b];
+            if (m->bias) {
+                g += m->bias[j];
+                u += m->bias[ffn + j];
+            }
+            h[b * ffn + j] = g / (1.f + expf(-g)) * u;
+        }
 }
 
 /* ------------------------------------------------------------------------------------------------- attention */
-static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, float *qkv, int64_t ldqkv, const int64_t *pos,
-                      int64_t slot, const uint8_t *valid, int64_t vstride, int64_t row_stride, int64_t head_stride,
-                      float *att, float *scores, int64_t S) {
-    const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd;
-    /* rotary embedding of q and k, then the new key and value into the cache */
+static inline void rotate(float *r, const float *cs, int64_t half) { /* rotary pairs (arXiv:2104.09864) */
+    for (int64_t j = 0; j < half; j++) {
+        const float a = r[2 * j], c = r[2 * j + 1];
+        r[2 * j] = a * cs[2 * j] - c * cs[2 * j + 1];
+        r[2 * j + 1] = a * cs[2 * j + 1] + c * cs[2 * j];
+    }
+}
+
+/* One unit of work per (row, key/value head): rotate that head's new key and its G query heads, write the key
+ * and value into the cache, and attend. No unit reads what another writes, so no barrier until the end. */
+static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, float *qkv, int64_t ldqkv,
+                      const int64_t *pos, int64_t slot, const uint8_t *valid, int64_t vstride, int64_t row_stride,
+                      int64_t head_stride, float *att, float *scores, int64_t S) {
+    const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd, G = H / Hkv;
+    const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; b++) {
+    for (int64_t bg = 0; bg < B * Hkv; bg++) {
+        const int64_t b = bg / Hkv, g = bg % Hkv;
         float *r = qkv + b * ldqkv;
         const float *cs = m->rope + pos[b] * half * 2;
-        for (int64_t h = 0; h < H + Hkv; h++)
-            for (int64_t j = 0; j < half; j++) {
-                float a = r[h * hd + 2 * j], c = r[h * hd + 2 * j + 1];
-                r[h * hd + 2 * j] = a * cs[2 * j] - c * cs[2 * j + 1];
-                r[h * hd + 2 * j + 1] = a * cs[2 * j + 1] + c * cs[2 * j];
-            }
-        for (int64_t h = 0; h < Hkv; h++) {
-            memcpy(kcache + b * row_stride + h * head_stride + slot * hd, r + nq + h * hd, hd * sizeof(float));
-            memcpy(vcache + b * row_stride + h * head_stride + slot * hd, r + nq + nk + h * hd, hd * sizeof(float));
-        }
-    }
-    const float scale = 1.f / sqrtf((float)hd);
-    const int64_t G = H / Hkv;
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / G;
-        const float *q = qkv + b * ldqkv + h * hd;
-        const float *kc = kcache + b * row_stride + g * head_stride, *vc = vcache + b * row_stride + g * head_stride;
+        float *kc = kcache + b * row_stride + g * head_stride, *vc = vcache + b * row_stride + g * head_stride;
+        rotate(r + nq + g * hd, cs, half);
+        memcpy(kc + slot * hd, r + nq + g * hd, hd * sizeof(float));
+        memcpy(vc + slot * hd, r + nq + nk + g * hd, hd * sizeof(float));
         const uint8_t *ok = valid ? valid + b * vstride : NULL;
-        float *p = scores + bh * S, mx = -INFINITY;
-        for (int64_t t = 0; t < S; t++) {
-            p[t] = (ok && !ok[t]) ? -INFINITY : dot_f32(q, kc + t * hd, hd) * scale;
-            mx = fmaxf(mx, p[t]);
-        }
-        float sum = 0.f;
-        for (int64_t t = 0; t < S; t++) {
-            p[t] = p[t] == -INFINITY ? 0.f : expf(p[t] - mx);
-            sum += p[t];
-        }
-        float *o = att + b * nq + h * hd;
-        for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
-        for (int64_t t = 0; t < S; t++) {
-            if (p[t] == 0.f) continue;
-            const float w = p[t] / sum, *v = vc + t * hd;
-            for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
+        for (int64_t h = g * G; h < (g + 1) * G; h++) {
+            float *q = r + h * hd, *p = scores + (b * H + h) * S, mx = -INFINITY, sum = 0.f;
+            rotate(q, cs, half);
+            for (int64_t t = 0; t < S; t++) {
+                p[t] = (ok && !ok[t]) ? -INFINITY : dot_f32(q, kc + t * hd, hd) * scale;
+                mx = fmaxf(mx, p[t]);
+            }
+            for (int64_t t = 0; t < S; t++) {
+                p[t] = p[t] == -INFINITY ? 0.f : expf(p[t] - mx);
+                sum += p[t];
+            }
+            float *o = att + b * nq + h * hd;
+            for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
+            for (int64_t t = 0; t < S; t++) {
+                if (p[t] == 0.f) continue;
+                const float w = p[t] / sum, *v = vc + t * hd;
+                for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
+            }
         }
     }
 }
@@ -218,40 +232,33 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
 int lmf_step(const lmf_model *m, int64_t B, const int64_t *tok, const int64_t *pos, int64_t slot,
              const uint8_t *valid, int64_t vstride, float *const *kc, float *const *vc, int64_t row_stride,
              int64_t head_stride, float *logits, int nthreads) {
-    const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, F2 = 2 * m->ffn, S = slot + 1;
+    const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, S = slot + 1;
     const int64_t kmax = D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq);
-    float *buf = malloc(sizeof(float) * (B * (D + nqkv + nq + F2 + m->ffn + kmax + 2) + B * m->H * S));
-    uint8_t *xu = malloc((size_t)(B * kmax));
+    if (nthreads < 1) nthreads = 1;
+    float *buf = malloc(sizeof(float) * (B * (D + nqkv + nq + m->ffn) + B * m->H * S + 2 * B * nthreads));
+    uint8_t *xu = malloc((size_t)(B * kmax * nthreads));
     if (!buf || !xu) {
         free(buf);
         free(xu);
         return -1;
     }
-    float *x = buf, *qkv = x + B * D, *att = qkv + B * nqkv, *gu = att + B * nq, *hid = gu + B * F2;
-    float *xf = hid + B * m->ffn, *inv = xf + B * kmax, *xs = inv + B, *scores = xs + B;
-    lmf_qbuf qb = {xf, xu, xs};
+    float *x = buf, *qkv = x + B * D, *att = qkv + B * nqkv, *hid = att + B * nq, *scores = hid + B * m->ffn;
+    float *priv = scores + B * m->H * S;
 #pragma omp parallel num_threads(nthreads)
     {
+        const int t = omp_get_thread_num();
+        lmf_priv pv = {priv + 2 * B * t, xu + B * kmax * t, priv + 2 * B * t + B};
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) memcpy(x + b * D, m->emb + tok[b] * D, D * sizeof(float));
         for (int64_t l = 0; l < m->L; l++) {
             const lmf_layer *ly = m->layers + l;
-            inv_norms(B, x, D, m->deps, inv);
-            matmul(&ly->qkv, B, x, D, qkv, nqkv, inv, 0, &qb);
+            matmul(&ly->qkv, B, x, D, qkv, nqkv, 1, m->deps, 0, &pv);
             attention(m, kc[l], vc[l], B, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att, scores, S);
-            matmul(&ly->o, B, att, nq, x, D, NULL, 1, &qb);
-            inv_norms(B, x, D, m->deps, inv);
-            matmul(&ly->gu, B, x, D, gu, F2, inv, 0, &qb);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < B * m->ffn; i++) {
-                const int64_t b = i / m->ffn, j = i % m->ffn;
-                const float g = gu[b * F2 + j];
-                hid[i] = g / (1.f + expf(-g)) * gu[b * F2 + m->ffn + j];
-            }
-            matmul(&ly->down, B, hid, m->ffn, x, D, NULL, 1, &qb);
+            matmul(&ly->o, B, att, nq, x, D, 0, m->deps, 1, &pv);
+            swiglu(&ly->gu, B, x, D, hid, m->ffn, m->deps, &pv);
+            matmul(&ly->down, B, hid, m->ffn, x, D, 0, m->deps, 1, &pv);
         }
-        inv_norms(B, x, D, m->deps, inv);
-        matmul(&m->head, B, x, D, logits, m->head.n, inv, 0, &qb);
+        matmul(&m->head, B, x, D, logits, m->head.n, 1, m->deps, 0, &pv);
     }
     free(buf);
     free(xu);
