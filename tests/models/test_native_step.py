@@ -5,6 +5,8 @@ build without AVX-512 gives the same logits; where it cannot be built the PyTorc
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +169,20 @@ def test_without_a_compiler_the_pytorch_step_runs(monkeypatch, tmp_path):
         assert torch.allclose(got, ref[:, 2:], atol=1e-4)
     finally:
         native.library.cache_clear()
+
+
+@needs_native
+def test_a_build_keeps_the_cache_small(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "lmforge" / "native"
+    cache.mkdir(parents=True)
+    for i in range(9):  # builds of other versions or CPUs, oldest first
+        (cache / f"native_step-old{i}.so").write_bytes(b"")
+        os.utime(cache / f"native_step-old{i}.so", (1000 + i, 1000 + i))
+    lib = native.build("-march=x86-64-v2")
+    left = sorted(f.name for f in cache.glob("*.so"))
+    assert len(left) == 6  # the new build and the five newest others
+    assert Path(lib._name).exists() and {f"native_step-old{i}.so" for i in range(4, 9)} <= set(left)
 
 
 @needs_native

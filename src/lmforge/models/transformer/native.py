@@ -133,10 +133,27 @@ def build(arch: str) -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        _prune(cache, keep=target)
     lib = ctypes.CDLL(str(target))
     lib.lmf_step.restype = ctypes.c_int
     lib.lmf_step.argtypes = [ctypes.POINTER(_Model), _I, _P, _P, _I, _P, _I, _P, _P, _I, _I, _P, ctypes.c_int]
     return lib
+
+
+def _prune(cache: Path, keep: Path, most: int = 6) -> None:
+    """Removes all but the ``most`` newest builds (older lmforge versions, other CPUs) from ``cache``. A process
+    that has one loaded keeps its mapping (unlinking a loaded library is safe on Linux)."""
+    def age(f: Path) -> float:
+        try:
+            return -f.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    for old in sorted((b for b in cache.glob("native_step-*.so") if b != keep), key=age)[most - 1:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def _arena(tensors: list[Tensor]) -> list[Tensor]:
