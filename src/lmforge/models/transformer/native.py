@@ -12,8 +12,9 @@ The source ships with the package and is compiled on first use with the system's
 ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into ``$XDG_CACHE_HOME/lmforge/native`` (``~/.cache/...``),
 keyed by the source, the compiler and the CPU, then loaded with :mod:`ctypes` (which releases the GIL during
 the call). PyTorch's own OpenMP runtime (``libgomp.so.1``, already loaded) serves the parallel region. Where no
-compiler works, or ``LMFORGE_NATIVE=0``, :func:`library` returns ``None`` and the PyTorch step runs instead:
-same results to float rounding (tests compare the logits and the greedy tokens).
+compiler works, :func:`library` returns ``None`` (:func:`unavailable_reason` says why); then, and with
+``LMFORGE_NATIVE=0`` in the environment (:data:`ENABLED`), the PyTorch step runs instead: the same results to
+float rounding (tests compare the logits and the greedy tokens).
 """
 
 from __future__ import annotations
