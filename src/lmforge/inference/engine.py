@@ -59,6 +59,8 @@ class BatchEngine:
         max_batch: the most sequences decoded together (slots).
         prefill_chunk: the most prompt tokens prefilled per iteration (between two decoding steps).
         max_queue: the most requests waiting for a slot; :meth:`submit` raises ``OverflowError`` beyond it.
+        deliver: if given, called once per iteration with its ``(sink, event)`` pairs instead of calling each
+            sink (:class:`~lmforge.inference.engine_proc.EngineProcess` sends them through a pipe this way).
 
     Example:
         >>> eng = BatchEngine(model, tok).start()                                     # doctest: +SKIP
@@ -66,7 +68,8 @@ class BatchEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
-                 max_queue: int = 256) -> None:
+                 max_queue: int = 256,
+                 deliver: Optional[Callable[[list[tuple[Callable[[Event], None], Event]]], None]] = None) -> None:
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1")
         self.model = model
@@ -74,6 +77,7 @@ class BatchEngine:
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.max_queue = max_queue
+        self.deliver = deliver
         self.slots = make_slots(model, max_batch)
         self.device = next(model.parameters()).device
         self._cond = threading.Condition()
@@ -195,6 +199,13 @@ class BatchEngine:
     def _send(self) -> None:
         """Hands the iteration's events to their sinks (a failing sink must not stop the others)."""
         out, self.outbox[:] = list(self.outbox), []
+        if self.deliver is not None:
+            if out:
+                try:
+                    self.deliver(out)
+                except Exception:  # noqa: BLE001 - the consumer's failure, not the engine's
+                    log.exception("delivering the events of an iteration failed")
+            return
         for sink, event in out:
             try:
                 sink(event)

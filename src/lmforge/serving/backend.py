@@ -7,7 +7,9 @@ client disconnect calls to stop the generation and free its slot.
 
 * :class:`BatchBackend` submits to a :class:`~lmforge.inference.engine.BatchEngine` (from
   :meth:`lmforge.api.LM.batch_engine`); other model work (scoring, embeddings) runs on the engine's thread
-  between two steps, so one thread owns the model.
+  between two steps, so one thread owns the model. With ``process=True`` (what ``lmforge serve`` does) the
+  engine runs in a child process (:class:`~lmforge.inference.engine_proc.EngineProcess`) and the other model
+  work on one worker thread of the server process.
 * :class:`SerialBackend` is the older path: each request runs the facade's ``stream``/``stream_chat`` in a
   worker thread behind a fair lock, one model step at a time (kept for comparison and for engines that are
   not an ``LM``, such as a translation run). It offers no token log-probabilities or logit bias.
@@ -154,10 +156,13 @@ class BatchBackend:
 
     batching = True
 
-    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int) -> None:
+    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int, process: bool = False) -> None:
         self.lm = lm
         self.metrics = metrics
-        self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
+        if process:
+            self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
+        else:
+            self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
         lm.chat_request([{"role": "user", "content": "warm-up"}])  # loads the chat code before the first request
 
     @property
