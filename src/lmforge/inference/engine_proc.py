@@ -53,14 +53,17 @@ class _Remote:
         raise AssertionError("a remote sink is delivered in batches")
 
 
-def _portable(event: Event) -> Event:
-    """``event`` with an error the pipe can carry (its own type when it pickles, else a RuntimeError)."""
-    if event.error is not None:
+def _portable(rid: int, e: Event) -> tuple:
+    """``e`` as a plain tuple (a tenth of the pickling cost of the dataclass: one message per step carries one
+    per running sequence), with an error the pipe can carry (its own type when it pickles, else a
+    RuntimeError); :class:`Event` ``(*t[1:])`` rebuilds it."""
+    error = e.error
+    if error is not None:
         try:
-            pickle.dumps(event.error)
+            pickle.dumps(error)
         except Exception:  # noqa: BLE001 - any pickling failure
-            event.error = RuntimeError(f"{type(event.error).__name__}: {event.error}")
-    return event
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+    return rid, e.index, e.text, e.token_ids, e.logprobs, e.finish_reason, e.completion_tokens, e.prompt_tokens, error
 
 
 def _build(spec: dict) -> Any:
@@ -83,7 +86,7 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
     handles: dict[int, Any] = {}
 
     def deliver(batch: list[tuple[Any, Event]]) -> None:
-        conn.send(("events", [(sink.rid, _portable(event)) for sink, event in batch]))
+        conn.send(("events", [_portable(sink.rid, event) for sink, event in batch]))
 
     engine = BatchEngine(model, tokenizer, deliver=deliver, **options).start()
     conn.send(("ready", None))
@@ -238,7 +241,8 @@ class EngineProcess:
                 break
             if kind != "events":
                 continue
-            for rid, event in batch:
+            for item in batch:
+                rid, event = item[0], Event(*item[1:])
                 with self._lock:
                     sink = self._sinks.get(rid)
                     if sink is not None and event.finish_reason is not None:
