@@ -220,6 +220,8 @@ class EngineProcess:
     def _cancel(self, rid: int) -> None:
         """Forgets request ``rid`` here (its slot counts as free at once) and stops it in the engine process."""
         with self._lock:
+            if rid not in self._sinks:
+                return  # finished already (a server cancels every generation when its response closes)
             for book in (self._sinks, self._left, self._order):
                 book.pop(rid, None)
         self._send(("cancel", rid))
