@@ -7,8 +7,8 @@ engine process, and each engine iteration's events come back in one message thro
 
 Why: on a CPU, every decoding step of the engine runs Python between its tensor operations, and so does the
 event loop that streams the results. In one process they take turns holding the GIL, and each waits for the
-other (measured on 2 cores: the same engine served ~25-30% more tokens/s from its own process; BENCHMARKS.md,
-issue 15).
+other (measured on 2 cores: the same engine served ~35-40% more tokens/s to 32 streaming clients from its own
+process; BENCHMARKS.md, issue 15).
 
 * The child is started with ``spawn`` (a fork after torch has used OpenMP threads can hang in the child). It
   rebuilds the model from its config and a copy of its weights (the state dict crosses in shared memory,
