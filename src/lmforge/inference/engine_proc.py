@@ -28,6 +28,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import pickle
+import signal
 import threading
 from typing import Any, Callable, Optional
 
@@ -75,7 +76,9 @@ def _build(spec: dict) -> Any:
 
 
 def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
-    """The child process: builds the model, runs the engine, and serves the pipe until told to stop."""
+    """The child process: builds the model, runs the engine, and serves the pipe until told to stop (or until
+    the pipe closes). Ctrl+C reaches the whole process group: the server process decides when to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(options.pop("threads"))
     try:
         model = _build(spec)
