@@ -104,9 +104,11 @@ def test_disconnect_stops_a_real_generation(serve, tiny_lstm):
     assert _wait_idle(srv.url)["active"] == 0
 
 
-def test_disconnect_frees_the_batching_slot(serve, tiny_lstm):
-    """With the batching engine: the sequence leaves the batch and the engine stops stepping."""
-    srv = serve(tiny_lstm, max_batch=2)
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_disconnect_frees_the_batching_slot(serve, tiny_lstm, engine_process):
+    """With the batching engine, in the server's process or its own: the sequence leaves the batch and the
+    engine stops stepping."""
+    srv = serve(tiny_lstm, max_batch=2, engine_process=engine_process)
     engine = srv.app.state.server.backend.engine
     _stream_five_events_and_leave(srv.url, LONG)
     assert _wait_idle(srv.url)["active"] == 0, "the slot was not freed after the client left"

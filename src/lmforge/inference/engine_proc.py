@@ -89,7 +89,7 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
     handles: dict[int, Any] = {}
 
     def deliver(batch: list[tuple[Any, Event]]) -> None:
-        conn.send(("events", [_portable(sink.rid, event) for sink, event in batch]))
+        conn.send(("events", engine.steps, [_portable(sink.rid, event) for sink, event in batch]))
 
     engine = BatchEngine(model, tokenizer, deliver=deliver, **options).start()
     conn.send(("ready", None))
@@ -159,6 +159,7 @@ class EngineProcess:
         self._left: dict[int, set[int]] = {}  # choices of each request not finished yet
         self._order: collections.OrderedDict[int, int] = collections.OrderedDict()  # unfinished: rid -> n
         self._dead: Optional[str] = None
+        self.steps = 0  # the engine's decoding steps, as of the last events received
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmforge-calls")
         self._reader = threading.Thread(target=self._read, name="lmforge-engine-reader", daemon=True)
         self._reader.start()
@@ -241,11 +242,9 @@ class EngineProcess:
         """Hands each iteration's events to their sinks (on this thread, as the engine thread would)."""
         while True:
             try:
-                kind, batch = self._conn.recv()
+                kind, self.steps, batch = self._conn.recv()
             except (EOFError, OSError):
                 break
-            if kind != "events":
-                continue
             for item in batch:
                 rid, event = item[0], Event(*item[1:])
                 with self._lock:
