@@ -114,3 +114,10 @@ def test_cancel_full_queue_and_a_dead_child(tok):
             eng.submit(GenerationRequest(tok.encode("x"), endless, Sink()))
     finally:
         eng.stop()
+
+
+def test_a_model_the_child_cannot_rebuild_is_refused_with_the_reason(tok):
+    model = _model(tok, "lstm")
+    model.register_buffer("extra", torch.zeros(1))  # not in what build_model makes from the config
+    with pytest.raises(RuntimeError, match="(?s)could not load the model.*extra"):
+        EngineProcess(model, tok, threads=1)

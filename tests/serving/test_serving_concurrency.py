@@ -120,3 +120,17 @@ def test_disconnect_frees_the_batching_slot(serve, tiny_lstm, engine_process):
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         for _ in range(2):
             assert c.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_the_server_falls_back_to_the_engine_thread_when_the_process_cannot_start(serve, tiny_lstm, monkeypatch,
+                                                                                   caplog):
+    from lmforge.inference import engine_proc
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the engine process could not load the model: (test)")
+
+    monkeypatch.setattr(engine_proc.EngineProcess, "__init__", refuse)
+    srv = serve(tiny_lstm, engine_process=True)
+    assert "running the engine in this process" in caplog.text
+    body = {"messages": [{"role": "user", "content": "All:"}], "max_tokens": 5}
+    assert httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200

@@ -18,6 +18,7 @@ client disconnect calls to stop the generation and free its slot.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
@@ -31,6 +32,8 @@ from lmforge.serving.runtime import QueueFull, Runner
 __all__ = ["BatchBackend", "Generation", "SerialBackend", "coalesce"]
 
 Prompt = Union[str, list[int]]
+
+log = logging.getLogger(__name__)
 
 
 class _Mailbox:
@@ -159,9 +162,13 @@ class BatchBackend:
     def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int, process: bool = False) -> None:
         self.lm = lm
         self.metrics = metrics
+        self.engine = None
         if process:
-            self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
-        else:
+            try:
+                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
+            except Exception as err:  # noqa: BLE001 - any failure to start the child: serve from this process
+                log.warning("the engine process did not start (%s); running the engine in this process", err)
+        if self.engine is None:
             self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
         lm.chat_request([{"role": "user", "content": "warm-up"}])  # loads the chat code before the first request
 
