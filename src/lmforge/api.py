@@ -40,6 +40,7 @@ from lmforge.models.transformer.decode import compile_decoding
 from lmforge.tokenizers.base import Tokenizer
 from lmforge.utils.device import resolve_device as _resolve_device
 from lmforge.inference.engine import BatchEngine
+from lmforge.inference.engine_proc import EngineProcess
 from lmforge.inference.chat import CHAT_TEMPLATES
 from lmforge.inference.scoring import token_logprobs
 
@@ -203,9 +204,14 @@ class LM:
             yield chunk
 
     # ------------------------------------------------------------------ serving many users, scoring
-    def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256) -> "BatchEngine":
-        """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model."""
+    def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256,
+                     process: bool = False) -> "BatchEngine | EngineProcess":
+        """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model; with
+        ``process``, the same engine in a child process (:class:`~lmforge.inference.engine_proc.EngineProcess`:
+        what a server uses, so that its event loop and the engine do not share a GIL)."""
 
+        if process:
+            return EngineProcess(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue)
         return BatchEngine(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue).start()
 
     def sampling_params(self, **sampling: Any) -> "SamplingParams":

@@ -46,3 +46,42 @@ def test_held_back():
     assert held_back("abc", ["\nUser:"]) == 0
     assert held_back("x\nUser:", ["\nUser:"]) == 0  # a whole stop string is find_stop's business
     assert held_back("ST", ["STOP", "T"]) == 2
+
+
+def test_held_back_against_a_brute_force_search():
+    """The quick rejection (no stop's first character near the end) never changes the answer."""
+    import itertools
+
+    stops = ["\nUser:", "ab", "\n\nX", "Q"]
+    for n in range(5):
+        for chars in itertools.product("\nUab:", repeat=n):
+            text = "pre" + "".join(chars)
+            brute = max([k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])], default=0)
+            assert held_back(text, stops) == brute, text
+
+
+def test_push_one_with_a_char_tokenizers_table_equals_push():
+    """A char tokenizer's per-id texts, joined, are its decode; push_one gives the pieces push gives."""
+    import random
+
+    from lmforge.tokenizers import train_tokenizer
+
+    tok = train_tokenizer("char", ["hello world\nUser: é!"])
+    rng = random.Random(0)
+    ids = [rng.randrange(tok.vocab_size) for _ in range(300)]  # specials (<eos>, <unk>...) included
+    for skip in (True, False):
+        texts = tok.token_texts(skip)
+        assert "".join(texts[i] for i in ids) == tok.decode(ids, skip_special=skip)
+        fast, slow = IncrementalDetokenizer(tok, skip), IncrementalDetokenizer(tok, skip)
+        fast_pieces = [fast.push_one(i) for i in ids] + [fast.flush()]
+        slow_pieces = [slow.push([i]) for i in ids] + [slow.flush()]
+        assert "".join(fast_pieces) == "".join(slow_pieces) == tok.decode(ids, skip_special=skip)
+        assert fast.ids == slow.ids == ids
+
+
+def test_push_one_without_a_table_is_push():
+    tok = ByteTokenizer()
+    det = IncrementalDetokenizer(tok)
+    assert det.table is None
+    e_acute = tok.encode("é")
+    assert det.push_one(e_acute[0]) == "" and det.push_one(e_acute[1]) == "é"

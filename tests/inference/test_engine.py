@@ -71,6 +71,21 @@ def _submit(eng, tok, prompt, n=1, **kw):
     return sink
 
 
+def _queued_then_alone(eng, model, tok, prompts, lengths):
+    """Queues greedy requests before the engine starts, runs them, and checks each one's tokens against offline
+    generation of that request alone."""
+    sinks = [_submit(eng, tok, p, max_new_tokens=n) for p, n in zip(prompts, lengths)]
+    eng.start()
+    try:
+        for s in sinks:
+            assert s.done.wait(60)
+    finally:
+        eng.stop()
+    for prompt, n_new, sink in zip(prompts, lengths, sinks):
+        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=n_new, ignore_eos=True)[0]
+        assert sink.ids() == alone.token_ids
+
+
 @pytest.mark.parametrize("bits", [None, 8])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_batch_invariance_and_join_leave_mid_stream(tok, family, bits):
@@ -95,6 +110,18 @@ def test_batch_invariance_and_join_leave_mid_stream(tok, family, bits):
         assert eng.active == 0
     finally:
         eng.stop()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_many_rows_leave_at_once_from_scattered_slots(tok, family):
+    """Eight requests prefilled together, whose lengths make rows 0, 2 and 5 leave at the same step, then rows
+    4 and 7 (the running rows past the new count move into the freed slots in one copy, into rows that are not
+    consecutive), while the 32-token context makes rows re-prefill: each one's greedy tokens still equal
+    offline generation of that request alone."""
+    model = _model(tok, family)
+    eng = BatchEngine(model, tok, max_batch=8, prefill_chunk=512)
+    prompts = [p + str(i) for i, p in enumerate(PROMPTS * 2)]
+    _queued_then_alone(eng, model, tok, prompts, [5, 45, 5, 45, 12, 5, 45, 12])
 
 
 def test_requests_really_share_steps(tok):
@@ -212,16 +239,6 @@ def test_prompts_of_different_lengths_prefill_as_one_padded_batch(tok, family):
         return feed(scratch, ids)
 
     eng.slots.feed = counting_feed
-    lengths = [40, 33, 45, 38]
-    sinks = [_submit(eng, tok, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths)]  # queued before the start
-    eng.start()
-    try:
-        for s in sinks:
-            assert s.done.wait(60)
-    finally:
-        eng.stop()
+    _queued_then_alone(eng, model, tok, PROMPTS, [40, 33, 45, 38])
     assert len(calls[1]) == 4 and len(set(calls[1])) == 4  # all four at once (calls[0] is the warm-up)
     assert len(calls) > 2  # and the rows that filled the context were re-prefilled
-    for prompt, n_new, sink in zip(PROMPTS, lengths, sinks):
-        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=n_new, ignore_eos=True)[0]
-        assert sink.ids() == alone.token_ids

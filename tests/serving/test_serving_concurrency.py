@@ -104,9 +104,11 @@ def test_disconnect_stops_a_real_generation(serve, tiny_lstm):
     assert _wait_idle(srv.url)["active"] == 0
 
 
-def test_disconnect_frees_the_batching_slot(serve, tiny_lstm):
-    """With the batching engine: the sequence leaves the batch and the engine stops stepping."""
-    srv = serve(tiny_lstm, max_batch=2)
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_disconnect_frees_the_batching_slot(serve, tiny_lstm, engine_process):
+    """With the batching engine, in the server's process or its own: the sequence leaves the batch and the
+    engine stops stepping."""
+    srv = serve(tiny_lstm, max_batch=2, engine_process=engine_process)
     engine = srv.app.state.server.backend.engine
     _stream_five_events_and_leave(srv.url, LONG)
     assert _wait_idle(srv.url)["active"] == 0, "the slot was not freed after the client left"
@@ -118,3 +120,17 @@ def test_disconnect_frees_the_batching_slot(serve, tiny_lstm):
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         for _ in range(2):
             assert c.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_the_server_falls_back_to_the_engine_thread_when_the_process_cannot_start(serve, tiny_lstm, monkeypatch,
+                                                                                   caplog):
+    from lmforge.inference import engine_proc
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the engine process could not load the model: (test)")
+
+    monkeypatch.setattr(engine_proc.EngineProcess, "__init__", refuse)
+    srv = serve(tiny_lstm, engine_process=True)
+    assert "running the engine in this process" in caplog.text
+    body = {"messages": [{"role": "user", "content": "All:"}], "max_tokens": 5}
+    assert httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200

@@ -35,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batching", action="store_true",
                         help="serve one model step at a time in worker threads (the path before continuous "
                              "batching; for comparison)")
+    parser.add_argument("--engine-thread", action="store_true",
+                        help="run the batching engine in a thread of the server process instead of a process of "
+                             "its own (then the engine and the HTTP event loop share one GIL: slower, but one "
+                             "process and a faster start)")
     parser.add_argument("--max-concurrency", type=int, default=8, metavar="N",
                         help="with --no-batching: generations running at once, taking turns token by token "
                              "(default 8)")
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         apply_compile(engine, args)
     app = create_app(engine, api_key=args.api_key, max_concurrency=args.max_concurrency,
                      max_queue=args.max_queue, max_body_bytes=args.max_body_kb * 1024,
-                     batching=not args.no_batching, max_batch=args.max_batch)
+                     batching=not args.no_batching, max_batch=args.max_batch,
+                     engine_process=not args.engine_thread)
     print(f"lmforge: serving {app.state.model_name} on http://{args.host}:{args.port}/ (chat page) and "
           f"http://{args.host}:{args.port}/v1 (API); Ctrl+C stops", flush=True)
     # On Ctrl+C, streams still running get 5 s to finish; then their generations are cancelled.

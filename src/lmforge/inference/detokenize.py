@@ -8,7 +8,7 @@ drives them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["IncrementalDetokenizer", "find_stop", "held_back"]
 
@@ -27,6 +27,8 @@ class IncrementalDetokenizer:
         self.ids: list[int] = []
         self.prefix = 0
         self.read = 0
+        texts = getattr(tokenizer, "token_texts", None)  # a tokenizer whose text is its tokens' texts joined
+        self.table: Optional[list[str]] = texts(skip_special) if callable(texts) else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special=self.skip_special) if ids else ""
@@ -40,6 +42,17 @@ class IncrementalDetokenizer:
             self.prefix, self.read = self.read, len(self.ids)
             return new_text[len(prefix_text):]
         return ""
+
+    def push_one(self, token: int) -> str:
+        """``push([token])``: one lookup where the tokenizer has a table of token texts and nothing is held back."""
+        table = self.table
+        if table is not None and self.read == len(self.ids) and 0 <= token < len(table):
+            piece = table[token]
+            if not piece.endswith("\ufffd"):
+                self.ids.append(token)
+                self.prefix = self.read = len(self.ids)
+                return piece
+        return self.push([token])
 
     def flush(self) -> str:
         """Whatever is still held back (at the end of generation)."""
@@ -63,6 +76,9 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     """Length of the longest suffix of ``text`` that could still grow into a stop string."""
     n = 0
     for s in stops:
+        # such a suffix starts with s[0]: most texts end without one in their last len(s) - 1 characters
+        if not s or text.find(s[0], max(0, len(text) - len(s) + 1)) < 0:
+            continue
         for k in range(min(len(s) - 1, len(text)), n, -1):
             if text.endswith(s[:k]):
                 n = k

@@ -59,6 +59,8 @@ class BatchEngine:
         max_batch: the most sequences decoded together (slots).
         prefill_chunk: the most prompt tokens prefilled per iteration (between two decoding steps).
         max_queue: the most requests waiting for a slot; :meth:`submit` raises ``OverflowError`` beyond it.
+        deliver: if given, called once per iteration with its ``(sink, event)`` pairs instead of calling each
+            sink (:class:`~lmforge.inference.engine_proc.EngineProcess` sends them through a pipe this way).
 
     Example:
         >>> eng = BatchEngine(model, tok).start()                                     # doctest: +SKIP
@@ -66,7 +68,8 @@ class BatchEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
-                 max_queue: int = 256) -> None:
+                 max_queue: int = 256,
+                 deliver: Optional[Callable[[list[tuple[Callable[[Event], None], Event]]], None]] = None) -> None:
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1")
         self.model = model
@@ -74,6 +77,7 @@ class BatchEngine:
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.max_queue = max_queue
+        self.deliver = deliver
         self.slots = make_slots(model, max_batch)
         self.device = next(model.parameters()).device
         self._cond = threading.Condition()
@@ -146,7 +150,7 @@ class BatchEngine:
         torch's lazy initialisation (a second or more on a CPU)."""
         eos = int(getattr(self.tokenizer, "eos_id", 0) or 0)
         _, scratch = self.slots.feed(self.slots.scratch(), [[eos, eos]])
-        self.slots.insert(0, scratch)
+        self.slots.insert([0], scratch, [0])
         self.slots.decode(torch.tensor([eos], device=self.device))
         self.slots.reset()
 
@@ -195,6 +199,13 @@ class BatchEngine:
     def _send(self) -> None:
         """Hands the iteration's events to their sinks (a failing sink must not stop the others)."""
         out, self.outbox[:] = list(self.outbox), []
+        if self.deliver is not None:
+            if out:
+                try:
+                    self.deliver(out)
+                except Exception:  # noqa: BLE001 - the consumer's failure, not the engine's
+                    log.exception("delivering the events of an iteration failed")
+            return
         for sink, event in out:
             try:
                 sink(event)
@@ -205,8 +216,7 @@ class BatchEngine:
         with self._cond:
             self._pending = collections.deque(h for h in self._pending if not h.cancelled)
         self._prefilling = [s for s in self._prefilling if not s.handle.cancelled]
-        for seq in [s for s in self._running if s.handle.cancelled]:
-            self._leave(seq)
+        self._leave([s for s in self._running if s.handle.cancelled])
 
     def _admit(self) -> None:
         """Moves waiting requests into the prefill list while their sequences fit in the free slots."""
@@ -238,8 +248,7 @@ class BatchEngine:
                         reps.append(s)
                         budget -= n
                 logits, scratch = self.slots.feed(self.slots.scratch(len(reps)), [r.to_prefill for r in reps])
-                for i, rep in enumerate(reps):
-                    self._prefilled(rep, logits[i], scratch, i)
+                self._prefilled(reps, logits, scratch)
                 continue
             if head.scratch is None:
                 head.scratch = self.slots.scratch()
@@ -249,60 +258,88 @@ class BatchEngine:
             budget -= len(chunk)
             if head.to_prefill:
                 break
-            self._prefilled(head, logits[0], head.scratch, 0)
+            self._prefilled([head], logits, head.scratch)
 
-    def _prefilled(self, seq: Sequence, logits: torch.Tensor, scratch: Any, srow: int) -> None:
-        """``seq``'s prompt is in row ``srow`` of ``scratch``: it and the choices sharing its prefill join."""
-        for s in [s for s in self._prefilling if s.shares_prefill_with(seq)]:
-            self._prefilling.remove(s)
-            s.to_prefill = []
-            s.last_logits, s.scratch, s.srow = logits, scratch, srow
-            self._join(s)
+    def _prefilled(self, reps: list[Sequence], logits: torch.Tensor, scratch: Any) -> None:
+        """The prompt of ``reps[i]`` is in row ``i`` of ``scratch`` (its last logits ``logits[i]``): it and the
+        choices sharing its prefill take their first token together (:func:`choose_plain`) and join the batch;
+        their rows are copied into the slots in one go."""
+        joining, srows = [], []
+        members: set[int] = set()
+        for i, rep in enumerate(reps):
+            for s in self._prefilling:
+                if id(s) not in members and s.shares_prefill_with(rep):
+                    members.add(id(s))
+                    joining.append(s)
+                    srows.append(i)
+        self._prefilling = [s for s in self._prefilling if id(s) not in members]
+        rows_logits = logits[srows] if srows != list(range(len(reps))) else logits
+        chosen = choose_plain(joining, rows_logits)
+        joined, used = [], []
+        for k, (seq, tok) in enumerate(zip(joining, chosen)):
+            seq.to_prefill, seq.scratch = [], None
+            if not self._take(seq, rows_logits, k, tok):
+                continue  # finished on its first token (or the first after a re-prefill)
+            seq.row = len(self._running)
+            self._running.append(seq)
+            joined.append(seq)
+            used.append(srows[k])
+        if joined:
+            self.slots.insert([s.row for s in joined], scratch, used)
+        # a prompt as long as the context: no room for the token just chosen
+        self._refill([s for s in joined if self.slots.full(s.row)])
 
     @staticmethod
-    def _take(seq: Sequence, logits: torch.Tensor, tok: Optional[int] = None) -> bool:
+    def _take(seq: Sequence, logits: torch.Tensor, row: int, tok: Optional[int] = None) -> bool:
         """``seq.take`` that fails only this sequence if its sampling settings break (never the batch)."""
         try:
-            return seq.take(logits.view(1, -1), tok)
+            return seq.take(logits, row, tok)
         except Exception as err:  # noqa: BLE001 - reported to the request
             log.warning("a sequence failed: %s", err)
             seq.fail(err)
             return False
 
-    def _join(self, seq: Sequence) -> None:
-        if not self._take(seq, seq.last_logits):
-            return  # finished on its first token (or the first after a re-prefill)
-        seq.row = len(self._running)
-        self._running.append(seq)
-        self.slots.insert(seq.row, seq.scratch, seq.srow)
-        seq.scratch = seq.last_logits = None
-        if self.slots.full(seq.row):  # a prompt as long as the context: no room for the token just chosen
-            self._refill(seq)
+    def _refill(self, seqs: list[Sequence]) -> None:
+        """Takes sequences whose rows hold a whole context out of the batch, to re-prefill their latest tokens."""
+        if not seqs:
+            return
+        self._leave(seqs)
+        for seq in seqs:
+            seq.start_refill()
+        self._prefilling[:0] = seqs
 
-    def _refill(self, seq: Sequence) -> None:
-        """Takes a sequence whose row holds a whole context out of the batch, to re-prefill its latest tokens."""
-        self._leave(seq)
-        seq.start_refill()
-        self._prefilling.insert(0, seq)
-
-    def _leave(self, seq: Sequence) -> None:
-        """Frees ``seq``'s slot, moving the last running sequence into it."""
-        row, last = seq.row, self._running[-1]
-        if last is not seq:
-            self.slots.move(last.row, row)
-            last.row = row
-            self._running[row] = last
-        self._running.pop()
-        seq.row = None
+    def _leave(self, seqs: list[Sequence]) -> None:
+        """Frees the slots of ``seqs``: the running sequences in rows past the new count move into the freed
+        rows below it (one copy per cache tensor for all of them)."""
+        if not seqs:
+            return
+        leaving = set(map(id, seqs))
+        keep = [s for s in self._running if id(s) not in leaving]
+        m = len(keep)
+        holes = sorted(s.row for s in seqs if s.row < m)
+        movers = [s for s in keep if s.row >= m]
+        if movers:
+            self.slots.move([s.row for s in movers], holes)
+            for s, row in zip(movers, holes):
+                s.row = row
+        for s in seqs:
+            s.row = None
+        self._running = [None] * m  # type: ignore[list-item]
+        for s in keep:
+            self._running[s.row] = s
 
     def _decode(self) -> None:
-        tokens = torch.as_tensor([s.next_input for s in self._running], dtype=torch.long, device=self.device)
+        running = self._running
+        tokens = torch.as_tensor([s.next_input for s in running], dtype=torch.long, device=self.device)
         logits = self.slots.decode(tokens)
         self.steps += 1
-        running = list(self._running)
         chosen = choose_plain(running, logits)
-        for seq, row_logits, tok in zip(running, logits, chosen):
-            if not self._take(seq, row_logits, tok):
-                self._leave(seq)
-            elif self.slots.full(seq.row):  # context full: re-prefill from the latest tokens
-                self._refill(seq)
+        done, full = [], []
+        slots_full = self.slots.full
+        for i, (seq, tok) in enumerate(zip(running, chosen)):
+            if not self._take(seq, logits, i, tok):
+                done.append(seq)
+            elif slots_full(seq.row):  # context full: re-prefill from the latest tokens
+                full.append(seq)
+        self._leave(done)
+        self._refill(full)

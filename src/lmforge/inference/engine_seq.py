@@ -89,9 +89,7 @@ class Sequence:
         self.tokens = list(ids)  # everything fed or to feed: the source of a re-prefill
         self.to_prefill: list[int] = ids
         self.max_context = ctx
-        self.scratch: Any = None  # the prefill state; this sequence is its row ``srow``
-        self.srow = 0
-        self.last_logits: Optional[Tensor] = None
+        self.scratch: Any = None  # the state of a prefill fed in chunks
         self.row: Optional[int] = None
         self.next_input = 0
         device = engine.device
@@ -113,6 +111,9 @@ class Sequence:
         self.text, self.sent, self.n_gen = "", 0, 0
         self.pending_ids: list[int] = []
         self.pending_lp: list[TokenLogprob] = []
+        # whether the next token depends only on the temperature (the engine then samples such rows together,
+        # see choose_plain)
+        self.plain = self.bias is None and self.processors in ([], [SAMPLERS.get("temperature")])
 
     @classmethod
     def for_request(cls, handle: Any, engine: Any, index: int) -> "Sequence":
@@ -140,24 +141,20 @@ class Sequence:
             top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
         return TokenLogprob(tok, float(lsm[tok]), top)
 
-    @property
-    def plain(self) -> bool:
-        """Whether the next token depends only on the temperature (the engine then samples such rows together,
-        see :func:`choose_plain`)."""
-        return self.bias is None and self.processors in ([], [SAMPLERS.get("temperature")])
-
-    def take(self, logits: Tensor, tok: Optional[int] = None) -> bool:
-        """Chooses the next token from ``logits`` (1, V) (unless the engine already chose ``tok``) and reports
-        it; False once the sequence is finished."""
+    def take(self, logits: Tensor, row: int, tok: Optional[int] = None) -> bool:
+        """Chooses the next token from row ``row`` of ``logits`` (n, V) (unless the engine already chose ``tok``)
+        and reports it; False once the sequence is finished."""
         p = self.params
         if self.n_gen >= p.max_new_tokens:
             return self.finish("length")
+        if tok is None or self.request.logprobs is not None:
+            raw = logits[row:row + 1]
         if tok is None:
-            x = logits if self.bias is None else logits + self.bias
+            x = raw if self.bias is None else raw + self.bias
             for proc in self.processors:
                 x = proc(x, p, self.sstate)
             if self.processors and not bool(torch.isfinite(x.max())):  # NaN, +inf or nothing left
-                x = _finite(x, logits)  # an extreme temperature or penalty overflowed
+                x = _finite(x, raw)  # an extreme temperature or penalty overflowed
             tok = int(choose_next(x, p, [self.generator] if self.generator is not None else None)[0])
         self.n_gen += 1
         if self.sstate is not None and (self.sstate.seen is not None or self.sstate.counts is not None):
@@ -168,8 +165,8 @@ class Sequence:
         self.next_input = tok
         self.pending_ids.append(tok)
         if self.request.logprobs is not None:
-            self.pending_lp.append(self._logprob(logits, tok))
-        piece = self.detok.push([tok])
+            self.pending_lp.append(self._logprob(raw, tok))
+        piece = self.detok.push_one(tok)
         if piece:
             before = len(self.text)
             self.text += piece
@@ -211,31 +208,39 @@ class Sequence:
 
 
 def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
-    """Next tokens of the :attr:`Sequence.plain` rows of ``logits`` (n, V) in a few batched operations, the same
-    choice :func:`~lmforge.inference.sampling.choose_next` makes for each row alone (argmax when greedy, else
-    the exponential race on the softmax of ``logits / temperature`` with the row's own generator); ``None``
-    for the other rows (and for a row whose scaled logits overflowed), which choose one by one."""
+    """Next tokens of the ``plain`` rows of ``logits`` (n, V) in a few batched operations, the same choice
+    :func:`~lmforge.inference.sampling.choose_next` makes for each row alone (argmax when greedy, else the
+    exponential race on the softmax of ``logits / temperature`` with the row's own generator); ``None`` for the
+    other rows (and for a row whose scaled logits overflowed), which choose one by one."""
     out: list[Optional[int]] = [None] * len(seqs)
     rows = [i for i, s in enumerate(seqs) if s.plain and s.n_gen < s.params.max_new_tokens]
     if not rows:
         return out
-    sub = logits[rows].float()
+    sub = logits if len(rows) == len(seqs) else logits[rows]
     temps = [seqs[i].params.temperature for i in rows]
-    picked = torch.argmax(sub, dim=-1)
     sampled = [j for j, t in enumerate(temps) if t > 0]
     ok = [True] * len(rows)
+    if len(sampled) < len(rows):
+        picked = torch.argmax(sub, dim=-1)
     if sampled:
-        t = torch.tensor([temps[j] for j in sampled], dtype=sub.dtype, device=sub.device).view(-1, 1)
-        scaled = sub[sampled] / t
-        finite = torch.isfinite(scaled.max(dim=-1).values).tolist()
+        part = sub if len(sampled) == len(rows) else sub[sampled]
+        t = torch.tensor([temps[j] for j in sampled], dtype=torch.float32, device=sub.device).view(-1, 1)
+        scaled = part.float() / t
+        top = scaled.max(dim=-1).values
+        if not bool(torch.isfinite(top).all()):
+            finite = torch.isfinite(top).tolist()
+            for k, j in enumerate(sampled):
+                ok[j] = bool(finite[k])
         probs = torch.softmax(scaled, dim=-1)
         noise = torch.empty_like(probs)
-        for k, j in enumerate(sampled):
-            noise[k].exponential_(generator=seqs[rows[j]].generator)
-        picked[sampled] = torch.argmax(probs / noise.clamp_min_(1e-30), dim=-1)
-        for k, j in enumerate(sampled):
-            ok[j] = bool(finite[k])
+        for k, row in enumerate(noise.unbind(0)):
+            row.exponential_(generator=seqs[rows[sampled[k]]].generator)
+        drawn = torch.argmax(probs / noise.clamp_min_(1e-30), dim=-1)
+        if len(sampled) == len(rows):
+            picked = drawn
+        else:
+            picked[sampled] = drawn
     for j, tok in enumerate(picked.tolist()):
         if ok[j]:
-            out[rows[j]] = int(tok)
+            out[rows[j]] = tok
     return out

@@ -56,15 +56,17 @@ class LSTMSlots:
         logits, scratch = self.model.step(idx, scratch)
         return logits[:, -1], scratch
 
-    def insert(self, row: int, scratch: Any, srow: int = 0) -> None:
-        """Copies row ``srow`` of a prefilled scratch state into ``row``."""
-        self.h[:, row] = scratch[0][:, srow]
-        self.c[:, row] = scratch[1][:, srow]
+    def insert(self, rows: list[int], scratch: Any, srows: list[int]) -> None:
+        """Copies rows ``srows`` of a prefilled scratch state into ``rows`` (one copy per tensor)."""
+        dst, src = _index(rows, self.h.device), _index(srows, self.h.device)
+        self.h[:, dst] = scratch[0][:, src]
+        self.c[:, dst] = scratch[1][:, src]
 
-    def move(self, src: int, dst: int) -> None:
-        """Copies row ``src`` into row ``dst``."""
-        self.h[:, dst] = self.h[:, src]
-        self.c[:, dst] = self.c[:, src]
+    def move(self, src: list[int], dst: list[int]) -> None:
+        """Copies rows ``src`` into rows ``dst`` (disjoint sets; one copy per tensor)."""
+        s, d = _pair(src, dst, self.h.device)
+        self.h[:, d] = self.h[:, s]
+        self.c[:, d] = self.c[:, s]
 
     def full(self, row: int) -> bool:
         """Whether ``row`` can take no more tokens (never, for an LSTM)."""
@@ -81,6 +83,22 @@ class LSTMSlots:
         self.h[:, :n] = h
         self.c[:, :n] = c
         return logits[:, -1]
+
+
+def _index(rows: list[int], device: torch.device) -> Any:
+    """Rows as an index: a slice when they are consecutive (a view, no gather), else a tensor."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.as_tensor(rows, dtype=torch.long, device=device)
+
+
+def _pair(src: list[int], dst: list[int], device: torch.device) -> tuple[Any, Any]:
+    """Indices to copy rows ``src`` of a tensor into its rows ``dst``: two slices, or two tensors (a gather
+    copies the source first; a view of it could not be written through an index into the same tensor)."""
+    s, d = _index(src, device), _index(dst, device)
+    if isinstance(s, slice) and isinstance(d, slice):
+        return s, d
+    return torch.as_tensor(src, dtype=torch.long, device=device), torch.as_tensor(dst, dtype=torch.long, device=device)
 
 
 def _layers(state: Any) -> list[tuple[Tensor, Tensor]]:
@@ -107,6 +125,9 @@ def _rows(state: Any, n: int, base: int) -> Any:
 class KVSlots:
     """A Transformer's key/value cache used as ``slots`` rows of independent sequences (module docstring).
 
+    Besides the cache, two Python lists mirror what each row holds: ``fill[row]`` its tokens (the cache's
+    ``seen``) and ``start[row]`` the column of its first token, so that a step asks the tensors nothing.
+
     Args:
         decoder: the model, or its fast decoding path (:func:`lmforge.models.transformer.decode.fast_decoder`);
             its ``init_state`` must return a cache with ``k``, ``v``, ``valid``, ``seen``, ``length`` and
@@ -114,6 +135,8 @@ class KVSlots:
         max_context: the model's context length (a row holds at most this many tokens).
         slots: the most sequences decoded together.
     """
+
+    ragged = True  # feed() takes prompts of different lengths in one call
 
     def __init__(self, decoder: Any, max_context: int, slots: int) -> None:
         self.decoder = decoder
@@ -135,11 +158,11 @@ class KVSlots:
         state.padded = True  # every row has its own columns and positions from the start
         self.state = state
         self.columns = state.valid.size(1)
+        self.fill = [0] * slots
+        self.start = [0] * slots
 
     def scratch(self, rows: int = 1) -> Any:
         return self.decoder.init_state(rows)
-
-    ragged = True  # feed() takes prompts of different lengths in one call
 
     def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
         """Feeds ``ids`` (one list per scratch row) into a fresh ``scratch``; returns their last logits (rows, V).
@@ -154,47 +177,63 @@ class KVSlots:
         logits, scratch = self.decoder.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch
 
-    def insert(self, row: int, scratch: Any, srow: int = 0) -> None:
-        """Writes row ``srow`` of a prefilled scratch cache (its ``p`` real tokens, the last ``p`` columns when
-        the scratch was left-padded) into the ``p`` columns before the cursor of ``row``."""
+    def insert(self, rows: list[int], scratch: Any, srows: list[int]) -> None:
+        """Writes rows ``srows`` of a prefilled scratch cache into ``rows``: the scratch's ``w`` columns (a row's
+        ``p`` real tokens are its last ``p``, the scratch being left-padded) go to the ``w`` columns before the
+        cursor, marked valid where real. One copy per tensor for all the rows."""
         st, width = self.state, int(scratch.length)
-        p = int(scratch.seen[srow]) if scratch.padded else width
-        if st.length < p:  # move the cursor on; the skipped columns hold nothing for any row
-            st.valid[:, st.length:p] = False
-            st.length = p
-        end = st.length
-        st.valid[row] = False
-        st.valid[row, end - p:end] = True
+        if st.length < width:  # move the cursor on; the skipped columns hold nothing for any row
+            st.valid[:, st.length:width] = False
+            st.length = width
+        end, lo = st.length, st.length - width
+        dst, src = _index(rows, st.valid.device), _index(srows, st.valid.device)
         for (kb, vb), (ks, vs) in zip(_layers(st), _layers(scratch)):
-            kb[row, :, end - p:end] = ks[srow, :, width - p:width]
-            vb[row, :, end - p:end] = vs[srow, :, width - p:width]
-        st.seen[row] = p
-        if hasattr(st, "positions"):
-            st.positions[row, end - p:end] = torch.arange(p, device=st.positions.device)
+            kb[dst, :, lo:end] = ks[src, :, :width]
+            vb[dst, :, lo:end] = vs[src, :, :width]
+        st.valid[dst] = False
+        if scratch.padded:
+            st.valid[dst, lo:end] = scratch.valid[src, :width]
+            counts = scratch.seen[src].tolist()
+        else:
+            st.valid[dst, lo:end] = True
+            counts = [width] * len(srows)
+        st.seen[dst] = torch.as_tensor(counts, dtype=st.seen.dtype, device=st.seen.device)
+        if hasattr(st, "positions"):  # each row counts from its first real token (padding: clamped to 0)
+            shift = torch.as_tensor([width - c for c in counts], device=st.positions.device).view(-1, 1)
+            st.positions[dst, lo:end] = (torch.arange(width, device=st.positions.device) - shift).clamp(min=0)
+        for row, c in zip(rows, counts):
+            self.fill[row], self.start[row] = c, end - c
 
-    def move(self, src: int, dst: int) -> None:
+    def move(self, src: list[int], dst: list[int]) -> None:
+        """Copies rows ``src`` into rows ``dst`` (disjoint): their keys in the columns they use, and their marks."""
         st = self.state
+        lo = min(self.start[r] for r in src)
+        s, d = _pair(src, dst, st.valid.device)
         for kb, vb in _layers(st):
-            kb[dst] = kb[src]
-            vb[dst] = vb[src]
+            kb[d, :, lo:st.length] = kb[s, :, lo:st.length]
+            vb[d, :, lo:st.length] = vb[s, :, lo:st.length]
         for name in ("valid", "seen", "positions"):
             if hasattr(st, name):
-                getattr(st, name)[dst] = getattr(st, name)[src]
+                getattr(st, name)[d] = getattr(st, name)[s]
+        for a, b in zip(src, dst):
+            self.fill[b], self.start[b] = self.fill[a], self.start[a]
 
     def reset(self) -> None:
         """Empties every row and brings the cursor back to the first column."""
         self.state.valid.zero_()
         self.state.seen.zero_()
         self.state.length = 0
+        self.fill = [0] * self.slots
+        self.start = [0] * self.slots
 
     def full(self, row: int) -> bool:
         """Whether ``row`` holds a whole context (it must be re-prefilled from its latest tokens)."""
-        return int(self.state.seen[row]) >= self.max_context
+        return self.fill[row] >= self.max_context
 
     def _compact(self, n: int) -> None:
         """Moves each occupied row's keys to the columns just before a new, smaller cursor."""
         st = self.state
-        counts = st.valid[:n].sum(1).tolist()
+        counts = self.fill[:n]
         end = max(counts) if counts else 0
         for r, c in enumerate(counts):
             cols = st.valid[r].nonzero().view(-1)
@@ -205,25 +244,23 @@ class KVSlots:
                 st.positions[r, end - c:end] = st.positions[r, cols].clone()
             st.valid[r] = False
             st.valid[r, end - c:end] = True
+            self.start[r] = end - c
         st.valid[n:] = False
         st.length = end
-
-    def _base(self, n: int) -> int:
-        """The first column holding a token of any of the ``n`` occupied rows."""
-        st = self.state
-        used = st.valid[:n, :st.length].any(0)
-        return int(used.int().argmax()) if bool(used.any()) else st.length
 
     def decode(self, tokens: Tensor) -> Tensor:
         """Feeds one token per occupied row (``tokens`` (n,)); returns their next-token logits (n, V)."""
         n, st = tokens.numel(), self.state
-        base = self._base(n)
+        base = min(self.start[:n])  # the first column holding a token of any occupied row
         if st.length + 1 > self.columns or st.length + 1 - base > self.max_context:
             self._compact(n)
-            base = self._base(n)
+            base = min(self.start[:n])
         view = _rows(st, n, base)
         logits, view = self.decoder.step(tokens.view(n, 1), view)
         st.length = base + view.length
+        fill = self.fill
+        for r in range(n):
+            fill[r] += 1
         return logits[:, -1]
 
 

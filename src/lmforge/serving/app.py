@@ -104,7 +104,7 @@ def _facts(engine: Any, engine_or_run: Any) -> tuple[str, str, Optional[int], Op
 def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 8,
                max_queue: int = 64, max_body_bytes: int = 1 << 20, default_max_tokens: int = 256,
                body_timeout_s: float = 30.0, batching: bool = True, max_batch: int = 32,
-               serialize: bool = True) -> FastAPI:
+               serialize: bool = True, engine_process: bool = False) -> FastAPI:
     """Builds the server for one run.
 
     Args:
@@ -121,6 +121,9 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         max_batch: with batching, the most sequences decoded together.
         serialize: without batching, one lock around every model step (see
             :class:`~lmforge.serving.runtime.Runner`).
+        engine_process: with batching, run the engine in a child process
+            (:class:`~lmforge.inference.engine_proc.EngineProcess`), away from the event loop's GIL; what
+            ``lmforge serve`` does. Off by default here: a child costs seconds to start.
 
     Returns:
         A FastAPI app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)``.
@@ -129,7 +132,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
     name, kind, context, vocab = _facts(engine, engine_or_run)
     metrics = Metrics({})
     if batching and kind == "lm" and hasattr(engine, "batch_engine") and hasattr(engine, "model"):
-        backend: Any = BatchBackend(engine, metrics, max_batch, max_queue)
+        backend: Any = BatchBackend(engine, metrics, max_batch, max_queue, engine_process)
     else:
         backend = SerialBackend(engine, metrics, max_concurrency, max_queue, serialize)
     metrics.gauges.update({

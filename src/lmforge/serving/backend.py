@@ -7,7 +7,9 @@ client disconnect calls to stop the generation and free its slot.
 
 * :class:`BatchBackend` submits to a :class:`~lmforge.inference.engine.BatchEngine` (from
   :meth:`lmforge.api.LM.batch_engine`); other model work (scoring, embeddings) runs on the engine's thread
-  between two steps, so one thread owns the model.
+  between two steps, so one thread owns the model. With ``process=True`` (what ``lmforge serve`` does) the
+  engine runs in a child process (:class:`~lmforge.inference.engine_proc.EngineProcess`) and the other model
+  work on one worker thread of the server process.
 * :class:`SerialBackend` is the older path: each request runs the facade's ``stream``/``stream_chat`` in a
   worker thread behind a fair lock, one model step at a time (kept for comparison and for engines that are
   not an ``LM``, such as a translation run). It offers no token log-probabilities or logit bias.
@@ -16,6 +18,7 @@ client disconnect calls to stop the generation and free its slot.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
@@ -29,6 +32,8 @@ from lmforge.serving.runtime import QueueFull, Runner
 __all__ = ["BatchBackend", "Generation", "SerialBackend", "coalesce"]
 
 Prompt = Union[str, list[int]]
+
+log = logging.getLogger(__name__)
 
 
 class _Mailbox:
@@ -154,10 +159,17 @@ class BatchBackend:
 
     batching = True
 
-    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int) -> None:
+    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int, process: bool = False) -> None:
         self.lm = lm
         self.metrics = metrics
-        self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
+        self.engine = None
+        if process:
+            try:
+                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
+            except Exception as err:  # noqa: BLE001 - any failure to start the child: serve from this process
+                log.warning("the engine process did not start (%s); running the engine in this process", err)
+        if self.engine is None:
+            self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue)
         lm.chat_request([{"role": "user", "content": "warm-up"}])  # loads the chat code before the first request
 
     @property

@@ -79,6 +79,7 @@ class ServerState:
         return tok.decode([int(token_id)], skip_special=False) if tok is not None else str(token_id)
 
 
-def server(request: Request) -> ServerState:
-    """FastAPI dependency: the state of the app serving ``request``."""
+async def server(request: Request) -> ServerState:
+    """FastAPI dependency: the state of the app serving ``request`` (``async``: FastAPI runs a plain ``def``
+    dependency in a worker thread, a thread hop per request for an attribute lookup)."""
     return request.app.state.server

@@ -1,0 +1,123 @@
+"""The batching engine in its own process (``EngineProcess``) against independent truths: offline generation of
+each request alone, the in-thread engine's seeded output, and what happens on cancel, a full queue and a dead
+child."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from lmforge.config import RunConfig
+from lmforge.inference.engine import BatchEngine, GenerationRequest
+from lmforge.inference.engine_proc import EngineProcess
+from lmforge.inference.generation import generate
+from lmforge.inference.sampling import SamplingParams
+from lmforge.models import build_model
+from lmforge.models.quantized import quantize_model
+from lmforge.tokenizers import train_tokenizer
+
+CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
+MODELS = {
+    "llama": {"family": "transformer", "d_model": 32, "num_layers": 2, "block_size": 32, "attention": {"num_heads": 2}},
+    "lstm": {"family": "lstm", "embedding_dim": 32, "hidden_dim": 32, "num_layers": 2, "dropout": 0.0},
+}
+PROMPTS = ["First", "All:\nSpeak", "Before we proceed any further, hear me speak.", "x"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer("char", [CORPUS])
+
+
+def _model(tok, family, bits=None):
+    cfg = RunConfig.model_validate({"model": {**MODELS[family], "vocab_size": tok.vocab_size},
+                                    "tokenizer": {"kind": "char"}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    return model if bits is None else quantize_model(model, bits)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list = []
+        self.done = threading.Event()
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+        if event.finish_reason:
+            self.done.set()
+
+    def ids(self) -> list[int]:
+        return [t for e in self.events for t in e.token_ids]
+
+
+def _run(engine, tok, prompts, **kw):
+    sinks = []
+    for i, prompt in enumerate(prompts):
+        params = SamplingParams.from_kwargs(None, **{"temperature": 0, "max_new_tokens": 10 + 10 * i,
+                                                     "ignore_eos": True, **kw})
+        sinks.append(Sink())
+        engine.submit(GenerationRequest(tok.encode(prompt), params, sinks[-1], logprobs=1))
+    for s in sinks:
+        assert s.done.wait(60)
+    return sinks
+
+
+@pytest.mark.parametrize("family,bits", [("llama", None), ("lstm", None), ("llama", 8)])
+def test_greedy_tokens_equal_offline_generation_and_seeds_equal_the_thread_engine(tok, family, bits):
+    """The child rebuilds the model from its config and weights (quantized layers too): each request's greedy
+    tokens equal offline generation of it alone in this process, and seeded sampling equals the in-thread
+    engine's, token for token."""
+    model = _model(tok, family, bits)
+    eng = EngineProcess(model, tok, max_batch=4, threads=1)
+    try:
+        greedy = _run(eng, tok, PROMPTS)
+        sampled = _run(eng, tok, PROMPTS, temperature=1.0, seed=3)
+    finally:
+        eng.stop()
+    for i, (prompt, sink) in enumerate(zip(PROMPTS, greedy)):
+        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=10 + 10 * i, ignore_eos=True)[0]
+        assert sink.ids() == alone.token_ids
+        assert [lp.token_id for e in sink.events for lp in e.logprobs] == alone.token_ids
+    here = BatchEngine(model, tok, max_batch=4).start()
+    try:
+        assert [s.ids() for s in _run(here, tok, PROMPTS, temperature=1.0, seed=3)] == [s.ids() for s in sampled]
+    finally:
+        here.stop()
+
+
+def test_cancel_full_queue_and_a_dead_child(tok):
+    eng = EngineProcess(_model(tok, "lstm"), tok, max_batch=1, max_queue=1, threads=1)
+    try:
+        endless = SamplingParams(temperature=0, max_new_tokens=10**6, ignore_eos=True)
+        first, second = Sink(), Sink()
+        handle = eng.submit(GenerationRequest(tok.encode("All:"), endless, first))
+        eng.submit(GenerationRequest(tok.encode("x"), endless, second))  # waits for the only slot
+        assert (eng.active, eng.queued) == (1, 1)
+        with pytest.raises(OverflowError):
+            eng.submit(GenerationRequest(tok.encode("x"), endless, Sink()))
+        deadline = time.monotonic() + 30
+        while not first.events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        handle.cancel()  # frees the slot: the second request starts
+        deadline = time.monotonic() + 30
+        while not second.events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert second.events and not first.done.is_set()
+        eng._proc.kill()  # the engine process dies mid-stream: the request in flight ends with an error event
+        assert second.done.wait(30)
+        assert second.events[-1].finish_reason == "error" and second.events[-1].error is not None
+        with pytest.raises(RuntimeError, match="exited"):
+            eng.submit(GenerationRequest(tok.encode("x"), endless, Sink()))
+    finally:
+        eng.stop()
+
+
+def test_a_model_the_child_cannot_rebuild_is_refused_with_the_reason(tok):
+    model = _model(tok, "lstm")
+    model.register_buffer("extra", torch.zeros(1))  # not in what build_model makes from the config
+    with pytest.raises(RuntimeError, match="(?s)could not load the model.*extra"):
+        EngineProcess(model, tok, threads=1)
