@@ -58,7 +58,9 @@ def test_streaming_chat(client, tiny_lm):
     finished = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finished == [direct[-1].finish_reason]
     assert chunks[-1].usage.completion_tokens == direct[-1].completion_tokens
-    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # really streamed
+    # really streamed: separate events for the text and for the finish and usage (a stream that lags behind the
+    # engine gets its waiting tokens merged into one delta, serving/responses.py, so one text event can be all)
+    assert any(c.choices and c.choices[0].delta.content for c in chunks) and len(chunks) >= 3
 
 
 def test_streamed_chat_usage_counts_the_templated_prompt(client, tiny_lm):
