@@ -42,9 +42,10 @@ def _steps(fast, ids: torch.Tensor, prompt: int, mask: torch.Tensor | None = Non
 
 @needs_native
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_float32_steps_equal_the_models_forward(variant):
+@pytest.mark.parametrize("rows", [3, 12])  # 12: more than NATIVE_FLOAT_ROWS, the PyTorch step on the shared rows
+def test_float32_steps_equal_the_models_forward(variant, rows):
     model = llama_toy(VARIANTS[variant])
-    ids = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 64, (rows, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fast = FastLlamaDecoder(model)
         got = _steps(fast, ids, 4)

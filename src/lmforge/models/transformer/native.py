@@ -235,6 +235,7 @@ class NativeStep:
         self._model = _Model(fast.L, fast.D, fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps), emb.data_ptr(),
                              rope.data_ptr(), self._mat(head, None), self._layers)
         self.vocab = int(head.shape[0] if isinstance(head, Tensor) else head[2].shape[0])
+        self.quantized = not isinstance(head, Tensor) or any(not isinstance(m, Tensor) for ly in layers for m in ly[0::2])
 
     def _mat(self, w: Any, bias: Tensor | None) -> _Mat:
         b = None if bias is None else bias.detach().float().contiguous()
