@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lmforge.models.quantized import decode_addmm, decode_mm, decode_weight
 from lmforge.models.transformer import native
-from lmforge.models.transformer.compiled import CompiledLlamaDecoder, _share_rows, add_bias, compile_supported
+from lmforge.models.transformer.compiled import CompiledLlamaDecoder, share_rows, add_bias, compile_supported
 from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
 
 __all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder", "llama_incompatibilities"]
@@ -213,7 +213,7 @@ class FastLlamaDecoder:
             if (native.ENABLED and self.device.type == "cpu" and self.dtype == torch.float32
                     and all(native.supports(m) for m in mats) and native.library() is not None):
                 self._native = native.NativeStep(self)
-                _share_rows(self, self._native)  # one copy of each float matrix
+                share_rows(self, self._native)  # one copy of each float matrix
         return self._native or None
 
     def _padded_positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:

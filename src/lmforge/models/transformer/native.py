@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmforge.models.transformer.compiled import _rows
+from lmforge.models.transformer.compiled import as_rows
 
 __all__ = ["ENABLED", "NativeStep", "build", "library", "supports", "unavailable_reason"]
 
@@ -212,15 +212,15 @@ class NativeStep:
     """The C step over the weights of a :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`.
 
     Its float matrices are (out, in) rows (``layers`` and ``head``, in the decoder's order), each row streamed
-    once per step; the decoder's (in, out) matrices become views of them (``compiled._share_rows``).
+    once per step; the decoder's (in, out) matrices become views of them (``compiled.share_rows``).
     """
 
     def __init__(self, fast: Any, lib: ctypes.CDLL | None = None) -> None:
         self.lib = lib or library()
         if self.lib is None:
             raise RuntimeError(_failure or "the C decoding step is unavailable")
-        layers = [tuple(_rows(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in fast.layers]
-        self.layers, self.head = _in_arena(layers, _rows(fast.head_t))
+        layers = [tuple(as_rows(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in fast.layers]
+        self.layers, self.head = _in_arena(layers, as_rows(fast.head_t))
         layers, head = self.layers, self.head
         self._keep: list[Tensor] = []  # every tensor the structures point at stays alive with this object
         rope = torch.view_as_real(fast.rope).contiguous().float()
