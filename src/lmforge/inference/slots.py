@@ -85,9 +85,13 @@ class LSTMSlots:
         return logits[:, -1]
 
 
-def _index(rows: list[int], device: torch.device) -> Any:
-    """Rows as an index: a slice when they are consecutive (a view, no gather), else a tensor."""
-    if rows == list(range(rows[0], rows[0] + len(rows))):
+def _consecutive(rows: list[int]) -> bool:
+    return rows == list(range(rows[0], rows[0] + len(rows)))
+
+
+def _index(rows: list[int], device: torch.device, gather: bool = False) -> Any:
+    """Rows as an index: a slice when they are consecutive (a view, no gather) unless ``gather``, else a tensor."""
+    if not gather and _consecutive(rows):
         return slice(rows[0], rows[0] + len(rows))
     return torch.as_tensor(rows, dtype=torch.long, device=device)
 
@@ -95,10 +99,8 @@ def _index(rows: list[int], device: torch.device) -> Any:
 def _pair(src: list[int], dst: list[int], device: torch.device) -> tuple[Any, Any]:
     """Indices to copy rows ``src`` of a tensor into its rows ``dst``: two slices, or two tensors (a gather
     copies the source first; a view of it could not be written through an index into the same tensor)."""
-    s, d = _index(src, device), _index(dst, device)
-    if isinstance(s, slice) and isinstance(d, slice):
-        return s, d
-    return torch.as_tensor(src, dtype=torch.long, device=device), torch.as_tensor(dst, dtype=torch.long, device=device)
+    gather = not (_consecutive(src) and _consecutive(dst))
+    return _index(src, device, gather), _index(dst, device, gather)
 
 
 def _layers(state: Any) -> list[tuple[Tensor, Tensor]]:

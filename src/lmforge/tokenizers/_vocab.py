@@ -45,8 +45,19 @@ class VocabTable:
             raise TokenizerError(f"token id {bad} is outside the vocabulary (size {size}); is this the model's tokenizer?")
         itos = self.itos
         if skip_special:
-            return [itos[i] for i in ids if i >= FIRST_REGULAR_ID or i == UNK_ID]
+            return [itos[i] for i in ids if _shown(i)]
         return [itos[i] for i in ids]
+
+    def texts(self, skip_special: bool) -> list[str]:
+        """The text of each id: its token string, or ``""`` for a special that ``skip_special`` drops."""
+        if not skip_special:
+            return list(self.itos)
+        return [t if _shown(i) else "" for i, t in enumerate(self.itos)]
+
+
+def _shown(i: int) -> bool:
+    """Whether id ``i`` is decoded when specials are skipped: regular tokens, and ``<unk>`` (it stands for text)."""
+    return i >= FIRST_REGULAR_ID or i == UNK_ID
 
 
 def most_frequent(counts: Counter, max_tokens: int, min_frequency: int) -> list[str]:

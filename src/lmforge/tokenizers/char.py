@@ -90,9 +90,7 @@ class CharTokenizer(SavedAsJSON):
     def token_texts(self, skip_special: bool = True) -> list[str]:
         """The text each id decodes to; ``decode(ids)`` is the concatenation of its ids' texts (a character
         needs no context), which lets a stream turn each new id into text with one lookup."""
-        size = len(self._vocab)
-        return self._vocab.tokens(range(size), False) if not skip_special else [
-            t if i >= FIRST_REGULAR_ID or i == UNK_ID else "" for i, t in enumerate(self._vocab.tokens(range(size), False))]
+        return self._vocab.texts(skip_special)
 
     def token_to_id(self, token: str) -> int | None:
         """The id of ``token`` or None."""

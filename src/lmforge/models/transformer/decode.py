@@ -172,12 +172,12 @@ class FastLlamaDecoder:
         S = s + 1
         step = self.native_step()
         if step is not None and (B <= NATIVE_FLOAT_ROWS or step.quantized):
-            pos = state.seen if state.padded else torch.full((B,), s, dtype=torch.long)
-            if state.padded:
+            if state.padded:  # each row's own position; the padding slots of its prompt stay masked
                 state.valid[:, s] = True
-            logits = step(idx.view(B), pos, s, state.valid if state.padded else None, state.k, state.v)
-            if state.padded:
+                logits = step(idx.view(B), state.seen, s, state.valid, state.k, state.v)
                 state.seen += 1
+            else:  # every row has seen s tokens
+                logits = step(idx.view(B), torch.full((B,), s, dtype=torch.long), s, None, state.k, state.v)
             state.length = S
             return logits.view(B, 1, -1)
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
