@@ -242,3 +242,34 @@ def test_prompts_of_different_lengths_prefill_as_one_padded_batch(tok, family):
     _queued_then_alone(eng, model, tok, PROMPTS, [40, 33, 45, 38])
     assert len(calls[1]) == 4 and len(set(calls[1])) == 4  # all four at once (calls[0] is the warm-up)
     assert len(calls) > 2  # and the rows that filled the context were re-prefilled
+
+
+def test_a_process_exiting_mid_step_exits_cleanly(tmp_path):
+    """A script that leaves an engine decoding and returns must exit 0. Python 3.11 ends daemon threads that
+    wake during interpreter shutdown with pthread_exit, whose unwinding through PyTorch's C++ frames aborts the
+    process (exit code 134, "terminate called without an active exception"); the engine is stopped at exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave_running.py"
+    script.write_text(f"""
+import threading, torch
+from lmforge.config import RunConfig
+from lmforge.inference.engine import BatchEngine, GenerationRequest
+from lmforge.inference.sampling import SamplingParams
+from lmforge.models import build_model
+from lmforge.tokenizers import train_tokenizer
+tok = train_tokenizer("char", [{CORPUS!r}])
+cfg = RunConfig.model_validate({{"model": {{**{FAMILIES['llama']!r}, "vocab_size": tok.vocab_size}},
+                                 "tokenizer": {{"kind": "char"}}}})
+engine = BatchEngine(build_model(cfg.model), tok).start()
+started = threading.Event()
+params = SamplingParams(temperature=0, max_new_tokens=10**6, ignore_eos=True)
+for _ in range(4):
+    engine.submit(GenerationRequest(tok.encode("First"), params, lambda event: started.set()))
+started.wait(60)
+""")
+    for _ in range(3):  # without the fix, each run aborted
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "terminate called" not in done.stderr

@@ -21,10 +21,12 @@ later steps differ from a lone run only in float rounding of masked attention an
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import logging
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -35,6 +37,18 @@ from lmforge.inference.slots import make_slots
 __all__ = ["BatchEngine", "Event", "GenerationRequest", "RequestHandle", "TokenLogprob"]
 
 log = logging.getLogger(__name__)
+
+# Engines whose thread runs. Python 3.11 ends a daemon thread that wants the GIL back during interpreter shutdown
+# with pthread_exit, whose forced unwinding through PyTorch's C++ frames (a noexcept GIL guard) calls
+# std::terminate: a process that exits while an engine is inside a step aborts ("terminate called without an
+# active exception", exit code 134). atexit handlers run before that point, so each engine is stopped there.
+_LIVE: "weakref.WeakSet[BatchEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_engines() -> None:
+    for engine in list(_LIVE):
+        engine.stop()
 
 
 class RequestHandle:
@@ -107,6 +121,7 @@ class BatchEngine:
         """Starts the engine thread (once)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
+            _LIVE.add(self)
             self._thread.start()
         return self
 
@@ -117,6 +132,7 @@ class BatchEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(10)
+        _LIVE.discard(self)
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queues a request; its sequences join the batch when slots are free.
