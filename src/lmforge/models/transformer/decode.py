@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lmforge.models.quantized import decode_addmm, decode_mm, decode_weight
 from lmforge.models.transformer import native
-from lmforge.models.transformer.compiled import CompiledLlamaDecoder, share_rows, add_bias, compile_supported
+from lmforge.models.transformer.compiled import CompiledLlamaDecoder, add_bias, compile_supported
 from lmforge.models.transformer.positions import rope_inv_freq, rope_settings
 
 __all__ = ["FastLlamaDecoder", "compile_decoding", "fast_decoder", "llama_incompatibilities"]
@@ -142,10 +142,19 @@ class FastLlamaDecoder:
         all_real = attention_mask is None or bool(attention_mask.all())
         if T == 1 and all_real:
             return self._decode_one(idx, state), state
+        step = self.native_step()
+        if step is not None and not step.quantized:  # int8 prompts: one dequantized float product (below)
+            if not state.padded and all_real:  # every row has seen s tokens
+                pos = torch.arange(s, S, device=idx.device).expand(B, T)
+                logits = step(idx, pos, s, None, state.k, state.v)
+            else:
+                logits = step(idx, self._positions(idx, state, attention_mask), s, state.valid, state.k, state.v)
+            state.length = S
+            return logits.view(B, 1, -1), state
         if not state.padded and all_real:
             rot = self.rope[s:S].view(1, T, 1, -1)  # every row has seen s tokens
         else:
-            rot = self._padded_positions(idx, state, attention_mask)
+            rot = self.rope[self._positions(idx, state, attention_mask)].view(B, T, 1, -1)
         mask, causal = self._mask(state, s, T, B, idx.device)
         H, Hkv, hd, nq, nk = self.H, self.Hkv, self.hd, self.nq, self.nk
         x = F.embedding(idx, self.emb).view(B * T, self.D)  # (B*T, D)
@@ -171,7 +180,7 @@ class FastLlamaDecoder:
         s = state.length
         S = s + 1
         step = self.native_step()
-        if step is not None and (B <= NATIVE_FLOAT_ROWS or step.quantized):
+        if step is not None:
             if state.padded:  # each row's own position; the padding slots of its prompt stay masked
                 state.valid[:, s] = True
                 logits = step(idx.view(B), state.seen, s, state.valid, state.k, state.v)
@@ -213,10 +222,10 @@ class FastLlamaDecoder:
             if (native.ENABLED and self.device.type == "cpu" and self.dtype == torch.float32
                     and all(native.supports(m) for m in mats) and native.library() is not None):
                 self._native = native.NativeStep(self)
-                share_rows(self, self._native)  # one copy of each float matrix
         return self._native or None
 
-    def _padded_positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:
+    def _positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:
+        """Each new token's position (B, T), counting each row's real tokens; marks them in ``valid``."""
         B, T = idx.shape
         s = state.length
         if not state.padded:  # the first padded call: record what the unpadded calls implied
@@ -227,7 +236,7 @@ class FastLlamaDecoder:
         pos = (state.seen.view(B, 1) + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
         state.valid[:, s:s + T] = real
         state.seen += real.sum(1)
-        return self.rope[pos].view(B, T, 1, -1)  # (B, T, 1, hd/2)
+        return pos
 
     @staticmethod
     def _mask(state: _State, s: int, T: int, B: int, device: torch.device) -> tuple[Optional[Tensor], bool]:
@@ -243,11 +252,6 @@ class FastLlamaDecoder:
         return None, T > 1
 
 
-# The C step's float32 products are dot products, one per (weight row, batch row): unbeatable while a step is bound
-# by reading the weights (batch 1 to 8), but from about 16 rows up a small model's step is bound by arithmetic,
-# where PyTorch's blocked matrix product wins (the default run's model at batch 32: 5,130 vs 7,450 tokens/s; the
-# issue-16 model at batch 64: even). int8 steps always take the C step (FBGEMM goes row by row: 2.4x slower).
-NATIVE_FLOAT_ROWS = 8
 
 
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:

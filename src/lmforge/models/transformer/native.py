@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmforge.models.transformer.compiled import as_rows
 
 __all__ = ["ENABLED", "NativeStep", "build", "library", "supports", "unavailable_reason"]
 
@@ -137,7 +136,7 @@ def build(arch: str) -> ctypes.CDLL:
         _prune(cache, keep=target)
     lib = ctypes.CDLL(str(target))
     lib.lmf_step.restype = ctypes.c_int
-    lib.lmf_step.argtypes = [ctypes.POINTER(_Model), _I, _P, _P, _I, _P, _I, _P, _P, _I, _I, _P, ctypes.c_int]
+    lib.lmf_step.argtypes = [ctypes.POINTER(_Model), _I, _I, _P, _P, _I, _P, _I, _P, _P, _I, _I, _P, ctypes.c_int]
     return lib
 
 
@@ -186,6 +185,31 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+PANEL = 64  # native_step.c's LMF_PANEL
+
+
+class Panels:
+    """A float matrix in the C step's layout: ``data`` (panels, k, 64), panel ``p`` holding output columns
+    ``64p .. 64p + 63`` as ``k`` rows (zero past column ``n``); ``n`` outputs of ``k`` inputs."""
+
+    def __init__(self, data: Tensor, n: int, k: int) -> None:
+        self.data, self.n, self.k = data, n, k
+
+
+def _panels(w: Any, parts: int = 1) -> Any:
+    """A decoding-path float (in, out) matrix as :class:`Panels` (``parts`` > 1: its columns are that many
+    matrices side by side, each packed on its own, as SwiGLU's gate and up); int8 tuples are returned as they are."""
+    if not isinstance(w, Tensor):
+        return w
+    k, n = w.shape
+    packed = []
+    for part in w.detach().float().chunk(parts, dim=1):
+        pad = -part.shape[1] % PANEL
+        part = torch.nn.functional.pad(part, (0, pad))  # (k, multiple of 64)
+        packed.append(part.view(k, -1, PANEL).permute(1, 0, 2))
+    return Panels(torch.cat(packed).contiguous(), n, k)
+
+
 def supports(w: Any) -> bool:
     """Whether a decoding-path matrix (a float (out, in) tensor or an int8 tuple) runs in the C step."""
     if isinstance(w, Tensor):
@@ -196,14 +220,14 @@ def supports(w: Any) -> bool:
 def _in_arena(layers: list[tuple], head: Any) -> tuple[list[tuple], Any]:
     """``layers`` and ``head`` with their float rows and int8 weights moved into one :func:`_arena`, in the
     order a step reads them."""
-    def matrix(m: Any) -> Any:  # the 2-D tensor of a decoding-path matrix: float rows, or int8's q
-        return m if isinstance(m, Tensor) else m[2]
+    def matrix(m: Any) -> Any:  # the tensor of a decoding-path matrix: float panels, or int8's q
+        return m.data if isinstance(m, Panels) else m[2]
 
     mats = [matrix(m) for layer in layers for m in layer[0::2]] + [matrix(head)]
     moved = dict(zip(map(id, mats), _arena(mats)))
 
     def redo(m: Any) -> Any:
-        return moved[id(m)] if isinstance(m, Tensor) else (*m[:2], moved[id(m[2])], *m[3:])
+        return Panels(moved[id(m.data)], m.n, m.k) if isinstance(m, Panels) else (*m[:2], moved[id(m[2])], *m[3:])
 
     return [tuple(redo(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in layers], redo(head)
 
@@ -219,8 +243,9 @@ class NativeStep:
         self.lib = lib or library()
         if self.lib is None:
             raise RuntimeError(_failure or "the C decoding step is unavailable")
-        layers = [tuple(as_rows(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in fast.layers]
-        self.layers, self.head = _in_arena(layers, as_rows(fast.head_t))
+        layers = [(_panels(wqkv), bqkv, _panels(wo), bo, _panels(wgu, 2), bgu, _panels(wd), bd)
+                  for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
+        self.layers, self.head = _in_arena(layers, _panels(fast.head_t))
         layers, head = self.layers, self.head
         self._keep: list[Tensor] = []  # every tensor the structures point at stays alive with this object
         rope = torch.view_as_real(fast.rope).contiguous().float()
@@ -234,15 +259,14 @@ class NativeStep:
                                             self._mat(wd, bd))
         self._model = _Model(fast.L, fast.D, fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps), emb.data_ptr(),
                              rope.data_ptr(), self._mat(head, None), self._layers)
-        self.vocab = int(head.shape[0] if isinstance(head, Tensor) else head[2].shape[0])
-        self.quantized = not isinstance(head, Tensor) or any(not isinstance(m, Tensor) for ly in layers for m in ly[0::2])
+        self.vocab = int(head.n if isinstance(head, Panels) else head[2].shape[0])
+        self.quantized = not isinstance(head, Panels) or any(not isinstance(m, Panels) for ly in layers for m in ly[0::2])
 
     def _mat(self, w: Any, bias: Tensor | None) -> _Mat:
         b = None if bias is None else bias.detach().float().contiguous()
-        if isinstance(w, Tensor):
-            w = w.contiguous()
-            self._keep += [t for t in (w, b) if t is not None]
-            return _Mat(w.data_ptr(), None, None, None, None, _ptr(b), w.shape[0], w.shape[1])
+        if isinstance(w, Panels):
+            self._keep += [t for t in (w.data, b) if t is not None]
+            return _Mat(w.data.data_ptr(), None, None, None, None, _ptr(b), w.n, w.k)
         gain, _, q, scale = w
         q, scale = q.contiguous(), scale.float().contiguous()
         rowsum = q.sum(1, dtype=torch.int32).contiguous()
@@ -252,16 +276,20 @@ class NativeStep:
 
     def __call__(self, tok: Tensor, pos: Tensor, slot: int, valid: Tensor | None, k: list[Tensor],
                  v: list[Tensor]) -> Tensor:
-        """tok, pos (B,) int64; the new keys/values go to cache slot ``slot``; valid (B, >= slot + 1) bool, the
-        slots each row attends to (``None``: all up to ``slot``); k, v per layer (B, Hkv, S, hd) float32 views
-        whose last two dimensions are contiguous. Returns the logits (B, V)."""
+        """tok, pos (B,) or (B, T) int64: T new tokens per row (one for a decoding step, more for a prompt), their
+        keys/values going to cache slots ``slot .. slot + T - 1``; valid (B, >= slot + T) bool, the slots each row
+        attends to (``None``: all, causally); k, v per layer (B, Hkv, S, hd) float32 views whose last two
+        dimensions are contiguous. Returns the logits of each row's last token (B, V)."""
         B = tok.shape[0]
+        T = tok.shape[1] if tok.dim() == 2 else 1
         tok, pos = tok.contiguous(), pos.contiguous()
         if B and (int(tok.min()) < 0 or int(tok.max()) >= self.emb_rows):  # C reads the table unchecked
             raise IndexError(f"token ids must be in [0, {self.emb_rows}), got {tok.tolist()}")
         k0 = k[0]
         if k0.stride(3) != 1 or k0.stride(2) != k0.shape[3] or any(t.stride() != k0.stride() for t in (*k, *v)):
             raise ValueError("the caches must share one layout with contiguous last two dimensions")
+        if slot + T > k0.shape[2]:
+            raise ValueError(f"cache full: {slot} + {T} tokens exceed its {k0.shape[2]} slots")
         kcs = (_P * len(k))(*(t.data_ptr() for t in k))  # per call, so that calls from several threads never mix
         vcs = (_P * len(v))(*(t.data_ptr() for t in v))
         vstride = 0
@@ -270,7 +298,7 @@ class NativeStep:
                 valid = valid.contiguous()
             vstride = valid.stride(0)
         logits = torch.empty(B, self.vocab, dtype=torch.float32)
-        rc = self.lib.lmf_step(ctypes.byref(self._model), B, tok.data_ptr(), pos.data_ptr(), slot,
+        rc = self.lib.lmf_step(ctypes.byref(self._model), B, T, tok.data_ptr(), pos.data_ptr(), slot,
                                _ptr(valid), vstride, kcs, vcs, k0.stride(0), k0.stride(1), logits.data_ptr(),
                                torch.get_num_threads())
         if rc != 0:

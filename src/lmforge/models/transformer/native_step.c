@@ -25,7 +25,7 @@
 #endif
 
 typedef struct {
-    const float *w;        /* float rows (n, k), or NULL for int8 */
+    const float *w;        /* float panels (see panel_f32), or NULL for int8 */
     const int8_t *q;       /* int8 rows (n, k) */
     const float *scale;    /* int8: (n) */
     const int32_t *rowsum; /* int8: (n), the sum of each row of q */
@@ -107,6 +107,64 @@ static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int
     return s;
 }
 
+/* Float matrices are stored as panels of 64 columns: panel p holds columns 64p .. 64p + 63 of W.T (in, out) as
+ * k rows of 64 floats, zero-padded past the last column. A product takes a panel and up to 6 input rows at a time:
+ * per k, 4 vector loads of the panel's row, one broadcast of each input's value and 4 fused multiply-adds per
+ * input, into 24 accumulators. The panels are streamed in order, so a one-row step reads the weights once as a
+ * sequence (bound by memory), while a batch or a prompt reuses each loaded row for 6 inputs (bound by
+ * arithmetic), with no horizontal sums. Every output is one chain of multiply-adds over k in order, whatever
+ * the batch and wherever its row sits in it: a row's result is bitwise the same alone or in any batch. */
+#define LMF_PANEL 64
+#define LMF_ROWS 6
+
+static inline __attribute__((always_inline)) void panel_f32(const float *P, int64_t k, const float *x, int64_t ldx,
+                                                            const int nb, float *out) {
+#if defined(__AVX512F__)
+    __m512 acc[LMF_ROWS][4];
+    for (int c = 0; c < nb; c++)
+        for (int v = 0; v < 4; v++) acc[c][v] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i++) {
+        const float *r = P + i * LMF_PANEL;
+        const __m512 w0 = _mm512_loadu_ps(r), w1 = _mm512_loadu_ps(r + 16), w2 = _mm512_loadu_ps(r + 32),
+                     w3 = _mm512_loadu_ps(r + 48);
+        for (int c = 0; c < nb; c++) {
+            const __m512 xb = _mm512_set1_ps(x[c * ldx + i]);
+            acc[c][0] = _mm512_fmadd_ps(xb, w0, acc[c][0]);
+            acc[c][1] = _mm512_fmadd_ps(xb, w1, acc[c][1]);
+            acc[c][2] = _mm512_fmadd_ps(xb, w2, acc[c][2]);
+            acc[c][3] = _mm512_fmadd_ps(xb, w3, acc[c][3]);
+        }
+    }
+    for (int c = 0; c < nb; c++)
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(out + c * LMF_PANEL + 16 * v, acc[c][v]);
+#else
+    float acc[LMF_ROWS][LMF_PANEL];
+    for (int c = 0; c < nb; c++)
+        for (int v = 0; v < LMF_PANEL; v++) acc[c][v] = 0.f;
+    for (int64_t i = 0; i < k; i++) {
+        const float *r = P + i * LMF_PANEL;
+        for (int c = 0; c < nb; c++) {
+            const float xv = x[c * ldx + i];
+#pragma omp simd
+            for (int v = 0; v < LMF_PANEL; v++) acc[c][v] += xv * r[v];
+        }
+    }
+    for (int c = 0; c < nb; c++) memcpy(out + c * LMF_PANEL, acc[c], sizeof(acc[c]));
+#endif
+}
+
+/* panel_f32 with nb a constant in each call, so that its loops unroll */
+static void panel_any(const float *P, int64_t k, const float *x, int64_t ldx, int nb, float *out) {
+    switch (nb) {
+    case 1: panel_f32(P, k, x, ldx, 1, out); break;
+    case 2: panel_f32(P, k, x, ldx, 2, out); break;
+    case 3: panel_f32(P, k, x, ldx, 3, out); break;
+    case 4: panel_f32(P, k, x, ldx, 4, out); break;
+    case 5: panel_f32(P, k, x, ldx, 5, out); break;
+    default: panel_f32(P, k, x, ldx, 6, out); break;
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ matrix products */
 /* Each thread keeps its own copy of what every output row needs from the inputs (the RMSNorm factors, int8's
  * rounded rows): computed redundantly, it costs less than a barrier, and a step then waits at one barrier per
@@ -117,10 +175,9 @@ typedef struct {
     float *xs;   /* (B) the rounding scale of each row */
 } lmf_priv;
 
-static float dot_row(const lmf_mat *m, int64_t j, int64_t b, const float *x, int64_t ldx, const lmf_priv *pv) {
+static float dot_row(const lmf_mat *m, int64_t j, int64_t b, const lmf_priv *pv) { /* int8 */
     const int64_t k = m->k;
-    if (m->q) return (float)dot_u8s8(pv->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (pv->xs[b] * m->scale[j]);
-    return dot_f32(x + b * ldx, m->w + j * k, k);
+    return (float)dot_u8s8(pv->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (pv->xs[b] * m->scale[j]);
 }
 
 /* This thread's inputs for m: the norm factors of x's rows (when `norm`), and int8's rounded rows of x * gain */
@@ -149,10 +206,30 @@ static void prepare(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, in
 static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, float *y, int64_t ldy, int norm,
                    float deps, int accumulate, lmf_priv *pv) {
     prepare(m, B, x, ldx, norm, deps, pv);
+    if (!m->q) {
+        const int64_t np = (m->n + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t p = 0; p < np; p++)
+            for (int64_t g = 0; g < ng; g++) {
+                float out[LMF_ROWS * LMF_PANEL];
+                const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL;
+                const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
+                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * ldx, ldx, nb, out);
+                for (int c = 0; c < nb; c++)
+                    for (int64_t j = 0; j < nj; j++) {
+                        float v = out[c * LMF_PANEL + j];
+                        if (norm) v *= pv->inv[b0 + c];
+                        if (m->bias) v += m->bias[j0 + j];
+                        float *o = y + (b0 + c) * ldy + j0 + j;
+                        *o = accumulate ? *o + v : v;
+                    }
+            }
+        return;
+    }
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < m->n; j++)
         for (int64_t b = 0; b < B; b++) {
-            float v = dot_row(m, j, b, x, ldx, pv);
+            float v = dot_row(m, j, b, pv);
             if (norm) v *= pv->inv[b];
             if (m->bias) v += m->bias[j];
             float *o = y + b * ldy + j;
@@ -160,19 +237,46 @@ static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, flo
         }
 }
 
-/* h[b, j] = silu(gate) * up, with gate and up rows j and ffn + j of the fused matrix (SwiGLU, arXiv:2002.05202) */
+static inline float silu_mul(float g, float u) { return g / (1.f + expf(-g)) * u; }
+
+/* h[b, j] = silu(gate) * up. Float: the gate's panels, then the up's (ffn columns each); int8: rows j and
+ * ffn + j of the fused matrix (SwiGLU, arXiv:2002.05202) */
 static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float *h, int64_t ffn, float deps,
                    lmf_priv *pv) {
     prepare(m, B, x, D, 1, deps, pv);
+    if (!m->q) {
+        const int64_t np = (ffn + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS;
+        const float *up = m->w + np * m->k * LMF_PANEL;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t p = 0; p < np; p++)
+            for (int64_t g = 0; g < ng; g++) {
+                float go[LMF_ROWS * LMF_PANEL], uo[LMF_ROWS * LMF_PANEL];
+                const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = ffn - j0 < LMF_PANEL ? ffn - j0 : LMF_PANEL;
+                const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
+                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, go);
+                panel_any(up + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, uo);
+                for (int c = 0; c < nb; c++)
+                    for (int64_t j = 0; j < nj; j++) {
+                        const float inv = pv->inv[b0 + c];
+                        float gv = go[c * LMF_PANEL + j] * inv, uv = uo[c * LMF_PANEL + j] * inv;
+                        if (m->bias) {
+                            gv += m->bias[j0 + j];
+                            uv += m->bias[ffn + j0 + j];
+                        }
+                        h[(b0 + c) * ffn + j0 + j] = silu_mul(gv, uv);
+                    }
+            }
+        return;
+    }
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < ffn; j++)
         for (int64_t b = 0; b < B; b++) {
-            float g = dot_row(m, j, b, x, D, pv) * pv->inv[b], u = dot_row(m, ffn + j, b, x, D, pv) * pv->inv[b];
+            float g = dot_row(m, j, b, pv) * pv->inv[b], u = dot_row(m, ffn + j, b, pv) * pv->inv[b];
             if (m->bias) {
                 g += m->bias[j];
                 u += m->bias[ffn + j];
             }
-            h[b * ffn + j] = g / (1.f + expf(-g)) * u;
+            h[b * ffn + j] = silu_mul(g, u);
         }
 }
 
@@ -185,80 +289,89 @@ static inline void rotate(float *r, const float *cs, int64_t half) { /* rotary p
     }
 }
 
-/* One unit of work per (row, key/value head): rotate that head's new key and its G query heads, write the key
- * and value into the cache, and attend. No unit reads what another writes, so no barrier until the end. */
-static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, float *qkv, int64_t ldqkv,
-                      const int64_t *pos, int64_t slot, const uint8_t *valid, int64_t vstride, int64_t row_stride,
-                      int64_t head_stride, float *att, float *scores, int64_t S) {
+/* Rows of T new tokens each: row b's token t sits in cache slot slot + t at position pos[b * T + t], and
+ * attends to the slots u <= slot + t where valid[b * vstride + u] (all of them when valid is NULL). First every
+ * new key is rotated and every new key and value written into the cache (one unit per (row, token, key/value
+ * head)); then, after the barrier, one unit per (row, token, query head) rotates its query and attends. */
+static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, int64_t T, float *qkv,
+                      int64_t ldqkv, const int64_t *pos, int64_t slot, const uint8_t *valid, int64_t vstride,
+                      int64_t row_stride, int64_t head_stride, float *att, float *p) {
     const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd, G = H / Hkv;
     const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(static)
-    for (int64_t bg = 0; bg < B * Hkv; bg++) {
-        const int64_t b = bg / Hkv, g = bg % Hkv;
-        float *r = qkv + b * ldqkv;
-        const float *cs = m->rope + pos[b] * half * 2;
-        float *kc = kcache + b * row_stride + g * head_stride, *vc = vcache + b * row_stride + g * head_stride;
-        rotate(r + nq + g * hd, cs, half);
-        memcpy(kc + slot * hd, r + nq + g * hd, hd * sizeof(float));
-        memcpy(vc + slot * hd, r + nq + nk + g * hd, hd * sizeof(float));
+    for (int64_t u = 0; u < B * T * Hkv; u++) {
+        const int64_t bt = u / Hkv, g = u % Hkv, b = bt / T, t = bt % T;
+        float *r = qkv + bt * ldqkv;
+        const int64_t off = b * row_stride + g * head_stride + (slot + t) * hd;
+        rotate(r + nq + g * hd, m->rope + pos[bt] * half * 2, half);
+        memcpy(kcache + off, r + nq + g * hd, hd * sizeof(float));
+        memcpy(vcache + off, r + nq + nk + g * hd, hd * sizeof(float));
+    }
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < B * T * H; u++) {
+        const int64_t bt = u / H, h = u % H, b = bt / T, t = bt % T, S = slot + t + 1;
+        const float *kc = kcache + b * row_stride + (h / G) * head_stride, *vc = vcache + b * row_stride + (h / G) * head_stride;
         const uint8_t *ok = valid ? valid + b * vstride : NULL;
-        for (int64_t h = g * G; h < (g + 1) * G; h++) {
-            float *q = r + h * hd, *p = scores + (b * H + h) * S, mx = -INFINITY, sum = 0.f;
-            rotate(q, cs, half);
-            for (int64_t t = 0; t < S; t++) {
-                p[t] = (ok && !ok[t]) ? -INFINITY : dot_f32(q, kc + t * hd, hd) * scale;
-                mx = fmaxf(mx, p[t]);
-            }
-            for (int64_t t = 0; t < S; t++) {
-                p[t] = p[t] == -INFINITY ? 0.f : expf(p[t] - mx);
-                sum += p[t];
-            }
-            float *o = att + b * nq + h * hd;
-            for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
-            for (int64_t t = 0; t < S; t++) {
-                if (p[t] == 0.f) continue;
-                const float w = p[t] / sum, *v = vc + t * hd;
-                for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
-            }
+        float *q = qkv + bt * ldqkv + h * hd, mx = -INFINITY, sum = 0.f;
+        rotate(q, m->rope + pos[bt] * half * 2, half);
+        for (int64_t s = 0; s < S; s++) {
+            p[s] = (ok && !ok[s]) ? -INFINITY : dot_f32(q, kc + s * hd, hd) * scale;
+            mx = fmaxf(mx, p[s]);
+        }
+        for (int64_t s = 0; s < S; s++) {
+            p[s] = p[s] == -INFINITY ? 0.f : expf(p[s] - mx);
+            sum += p[s];
+        }
+        float *o = att + bt * nq + h * hd;
+        for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
+        if (sum == 0.f) continue; /* a padding token with nothing to attend to: its output is never used */
+        for (int64_t s = 0; s < S; s++) {
+            if (p[s] == 0.f) continue;
+            const float w = p[s] / sum, *v = vc + s * hd;
+            for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
         }
     }
 }
 
 /* --------------------------------------------------------------------------------------------------- the step */
-/* One new token per row: tok, pos (B); the new keys and values go to cache slot `slot`, and row b attends to the
- * slots t <= slot with valid[b * vstride + t] (all of them when valid is NULL). kc[l], vc[l]: layer l's caches,
- * element (b, h, t, d) at b * row_stride + h * head_stride + t * hd + d. Writes the logits (B, V).
- * Returns 0, or -1 when memory for the scratch buffers could not be allocated. */
-int lmf_step(const lmf_model *m, int64_t B, const int64_t *tok, const int64_t *pos, int64_t slot,
+/* T new tokens for each of B rows (T = 1: a decoding step; T > 1: a prompt, or a chunk of one): tok, pos (B, T);
+ * row b's keys and values go to cache slots slot .. slot + T - 1, and its token t attends to the slots
+ * u <= slot + t with valid[b * vstride + u] (all of them when valid is NULL). kc[l], vc[l]: layer l's caches,
+ * element (b, h, u, d) at b * row_stride + h * head_stride + u * hd + d. Writes the logits of each row's last
+ * token (B, V). Returns 0, or -1 when memory for the scratch buffers could not be allocated. */
+int lmf_step(const lmf_model *m, int64_t B, int64_t T, const int64_t *tok, const int64_t *pos, int64_t slot,
              const uint8_t *valid, int64_t vstride, float *const *kc, float *const *vc, int64_t row_stride,
              int64_t head_stride, float *logits, int nthreads) {
-    const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, S = slot + 1;
+    const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, S = slot + T, R = B * T;
     const int64_t kmax = D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq);
     if (nthreads < 1) nthreads = 1;
-    float *buf = malloc(sizeof(float) * (B * (D + nqkv + nq + m->ffn) + B * m->H * S + 2 * B * nthreads));
-    uint8_t *xu = malloc((size_t)(B * kmax * nthreads));
+    float *buf = malloc(sizeof(float) * (R * (D + nqkv + nq + m->ffn) + (S + 2 * R) * nthreads));
+    uint8_t *xu = malloc((size_t)(R * kmax * nthreads));
     if (!buf || !xu) {
         free(buf);
         free(xu);
         return -1;
     }
-    float *x = buf, *qkv = x + B * D, *att = qkv + B * nqkv, *hid = att + B * nq, *scores = hid + B * m->ffn;
-    float *priv = scores + B * m->H * S;
+    float *x = buf, *qkv = x + R * D, *att = qkv + R * nqkv, *hid = att + R * nq, *priv = hid + R * m->ffn;
 #pragma omp parallel num_threads(nthreads)
     {
-        const int t = omp_get_thread_num();
-        lmf_priv pv = {priv + 2 * B * t, xu + B * kmax * t, priv + 2 * B * t + B};
+        const int th = omp_get_thread_num();
+        float *mine = priv + (S + 2 * R) * th;
+        lmf_priv pv = {mine, xu + R * kmax * th, mine + R};
+        float *scores = mine + 2 * R;
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) memcpy(x + b * D, m->emb + tok[b] * D, D * sizeof(float));
+        for (int64_t r = 0; r < R; r++) memcpy(x + r * D, m->emb + tok[r] * D, D * sizeof(float));
         for (int64_t l = 0; l < m->L; l++) {
             const lmf_layer *ly = m->layers + l;
-            matmul(&ly->qkv, B, x, D, qkv, nqkv, 1, m->deps, 0, &pv);
-            attention(m, kc[l], vc[l], B, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att, scores, S);
-            matmul(&ly->o, B, att, nq, x, D, 0, m->deps, 1, &pv);
-            swiglu(&ly->gu, B, x, D, hid, m->ffn, m->deps, &pv);
-            matmul(&ly->down, B, hid, m->ffn, x, D, 0, m->deps, 1, &pv);
+            matmul(&ly->qkv, R, x, D, qkv, nqkv, 1, m->deps, 0, &pv);
+            attention(m, kc[l], vc[l], B, T, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att,
+                      scores);
+            matmul(&ly->o, R, att, nq, x, D, 0, m->deps, 1, &pv);
+            swiglu(&ly->gu, R, x, D, hid, m->ffn, m->deps, &pv);
+            matmul(&ly->down, R, hid, m->ffn, x, D, 0, m->deps, 1, &pv);
         }
-        matmul(&m->head, B, x, D, logits, m->head.n, 1, m->deps, 0, &pv);
+        /* the head reads each row's last token: rows T - 1, 2T - 1, ... of x */
+        matmul(&m->head, B, x + (T - 1) * D, T * D, logits, m->head.n, 1, m->deps, 0, &pv);
     }
     free(buf);
     free(xu);
