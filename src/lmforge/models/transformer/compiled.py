@@ -43,6 +43,8 @@ def as_rows(w: Any) -> Any:
     int8/int4 tuples are by rows already. Their FBGEMM pack is dropped: behind a custom operator (a registry key
     as its argument) FBGEMM made the compiled int8 step no faster than the fused reduction over the integer
     weights (1.33-1.56 ms against 1.24-1.42 ms a token at 1 thread, BENCHMARKS.md, issue 16)."""
+    if hasattr(w, "rows"):  # the C step's panels (native.Panels)
+        return w.rows()
     return w.t().contiguous() if isinstance(w, Tensor) else (w[0], None, *w[2:])
 
 

@@ -221,7 +221,11 @@ class FastLlamaDecoder:
             mats = [m for layer in self.layers for m in layer[0::2]] + [self.head_t]
             if (native.ENABLED and self.device.type == "cpu" and self.dtype == torch.float32
                     and all(native.supports(m) for m in mats) and native.library() is not None):
-                self._native = native.NativeStep(self)
+                self._native = step = native.NativeStep(self)
+                if not step.quantized:  # every step of a float model runs in C: keep one copy, its panels
+                    self.layers = [tuple(s if i % 2 == 0 else f for i, (f, s) in enumerate(zip(fl, sl)))
+                                   for fl, sl in zip(self.layers, step.layers)]
+                    self.head_t = step.head
         return self._native or None
 
     def _positions(self, idx: Tensor, state: _State, attention_mask: Optional[Tensor]) -> Tensor:

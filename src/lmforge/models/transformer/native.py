@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 
-__all__ = ["ENABLED", "NativeStep", "build", "library", "supports", "unavailable_reason"]
+__all__ = ["ENABLED", "NativeStep", "Panels", "build", "library", "supports", "unavailable_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,18 @@ PANEL = 64  # native_step.c's LMF_PANEL
 
 class Panels:
     """A float matrix in the C step's layout: ``data`` (panels, k, 64), panel ``p`` holding output columns
-    ``64p .. 64p + 63`` as ``k`` rows (zero past column ``n``); ``n`` outputs of ``k`` inputs."""
+    ``64p .. 64p + 63`` as ``k`` rows (zero past the last column); ``n`` outputs of ``k`` inputs, in ``parts``
+    matrices of ``n / parts`` outputs packed one after the other (SwiGLU's gate and up)."""
 
-    def __init__(self, data: Tensor, n: int, k: int) -> None:
-        self.data, self.n, self.k = data, n, k
+    def __init__(self, data: Tensor, n: int, k: int, parts: int = 1) -> None:
+        self.data, self.n, self.k, self.parts = data, n, k, parts
+
+    def rows(self) -> Tensor:
+        """The matrix as contiguous (out, in) rows (a copy)."""
+        n = self.n // self.parts
+        per = -(-n // PANEL)
+        return torch.cat([p.permute(1, 0, 2).reshape(self.k, -1)[:, :n].t()
+                          for p in self.data.split(per)]).contiguous()
 
 
 def _panels(w: Any, parts: int = 1) -> Any:
@@ -207,7 +215,7 @@ def _panels(w: Any, parts: int = 1) -> Any:
         pad = -part.shape[1] % PANEL
         part = torch.nn.functional.pad(part, (0, pad))  # (k, multiple of 64)
         packed.append(part.view(k, -1, PANEL).permute(1, 0, 2))
-    return Panels(torch.cat(packed).contiguous(), n, k)
+    return Panels(torch.cat(packed).contiguous(), n, k, parts)
 
 
 def supports(w: Any) -> bool:
@@ -227,7 +235,7 @@ def _in_arena(layers: list[tuple], head: Any) -> tuple[list[tuple], Any]:
     moved = dict(zip(map(id, mats), _arena(mats)))
 
     def redo(m: Any) -> Any:
-        return Panels(moved[id(m.data)], m.n, m.k) if isinstance(m, Panels) else (*m[:2], moved[id(m[2])], *m[3:])
+        return Panels(moved[id(m.data)], m.n, m.k, m.parts) if isinstance(m, Panels) else (*m[:2], moved[id(m[2])], *m[3:])
 
     return [tuple(redo(m) if i % 2 == 0 else m for i, m in enumerate(layer)) for layer in layers], redo(head)
 

@@ -117,8 +117,42 @@ static inline int32_t dot_u8s8(const uint8_t *a, const int8_t *w, int64_t k, int
 #define LMF_PANEL 64
 #define LMF_ROWS 6
 
+/* Where a panel's products go: y[c * ldy + j] (=|+=) out[c][j] * inv[c] + bias[j] for the nb rows and the nj
+ * columns (inv, bias: NULL for none). Every element takes these operations in this order. */
+typedef struct {
+    float *y;
+    int64_t ldy, nj;
+    const float *inv, *bias;
+    int accumulate;
+} lmf_out;
+
+#if defined(__AVX512F__)
+/* e^x for float32 lanes: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^6 (relative error
+ * below 2e-7), times 2^n (scalef). Inputs are clamped to [-87.3, 88.7]. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x); /* ln 2 in two parts (Cody and Waite) */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 cols(int64_t nj, int v) { /* the lanes of vector v (columns 16v ..) below nj */
+    const int64_t left = nj - 16 * v;
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+#endif
+
 static inline __attribute__((always_inline)) void panel_f32(const float *P, int64_t k, const float *x, int64_t ldx,
-                                                            const int nb, float *out) {
+                                                            const int nb, lmf_out o) {
 #if defined(__AVX512F__)
     __m512 acc[LMF_ROWS][4];
     for (int c = 0; c < nb; c++)
@@ -136,7 +170,16 @@ static inline __attribute__((always_inline)) void panel_f32(const float *P, int6
         }
     }
     for (int c = 0; c < nb; c++)
-        for (int v = 0; v < 4; v++) _mm512_storeu_ps(out + c * LMF_PANEL + 16 * v, acc[c][v]);
+        for (int v = 0; v < 4; v++) {
+            const __mmask16 m = cols(o.nj, v);
+            if (!m) break;
+            __m512 a = acc[c][v];
+            if (o.inv) a = _mm512_mul_ps(a, _mm512_set1_ps(o.inv[c]));
+            if (o.bias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, o.bias + 16 * v));
+            float *y = o.y + c * o.ldy + 16 * v;
+            if (o.accumulate) a = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y), a);
+            _mm512_mask_storeu_ps(y, m, a);
+        }
 #else
     float acc[LMF_ROWS][LMF_PANEL];
     for (int c = 0; c < nb; c++)
@@ -149,19 +192,26 @@ static inline __attribute__((always_inline)) void panel_f32(const float *P, int6
             for (int v = 0; v < LMF_PANEL; v++) acc[c][v] += xv * r[v];
         }
     }
-    for (int c = 0; c < nb; c++) memcpy(out + c * LMF_PANEL, acc[c], sizeof(acc[c]));
+    for (int c = 0; c < nb; c++)
+        for (int64_t j = 0; j < o.nj; j++) {
+            float a = acc[c][j];
+            if (o.inv) a *= o.inv[c];
+            if (o.bias) a += o.bias[j];
+            float *y = o.y + c * o.ldy + j;
+            *y = o.accumulate ? *y + a : a;
+        }
 #endif
 }
 
 /* panel_f32 with nb a constant in each call, so that its loops unroll */
-static void panel_any(const float *P, int64_t k, const float *x, int64_t ldx, int nb, float *out) {
+static void panel_any(const float *P, int64_t k, const float *x, int64_t ldx, int nb, lmf_out o) {
     switch (nb) {
-    case 1: panel_f32(P, k, x, ldx, 1, out); break;
-    case 2: panel_f32(P, k, x, ldx, 2, out); break;
-    case 3: panel_f32(P, k, x, ldx, 3, out); break;
-    case 4: panel_f32(P, k, x, ldx, 4, out); break;
-    case 5: panel_f32(P, k, x, ldx, 5, out); break;
-    default: panel_f32(P, k, x, ldx, 6, out); break;
+    case 1: panel_f32(P, k, x, ldx, 1, o); break;
+    case 2: panel_f32(P, k, x, ldx, 2, o); break;
+    case 3: panel_f32(P, k, x, ldx, 3, o); break;
+    case 4: panel_f32(P, k, x, ldx, 4, o); break;
+    case 5: panel_f32(P, k, x, ldx, 5, o); break;
+    default: panel_f32(P, k, x, ldx, 6, o); break;
     }
 }
 
@@ -211,18 +261,11 @@ static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, flo
 #pragma omp for collapse(2) schedule(static)
         for (int64_t p = 0; p < np; p++)
             for (int64_t g = 0; g < ng; g++) {
-                float out[LMF_ROWS * LMF_PANEL];
-                const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL;
+                const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL;
                 const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
-                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * ldx, ldx, nb, out);
-                for (int c = 0; c < nb; c++)
-                    for (int64_t j = 0; j < nj; j++) {
-                        float v = out[c * LMF_PANEL + j];
-                        if (norm) v *= pv->inv[b0 + c];
-                        if (m->bias) v += m->bias[j0 + j];
-                        float *o = y + (b0 + c) * ldy + j0 + j;
-                        *o = accumulate ? *o + v : v;
-                    }
+                const lmf_out o = {y + b0 * ldy + j0, ldy, m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL,
+                                   norm ? pv->inv + b0 : NULL, m->bias ? m->bias + j0 : NULL, accumulate};
+                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * ldx, ldx, nb, o);
             }
         return;
     }
@@ -239,6 +282,21 @@ static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, flo
 
 static inline float silu_mul(float g, float u) { return g / (1.f + expf(-g)) * u; }
 
+/* h[j] = silu(g[j]) * u[j] for j < n (n <= 64) */
+static void silu_mul_row(const float *g, const float *u, int64_t n, float *h) {
+#if defined(__AVX512F__)
+    for (int v = 0; v < 4; v++) {
+        const __mmask16 m = cols(n, v);
+        if (!m) break;
+        const __m512 gv = _mm512_maskz_loadu_ps(m, g + 16 * v), uv = _mm512_maskz_loadu_ps(m, u + 16 * v);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        _mm512_mask_storeu_ps(h + 16 * v, m, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)), uv));
+    }
+#else
+    for (int64_t j = 0; j < n; j++) h[j] = silu_mul(g[j], u[j]);
+#endif
+}
+
 /* h[b, j] = silu(gate) * up. Float: the gate's panels, then the up's (ffn columns each); int8: rows j and
  * ffn + j of the fused matrix (SwiGLU, arXiv:2002.05202) */
 static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float *h, int64_t ffn, float deps,
@@ -253,18 +311,11 @@ static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float
                 float go[LMF_ROWS * LMF_PANEL], uo[LMF_ROWS * LMF_PANEL];
                 const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = ffn - j0 < LMF_PANEL ? ffn - j0 : LMF_PANEL;
                 const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
-                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, go);
-                panel_any(up + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, uo);
-                for (int c = 0; c < nb; c++)
-                    for (int64_t j = 0; j < nj; j++) {
-                        const float inv = pv->inv[b0 + c];
-                        float gv = go[c * LMF_PANEL + j] * inv, uv = uo[c * LMF_PANEL + j] * inv;
-                        if (m->bias) {
-                            gv += m->bias[j0 + j];
-                            uv += m->bias[ffn + j0 + j];
-                        }
-                        h[(b0 + c) * ffn + j0 + j] = silu_mul(gv, uv);
-                    }
+                const float *inv = pv->inv + b0, *bg = m->bias ? m->bias + j0 : NULL, *bu = m->bias ? m->bias + ffn + j0 : NULL;
+                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb,
+                          (lmf_out){go, LMF_PANEL, nj, inv, bg, 0});
+                panel_any(up + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, (lmf_out){uo, LMF_PANEL, nj, inv, bu, 0});
+                for (int c = 0; c < nb; c++) silu_mul_row(go + c * LMF_PANEL, uo + c * LMF_PANEL, nj, h + (b0 + c) * ffn + j0);
             }
         return;
     }
@@ -289,6 +340,50 @@ static inline void rotate(float *r, const float *cs, int64_t half) { /* rotary p
     }
 }
 
+/* o = sum over s of (p[s] / sum) v[s] (v: S rows of hd), skipping the zero weights; each 16 lanes of o are
+ * summed in a register over s in order */
+static void weighted_sum(const float *p, float sum, int64_t S, const float *v, int64_t hd, float *o) {
+    int64_t d0 = 0;
+#if defined(__AVX512F__)
+    for (; d0 < hd; d0 += 16) {
+        const __mmask16 m = cols(hd - d0, 0);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t s = 0; s < S; s++)
+            if (p[s] != 0.f) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s] / sum), _mm512_maskz_loadu_ps(m, v + s * hd + d0), acc);
+        _mm512_mask_storeu_ps(o + d0, m, acc);
+    }
+#endif
+    for (int64_t d = d0; d < hd; d++) o[d] = 0.f;
+    for (int64_t s = 0; s < S; s++) {
+        if (p[s] == 0.f || d0 >= hd) continue;
+        const float w = p[s] / sum, *vs = v + s * hd;
+        for (int64_t d = d0; d < hd; d++) o[d] += w * vs[d];
+    }
+}
+
+/* p[s] = e^(p[s] - mx), 0 where p[s] is -inf (a masked slot); returns their sum */
+static float exp_shifted(float *p, int64_t S, float mx) {
+    int64_t s = 0;
+    float sum = 0.f;
+#if defined(__AVX512F__)
+    const __m512 shift = _mm512_set1_ps(mx), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 acc = _mm512_setzero_ps();
+    for (; s < S; s += 16) {
+        const __mmask16 m = cols(S - s, 0);
+        const __m512 v = _mm512_maskz_loadu_ps(m, p + s);
+        const __m512 e = _mm512_maskz_mov_ps(m & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ), exp512(_mm512_sub_ps(v, shift)));
+        _mm512_mask_storeu_ps(p + s, m, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; s < S; s++) {
+        p[s] = p[s] == -INFINITY ? 0.f : expf(p[s] - mx);
+        sum += p[s];
+    }
+    return sum;
+}
+
 /* Rows of T new tokens each: row b's token t sits in cache slot slot + t at position pos[b * T + t], and
  * attends to the slots u <= slot + t where valid[b * vstride + u] (all of them when valid is NULL). First every
  * new key is rotated and every new key and value written into the cache (one unit per (row, token, key/value
@@ -309,27 +404,26 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
     }
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < B * T * H; u++) {
-        const int64_t bt = u / H, h = u % H, b = bt / T, t = bt % T, S = slot + t + 1;
+        const int64_t bt = u / H, h = u % H, b = bt / T, t = bt % T;
         const float *kc = kcache + b * row_stride + (h / G) * head_stride, *vc = vcache + b * row_stride + (h / G) * head_stride;
         const uint8_t *ok = valid ? valid + b * vstride : NULL;
+        /* a padding token (its output is never used) attends to every slot, as the PyTorch path's does */
+        const int pad = ok && !ok[slot + t];
+        const int64_t S = pad ? slot + T : slot + t + 1;
+        if (pad) ok = NULL;
         float *q = qkv + bt * ldqkv + h * hd, mx = -INFINITY, sum = 0.f;
         rotate(q, m->rope + pos[bt] * half * 2, half);
         for (int64_t s = 0; s < S; s++) {
             p[s] = (ok && !ok[s]) ? -INFINITY : dot_f32(q, kc + s * hd, hd) * scale;
             mx = fmaxf(mx, p[s]);
         }
-        for (int64_t s = 0; s < S; s++) {
-            p[s] = p[s] == -INFINITY ? 0.f : expf(p[s] - mx);
-            sum += p[s];
-        }
+        sum = exp_shifted(p, S, mx);
         float *o = att + bt * nq + h * hd;
-        for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
-        if (sum == 0.f) continue; /* a padding token with nothing to attend to: its output is never used */
-        for (int64_t s = 0; s < S; s++) {
-            if (p[s] == 0.f) continue;
-            const float w = p[s] / sum, *v = vc + s * hd;
-            for (int64_t d = 0; d < hd; d++) o[d] += w * v[d];
+        if (sum == 0.f) { /* nothing to attend to (not reached: a token attends at least to itself) */
+            memset(o, 0, hd * sizeof(float));
+            continue;
         }
+        weighted_sum(p, sum, S, vc, hd, o);
     }
 }
 
