@@ -56,19 +56,20 @@ def test_float32_steps_equal_the_models_forward(variant, rows):
 
 @needs_native
 @pytest.mark.parametrize("bits", [None, 8])
-def test_a_row_gives_the_same_logits_alone_and_in_a_padded_batch(bits):
+@pytest.mark.parametrize("count", [3, 13])  # 13: float rows go through the panels 6 at a time (6 + 6 + 1)
+def test_a_row_gives_the_same_logits_alone_and_in_a_padded_batch(bits, count):
     """Every row's arithmetic is its own (int8: its own activation scale), so a step gives a row bitwise the logits
     it gets alone, whatever else is in the batch. Each prompt is prefilled alone and its cache placed right-aligned
     in a batch cache with a padding mask, as the serving engine's slots do."""
     model = llama_toy({})
     model = model if bits is None else quantize_model(model, bits)
     g = torch.Generator().manual_seed(2)
-    rows = [torch.randint(0, 64, (n,), generator=g) for n in (9, 5, 7)]
-    new = torch.randint(0, 64, (3, 6), generator=g)
+    rows = [torch.randint(0, 64, (n,), generator=g) for n in (9, 5, 7, 3, 8, 6, 9, 4, 5, 7, 2, 9, 6)[:count]]
+    new = torch.randint(0, 64, (count, 6), generator=g)
     width = max(len(r) for r in rows)
     with torch.no_grad():
         fast = FastLlamaDecoder(model)
-        batch = fast.init_state(3)
+        batch = fast.init_state(count)
         batch.padded, batch.length = True, width
         alone = []
         for i, r in enumerate(rows):
@@ -82,7 +83,7 @@ def test_a_row_gives_the_same_logits_alone_and_in_a_padded_batch(bits):
             alone.append(torch.cat([fast.step(new[i, t].view(1, 1), state)[0][0] for t in range(6)]))
         together = torch.cat([fast.step(new[:, t:t + 1], batch)[0] for t in range(6)], 1)
     assert fast.native_step() is not None
-    for i in range(3):
+    for i in range(count):
         assert torch.equal(together[i], alone[i]), i
 
 
@@ -194,3 +195,19 @@ def test_out_of_range_token_ids_are_refused_before_c_reads_them():
         fast.step(torch.tensor([[1, 2]]), state)
         with pytest.raises(IndexError, match="token ids"):
             fast.step(torch.tensor([[64]]), state)
+
+
+@pytest.mark.parametrize("shape, parts", [((48, 73), 1), ((40, 128), 1), ((24, 2 * 70), 2)])
+def test_panels_hold_the_matrix_and_give_back_its_rows(shape, parts):
+    """The C step's layout: panel p holds output columns 64p .. 64p + 63 as k rows, zero past the last one (each of
+    ``parts`` matrices packed on its own); ``rows()`` gives the (out, in) matrix back exactly."""
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(4))  # (in, out)
+    packed = native._panels(w, parts)
+    n = shape[1] // parts
+    per = -(-n // native.PANEL)
+    assert packed.data.shape == (parts * per, shape[0], native.PANEL) and (packed.n, packed.k) == (shape[1], shape[0])
+    first = w[:, :n]
+    assert torch.equal(packed.data[0, :, :min(n, 64)], first[:, :64])
+    if n % 64:
+        assert not packed.data[per - 1, :, n % 64:].any()  # the padding columns are zero
+    assert torch.equal(packed.rows(), w.t())

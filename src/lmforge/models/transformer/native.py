@@ -4,8 +4,10 @@ A small model's decoding step at batch 1 costs more in per-operation overhead (a
 each a few microseconds of Python and dispatch) than in arithmetic, and PyTorch's one-row matrix products read
 the weights at about half the memory bandwidth a plain loop reaches. ``native_step.c`` runs the whole step
 (embedding, every layer, head) as one call: one OpenMP parallel region, each matrix streamed once for all rows,
-float32 rows with AVX-512 fused multiply-adds and int8 rows as integer dot products (AVX-512 VNNI) of each input
-row rounded to 8 bits with its own scale. It is what :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`
+float32 matrices in panels of 64 columns multiplied with AVX-512 fused multiply-adds (6 input rows at a time, so
+that a batch or a prompt runs at close to the CPU's arithmetic peak) and int8 rows as integer dot products
+(AVX-512 VNNI) of each input row rounded to 8 bits with its own scale. The same call feeds prompts (several new
+tokens a row) for float32 models. It is what :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`
 runs for one-token steps by default (BENCHMARKS.md, issue 16, has the figures against llama.cpp).
 
 The source ships with the package and is compiled on first use with the system's C compiler (``$CC``, else
@@ -226,7 +228,7 @@ def supports(w: Any) -> bool:
 
 
 def _in_arena(layers: list[tuple], head: Any) -> tuple[list[tuple], Any]:
-    """``layers`` and ``head`` with their float rows and int8 weights moved into one :func:`_arena`, in the
+    """``layers`` and ``head`` with their float panels and int8 weights moved into one :func:`_arena`, in the
     order a step reads them."""
     def matrix(m: Any) -> Any:  # the tensor of a decoding-path matrix: float panels, or int8's q
         return m.data if isinstance(m, Panels) else m[2]
@@ -243,8 +245,8 @@ def _in_arena(layers: list[tuple], head: Any) -> tuple[list[tuple], Any]:
 class NativeStep:
     """The C step over the weights of a :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`.
 
-    Its float matrices are (out, in) rows (``layers`` and ``head``, in the decoder's order), each row streamed
-    once per step; the decoder's (in, out) matrices become views of them (``compiled.share_rows``).
+    Its float matrices are :class:`Panels` (``layers`` and ``head``, in the decoder's order), streamed once per
+    step; a float decoder then keeps these as its only copy (every one of its steps runs here).
     """
 
     def __init__(self, fast: Any, lib: ctypes.CDLL | None = None) -> None:

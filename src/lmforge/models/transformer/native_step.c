@@ -3,7 +3,9 @@
  * Part of lmforge (see native.py, which compiles this file with the system's C compiler on first use and calls
  * it through ctypes). At batch 1 a small model's step is bound by reading its weights once and by the per-
  * operation overhead around ~100 small tensor operations; here the whole step (embedding, every layer, head) is
- * one call with one OpenMP parallel region, and every matrix is streamed once for all rows of the batch.
+ * one call with one OpenMP parallel region, and every matrix is streamed once for all rows of the batch. The
+ * same call takes several new tokens a row (a prompt, or a chunk of one): a batch or a prompt is bound by
+ * arithmetic, which the float32 panels (panel_f32) do at close to the CPU's peak.
  *
  * The maths is FastLlamaDecoder's (decode.py):
  *   - RMSNorm (arXiv:1910.07467) folded into the next matrix: float matrices carry gain * sqrt(D) in their
@@ -361,26 +363,23 @@ static void weighted_sum(const float *p, float sum, int64_t S, const float *v, i
     }
 }
 
-/* p[s] = e^(p[s] - mx), 0 where p[s] is -inf (a masked slot); returns their sum */
+/* p[s] = e^(p[s] - mx), 0 where p[s] is -inf (a masked slot); returns their sum, taken in order of s (so that it
+ * does not depend on where a row's tokens sit in its cache: a padded batch's rows are shifted) */
 static float exp_shifted(float *p, int64_t S, float mx) {
     int64_t s = 0;
     float sum = 0.f;
 #if defined(__AVX512F__)
     const __m512 shift = _mm512_set1_ps(mx), ninf = _mm512_set1_ps(-INFINITY);
-    __m512 acc = _mm512_setzero_ps();
     for (; s < S; s += 16) {
         const __mmask16 m = cols(S - s, 0);
         const __m512 v = _mm512_maskz_loadu_ps(m, p + s);
         const __m512 e = _mm512_maskz_mov_ps(m & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ), exp512(_mm512_sub_ps(v, shift)));
         _mm512_mask_storeu_ps(p + s, m, e);
-        acc = _mm512_add_ps(acc, e);
     }
-    sum = _mm512_reduce_add_ps(acc);
+#else
+    for (; s < S; s++) p[s] = p[s] == -INFINITY ? 0.f : expf(p[s] - mx);
 #endif
-    for (; s < S; s++) {
-        p[s] = p[s] == -INFINITY ? 0.f : expf(p[s] - mx);
-        sum += p[s];
-    }
+    for (s = 0; s < S; s++) sum += p[s];
     return sum;
 }
 
