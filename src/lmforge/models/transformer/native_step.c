@@ -342,6 +342,66 @@ static inline void rotate(float *r, const float *cs, int64_t half) { /* rotary p
     }
 }
 
+#if defined(__AVX512F__)
+/* The 16 lane sums of a[0..15] as one vector, element i the sum of a[i], each by the same tree of additions:
+ * halves of 256 bits, then of 128, then pairs within 128-bit lanes. The tree leaves element 4L + e holding
+ * vector 4e + L, hence the transposed order the vectors are taken in. */
+static inline __m512 sum16(const __m512 *a) {
+    __m512 t[8], u[4], w[2];
+    static const int order[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+    for (int i = 0; i < 8; i++) {
+        const __m512 x = a[order[2 * i]], y = a[order[2 * i + 1]];
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xEE));
+    }
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+#endif
+
+/* p[s] = (q . k[s]) * scale for the S slots of one head's keys (k: S rows of hd), -inf where ok[s] is 0 (ok: NULL
+ * for none masked); returns their maximum. A slot's score is the same whatever slots are beside it. */
+static float scores(const float *q, const float *k, int64_t hd, int64_t S, const uint8_t *ok, float scale, float *p) {
+    float mx = -INFINITY;
+    int64_t s = 0;
+#if defined(__AVX512F__)
+    const __m512 sc = _mm512_set1_ps(scale);
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    for (; s < S; s += 16) {
+        const int n = S - s < 16 ? (int)(S - s) : 16;
+        __m512 part[16];
+        for (int i = 0; i < 16; i++) part[i] = _mm512_setzero_ps();
+        for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+            const __mmask16 m = cols(hd - d0, 0);
+            const __m512 qv = _mm512_maskz_loadu_ps(m, q + d0);
+            for (int i = 0; i < n; i++)
+                part[i] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k + (s + i) * hd + d0), part[i]);
+        }
+        __mmask16 keep = cols(n, 0);
+        if (ok) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+            keep &= _mm_cmpneq_epi8_mask(_mm_maskz_loadu_epi8(keep, ok + s), _mm_setzero_si128());
+#else
+            for (int i = 0; i < n; i++)
+                if (!ok[s + i]) keep &= (__mmask16) ~(1u << i);
+#endif
+        }
+        const __m512 v = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), keep, _mm512_mul_ps(sum16(part), sc));
+        _mm512_mask_storeu_ps(p + s, cols(n, 0), v);
+        vmx = _mm512_max_ps(vmx, v);
+    }
+    mx = _mm512_reduce_max_ps(vmx);
+#endif
+    for (; s < S; s++) {
+        p[s] = (ok && !ok[s]) ? -INFINITY : dot_f32(q, k + s * hd, hd) * scale;
+        mx = p[s] > mx ? p[s] : mx;
+    }
+    return mx;
+}
+
 /* o = sum over s of (p[s] / sum) v[s] (v: S rows of hd), skipping the zero weights; each 16 lanes of o are
  * summed in a register over s in order */
 static void weighted_sum(const float *p, float sum, int64_t S, const float *v, int64_t hd, float *o) {
@@ -412,10 +472,7 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
         if (pad) ok = NULL;
         float *q = qkv + bt * ldqkv + h * hd, mx = -INFINITY, sum = 0.f;
         rotate(q, m->rope + pos[bt] * half * 2, half);
-        for (int64_t s = 0; s < S; s++) {
-            p[s] = (ok && !ok[s]) ? -INFINITY : dot_f32(q, kc + s * hd, hd) * scale;
-            mx = fmaxf(mx, p[s]);
-        }
+        mx = scores(q, kc, hd, S, ok, scale, p);
         sum = exp_shifted(p, S, mx);
         float *o = att + bt * nq + h * hd;
         if (sum == 0.f) { /* nothing to attend to (not reached: a token attends at least to itself) */
