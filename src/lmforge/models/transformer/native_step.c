@@ -372,14 +372,6 @@ static float scores(const float *q, const float *k, int64_t hd, int64_t S, const
     __m512 vmx = _mm512_set1_ps(-INFINITY);
     for (; s < S; s += 16) {
         const int n = S - s < 16 ? (int)(S - s) : 16;
-        __m512 part[16];
-        for (int i = 0; i < 16; i++) part[i] = _mm512_setzero_ps();
-        for (int64_t d0 = 0; d0 < hd; d0 += 16) {
-            const __mmask16 m = cols(hd - d0, 0);
-            const __m512 qv = _mm512_maskz_loadu_ps(m, q + d0);
-            for (int i = 0; i < n; i++)
-                part[i] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k + (s + i) * hd + d0), part[i]);
-        }
         __mmask16 keep = cols(n, 0);
         if (ok) {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -389,7 +381,18 @@ static float scores(const float *q, const float *k, int64_t hd, int64_t S, const
                 if (!ok[s + i]) keep &= (__mmask16) ~(1u << i);
 #endif
         }
-        const __m512 v = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), keep, _mm512_mul_ps(sum16(part), sc));
+        __m512 v = _mm512_set1_ps(-INFINITY);
+        if (keep) { /* a batch's cache window often holds whole groups of another row's slots: skipped */
+            __m512 part[16];
+            for (int i = 0; i < 16; i++) part[i] = _mm512_setzero_ps();
+            for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+                const __mmask16 m = cols(hd - d0, 0);
+                const __m512 qv = _mm512_maskz_loadu_ps(m, q + d0);
+                for (int i = 0; i < n; i++)
+                    part[i] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k + (s + i) * hd + d0), part[i]);
+            }
+            v = _mm512_mask_mov_ps(v, keep, _mm512_mul_ps(sum16(part), sc));
+        }
         _mm512_mask_storeu_ps(p + s, cols(n, 0), v);
         vmx = _mm512_max_ps(vmx, v);
     }
