@@ -115,7 +115,10 @@ def build(arch: str) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
-    flags = ["-O3", arch, "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    # -ffp-contract=off: no multiply and add fused unless the source says so; otherwise the compiler fuses them in
+    # some of a kernel's unrolled copies (one per count of rows) and not in others, and a row's result would
+    # depend on how many rows share its group
+    flags = ["-O3", arch, "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
     key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), _cpu_key().encode(),
                                      torch.__version__.encode()])).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmforge" / "native"
@@ -139,6 +142,8 @@ def build(arch: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.lmf_step.restype = ctypes.c_int
     lib.lmf_step.argtypes = [ctypes.POINTER(_Model), _I, _I, _P, _P, _I, _P, _I, _P, _P, _I, _I, _P, ctypes.c_int]
+    lib.lmf_int8_panels.restype = ctypes.c_int
+    lib.lmf_int8_panels.argtypes = []
     return lib
 
 
@@ -206,11 +211,30 @@ class Panels:
                           for p in self.data.split(per)]).contiguous()
 
 
-def _panels(w: Any, parts: int = 1) -> Any:
-    """A decoding-path float (in, out) matrix as :class:`Panels` (``parts`` > 1: its columns are that many
-    matrices side by side, each packed on its own, as SwiGLU's gate and up); int8 tuples are returned as they are."""
+def _int8(w: tuple, parts: int, panels: bool) -> tuple:
+    """An int8 decoding-path tuple ``(gain, pack, q, scale)`` as the C step takes it: ``(gain, rowsum, q, scale,
+    n, k)``, with ``q`` (n, k) rows, or with ``panels`` in panels of 64 columns of 4-byte groups (``parts``
+    matrices of n / parts rows each packed on its own): panel p, group i holds bytes ``4i .. 4i + 3`` of rows
+    ``64p .. 64p + 63``, zero past the last row and the last byte (native_step.c, qpanel_i8)."""
+    gain, _, q, scale = w
+    q, scale = q.contiguous(), scale.float().contiguous()
+    n, k = q.shape
+    rowsum = q.sum(1, dtype=torch.int32).contiguous()
+    if panels:
+        packed = []
+        for part in q.chunk(parts, dim=0):
+            part = torch.nn.functional.pad(part, (0, -k % 4, 0, -part.shape[0] % PANEL))  # (rows, bytes) padded
+            packed.append(part.view(-1, PANEL, part.shape[1] // 4, 4).permute(0, 2, 1, 3))
+        q = torch.cat(packed).contiguous()
+    return gain, rowsum, q, scale, n, k
+
+
+def _panels(w: Any, parts: int = 1, int8_panels: bool = False) -> Any:
+    """A decoding-path matrix in the C step's layout: a float (in, out) matrix as :class:`Panels` (``parts`` > 1:
+    its columns are that many matrices side by side, each packed on its own, as SwiGLU's gate and up); an int8
+    tuple through :func:`_int8`."""
     if not isinstance(w, Tensor):
-        return w
+        return _int8(w, parts, int8_panels)
     k, n = w.shape
     packed = []
     for part in w.detach().float().chunk(parts, dim=1):
@@ -253,9 +277,10 @@ class NativeStep:
         self.lib = lib or library()
         if self.lib is None:
             raise RuntimeError(_failure or "the C decoding step is unavailable")
-        layers = [(_panels(wqkv), bqkv, _panels(wo), bo, _panels(wgu, 2), bgu, _panels(wd), bd)
+        q8 = bool(self.lib.lmf_int8_panels())  # whether this build takes int8 matrices as panels too
+        layers = [(_panels(wqkv, 1, q8), bqkv, _panels(wo, 1, q8), bo, _panels(wgu, 2, q8), bgu, _panels(wd, 1, q8), bd)
                   for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
-        self.layers, self.head = _in_arena(layers, _panels(fast.head_t))
+        self.layers, self.head = _in_arena(layers, _panels(fast.head_t, 1, q8))
         layers, head = self.layers, self.head
         self._keep: list[Tensor] = []  # every tensor the structures point at stays alive with this object
         rope = torch.view_as_real(fast.rope).contiguous().float()
@@ -269,7 +294,7 @@ class NativeStep:
                                             self._mat(wd, bd))
         self._model = _Model(fast.L, fast.D, fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps), emb.data_ptr(),
                              rope.data_ptr(), self._mat(head, None), self._layers)
-        self.vocab = int(head.n if isinstance(head, Panels) else head[2].shape[0])
+        self.vocab = int(head.n if isinstance(head, Panels) else head[4])
         self.quantized = not isinstance(head, Panels) or any(not isinstance(m, Panels) for ly in layers for m in ly[0::2])
 
     def _mat(self, w: Any, bias: Tensor | None) -> _Mat:
@@ -277,12 +302,10 @@ class NativeStep:
         if isinstance(w, Panels):
             self._keep += [t for t in (w.data, b) if t is not None]
             return _Mat(w.data.data_ptr(), None, None, None, None, _ptr(b), w.n, w.k)
-        gain, _, q, scale = w
-        q, scale = q.contiguous(), scale.float().contiguous()
-        rowsum = q.sum(1, dtype=torch.int32).contiguous()
+        gain, rowsum, q, scale, n, k = w
         gain = None if gain is None else gain.float().contiguous()
         self._keep += [t for t in (q, scale, rowsum, gain, b) if t is not None]
-        return _Mat(None, q.data_ptr(), scale.data_ptr(), rowsum.data_ptr(), _ptr(gain), _ptr(b), q.shape[0], q.shape[1])
+        return _Mat(None, q.data_ptr(), scale.data_ptr(), rowsum.data_ptr(), _ptr(gain), _ptr(b), n, k)
 
     def __call__(self, tok: Tensor, pos: Tensor, slot: int, valid: Tensor | None, k: list[Tensor],
                  v: list[Tensor]) -> Tensor:

@@ -26,9 +26,14 @@
 #include <immintrin.h>
 #endif
 
+/* int8 matrices: with AVX-512 VNNI, panels of 64 columns (qpanel_i8); elsewhere rows (n, k) with dot_u8s8 */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define LMF_Q8_PANELS 1
+#endif
+
 typedef struct {
     const float *w;        /* float panels (see panel_f32), or NULL for int8 */
-    const int8_t *q;       /* int8 rows (n, k) */
+    const int8_t *q;       /* int8: panels (qpanel_i8) where LMF_Q8_PANELS, else rows (n, k) */
     const float *scale;    /* int8: (n) */
     const int32_t *rowsum; /* int8: (n), the sum of each row of q */
     const float *gain;     /* int8: (k) input gain, or NULL */
@@ -217,6 +222,61 @@ static void panel_any(const float *P, int64_t k, const float *x, int64_t ldx, in
     }
 }
 
+#ifdef LMF_Q8_PANELS
+/* int8 panels: panel p holds columns 64p .. 64p + 63 as ceil(k / 4) groups of 64 columns x 4 bytes (zero past the
+ * last column and the last k). Per group, 4 vector loads and, per input row, one broadcast of its 4 bytes and 4
+ * VNNI products: each int32 lane sums the products of one column. The sums are exact integers, so the result is
+ * bitwise the one the rows layout gives: (sum - 128 rowsum) * (xs * scale), then the float epilogue. */
+static inline __attribute__((always_inline)) void qpanel_i8(const int8_t *P, int64_t k, const uint8_t *xu,
+                                                            int64_t ldu, const int nb, const int32_t *rowsum,
+                                                            const float *scale, const float *xs, lmf_out o) {
+    __m512i acc[LMF_ROWS][4];
+    for (int c = 0; c < nb; c++)
+        for (int v = 0; v < 4; v++) acc[c][v] = _mm512_setzero_si512();
+    const int64_t kq = (k + 3) / 4;
+    for (int64_t i = 0; i < kq; i++) {
+        const int8_t *r = P + i * 4 * LMF_PANEL;
+        const __m512i w0 = _mm512_loadu_si512(r), w1 = _mm512_loadu_si512(r + 64), w2 = _mm512_loadu_si512(r + 128),
+                      w3 = _mm512_loadu_si512(r + 192);
+        for (int c = 0; c < nb; c++) {
+            int32_t quad;
+            memcpy(&quad, xu + c * ldu + 4 * i, 4);
+            const __m512i xb = _mm512_set1_epi32(quad);
+            acc[c][0] = _mm512_dpbusd_epi32(acc[c][0], xb, w0);
+            acc[c][1] = _mm512_dpbusd_epi32(acc[c][1], xb, w1);
+            acc[c][2] = _mm512_dpbusd_epi32(acc[c][2], xb, w2);
+            acc[c][3] = _mm512_dpbusd_epi32(acc[c][3], xb, w3);
+        }
+    }
+    for (int c = 0; c < nb; c++)
+        for (int v = 0; v < 4; v++) {
+            const __mmask16 m = cols(o.nj, v);
+            if (!m) break;
+            const __m512i sum = _mm512_sub_epi32(acc[c][v], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, rowsum + 16 * v), 7));
+            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(sum),
+                                     _mm512_mul_ps(_mm512_set1_ps(xs[c]), _mm512_maskz_loadu_ps(m, scale + 16 * v)));
+            if (o.inv) a = _mm512_mul_ps(a, _mm512_set1_ps(o.inv[c]));
+            if (o.bias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, o.bias + 16 * v));
+            float *y = o.y + c * o.ldy + 16 * v;
+            if (o.accumulate) a = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y), a);
+            _mm512_mask_storeu_ps(y, m, a);
+        }
+}
+
+/* qpanel_i8 with nb a constant in each call */
+static void qpanel_any(const int8_t *P, int64_t k, const uint8_t *xu, int64_t ldu, int nb, const int32_t *rowsum,
+                       const float *scale, const float *xs, lmf_out o) {
+    switch (nb) {
+    case 1: qpanel_i8(P, k, xu, ldu, 1, rowsum, scale, xs, o); break;
+    case 2: qpanel_i8(P, k, xu, ldu, 2, rowsum, scale, xs, o); break;
+    case 3: qpanel_i8(P, k, xu, ldu, 3, rowsum, scale, xs, o); break;
+    case 4: qpanel_i8(P, k, xu, ldu, 4, rowsum, scale, xs, o); break;
+    case 5: qpanel_i8(P, k, xu, ldu, 5, rowsum, scale, xs, o); break;
+    default: qpanel_i8(P, k, xu, ldu, 6, rowsum, scale, xs, o); break;
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------------------------------ matrix products */
 /* Each thread keeps its own copy of what every output row needs from the inputs (the RMSNorm factors, int8's
  * rounded rows): computed redundantly, it costs less than a barrier, and a step then waits at one barrier per
@@ -227,9 +287,43 @@ typedef struct {
     float *xs;   /* (B) the rounding scale of each row */
 } lmf_priv;
 
-static float dot_row(const lmf_mat *m, int64_t j, int64_t b, const lmf_priv *pv) { /* int8 */
+/* Whether this build takes int8 matrices as panels (native.py packs them to match) */
+int lmf_int8_panels(void) {
+#ifdef LMF_Q8_PANELS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* the stride of the rounded input rows: k, rounded up to whole groups of 4 bytes for the panels */
+static inline int64_t ustride(int64_t k) {
+#ifdef LMF_Q8_PANELS
+    return (k + 3) & ~(int64_t)3;
+#else
+    return k;
+#endif
+}
+
+static float dot_row(const lmf_mat *m, int64_t j, int64_t b, const lmf_priv *pv) { /* int8 rows */
     const int64_t k = m->k;
-    return (float)dot_u8s8(pv->xu + b * k, m->q + j * k, k, m->rowsum[j]) * (pv->xs[b] * m->scale[j]);
+    return (float)dot_u8s8(pv->xu + b * ustride(k), m->q + j * k, k, m->rowsum[j]) * (pv->xs[b] * m->scale[j]);
+}
+
+/* sum of x[i]^2, 16 lanes at a time (the same order for every row) */
+static inline float sumsq(const float *x, int64_t k) {
+    int64_t i = 0;
+    float s = 0.f;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (; i < k; i += 16) {
+        const __m512 v = _mm512_maskz_loadu_ps(cols(k - i, 0), x + i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < k; i++) s += x[i] * x[i];
+    return s;
 }
 
 /* This thread's inputs for m: the norm factors of x's rows (when `norm`), and int8's rounded rows of x * gain */
@@ -237,17 +331,13 @@ static void prepare(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, in
     const int64_t k = m->k;
     for (int64_t b = 0; b < B; b++) {
         const float *xr = x + b * ldx;
-        if (norm) {
-            float s = 0.f;
-            for (int64_t i = 0; i < k; i++) s += xr[i] * xr[i];
-            pv->inv[b] = 1.f / sqrtf(s + deps);
-        }
+        if (norm) pv->inv[b] = 1.f / sqrtf(sumsq(xr, k) + deps);
         if (!m->q) continue;
         float amax = 0.f;
         for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(m->gain ? xr[i] * m->gain[i] : xr[i]));
         const float r = amax > 0.f ? 127.f / amax : 0.f;
         pv->xs[b] = amax / 127.f;
-        uint8_t *u = pv->xu + b * k;
+        uint8_t *u = pv->xu + b * ustride(k);
         for (int64_t i = 0; i < k; i++)
             u[i] = (uint8_t)((int32_t)lrintf((m->gain ? xr[i] * m->gain[i] : xr[i]) * r) + 128);
     }
@@ -271,6 +361,20 @@ static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, flo
             }
         return;
     }
+#ifdef LMF_Q8_PANELS
+    const int64_t np = (m->n + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS, pk = ((m->k + 3) / 4) * 4 * LMF_PANEL;
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t g = 0; g < ng; g++) {
+            const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL;
+            const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
+            const lmf_out o = {y + b0 * ldy + j0, ldy, m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL,
+                               norm ? pv->inv + b0 : NULL, m->bias ? m->bias + j0 : NULL, accumulate};
+            qpanel_any(m->q + p * pk, m->k, pv->xu + b0 * ustride(m->k), ustride(m->k), nb, m->rowsum + j0,
+                       m->scale + j0, pv->xs + b0, o);
+        }
+    return;
+#endif
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < m->n; j++)
         for (int64_t b = 0; b < B; b++) {
@@ -321,6 +425,24 @@ static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float
             }
         return;
     }
+#ifdef LMF_Q8_PANELS
+    const int64_t np = (ffn + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS, pk = ((m->k + 3) / 4) * 4 * LMF_PANEL;
+    const int64_t lu = ustride(m->k);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t g = 0; g < ng; g++) {
+            float go[LMF_ROWS * LMF_PANEL], uo[LMF_ROWS * LMF_PANEL];
+            const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = ffn - j0 < LMF_PANEL ? ffn - j0 : LMF_PANEL;
+            const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
+            const float *inv = pv->inv + b0, *bg = m->bias ? m->bias + j0 : NULL, *bu = m->bias ? m->bias + ffn + j0 : NULL;
+            qpanel_any(m->q + p * pk, m->k, pv->xu + b0 * lu, lu, nb, m->rowsum + j0, m->scale + j0, pv->xs + b0,
+                       (lmf_out){go, LMF_PANEL, nj, inv, bg, 0});
+            qpanel_any(m->q + (np + p) * pk, m->k, pv->xu + b0 * lu, lu, nb, m->rowsum + ffn + j0, m->scale + ffn + j0,
+                       pv->xs + b0, (lmf_out){uo, LMF_PANEL, nj, inv, bu, 0});
+            for (int c = 0; c < nb; c++) silu_mul_row(go + c * LMF_PANEL, uo + c * LMF_PANEL, nj, h + (b0 + c) * ffn + j0);
+        }
+    return;
+#endif
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < ffn; j++)
         for (int64_t b = 0; b < B; b++) {
@@ -496,7 +618,7 @@ int lmf_step(const lmf_model *m, int64_t B, int64_t T, const int64_t *tok, const
              const uint8_t *valid, int64_t vstride, float *const *kc, float *const *vc, int64_t row_stride,
              int64_t head_stride, float *logits, int nthreads) {
     const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, S = slot + T, R = B * T;
-    const int64_t kmax = D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq);
+    const int64_t kmax = ustride(D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq));
     if (nthreads < 1) nthreads = 1;
     float *buf = malloc(sizeof(float) * (R * (D + nqkv + nq + m->ffn) + (S + 2 * R) * nthreads));
     uint8_t *xu = malloc((size_t)(R * kmax * nthreads));
