@@ -345,10 +345,36 @@ static void prepare(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, in
 
 /* y[b] (=|+=) (x[b] @ W.T) * (norm ? inv[b] : 1) + bias for B rows, inside a parallel region: the rows of W are
  * shared out among the threads, each read once for all B inputs. */
+/* Panel p's columns (p >= the first part's panel count: the second part's, starting at its column `col`) for the
+ * nb input rows from b0: float panels, or int8 ones where this build has them */
+static inline void panel_product(const lmf_mat *m, int64_t p, int64_t col, int64_t b0, int nb, const float *x,
+                                 int64_t ldx, const lmf_priv *pv, lmf_out o) {
+    if (!m->q) {
+        panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * ldx, ldx, nb, o);
+        return;
+    }
+#ifdef LMF_Q8_PANELS
+    const int64_t lu = ustride(m->k);
+    qpanel_any(m->q + p * lu * LMF_PANEL, m->k, pv->xu + b0 * lu, lu, nb, m->rowsum + col, m->scale + col,
+               pv->xs + b0, o);
+#else
+    (void)col;
+    (void)pv;
+#endif
+}
+
+#ifdef LMF_Q8_PANELS
+#define LMF_PANELS(m) 1
+#else
+#define LMF_PANELS(m) (!(m)->q)
+#endif
+
+/* y[b] (=|+=) (x[b] @ W.T) * (norm ? inv[b] : 1) + bias for B rows, inside a parallel region: the panels (or rows)
+ * of W are shared out among the threads, each read once for every 6 inputs. */
 static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, float *y, int64_t ldy, int norm,
                    float deps, int accumulate, lmf_priv *pv) {
     prepare(m, B, x, ldx, norm, deps, pv);
-    if (!m->q) {
+    if (LMF_PANELS(m)) {
         const int64_t np = (m->n + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS;
 #pragma omp for collapse(2) schedule(static)
         for (int64_t p = 0; p < np; p++)
@@ -357,24 +383,10 @@ static void matmul(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, flo
                 const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
                 const lmf_out o = {y + b0 * ldy + j0, ldy, m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL,
                                    norm ? pv->inv + b0 : NULL, m->bias ? m->bias + j0 : NULL, accumulate};
-                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * ldx, ldx, nb, o);
+                panel_product(m, p, j0, b0, nb, x, ldx, pv, o);
             }
         return;
     }
-#ifdef LMF_Q8_PANELS
-    const int64_t np = (m->n + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS, pk = ((m->k + 3) / 4) * 4 * LMF_PANEL;
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t p = 0; p < np; p++)
-        for (int64_t g = 0; g < ng; g++) {
-            const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL;
-            const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
-            const lmf_out o = {y + b0 * ldy + j0, ldy, m->n - j0 < LMF_PANEL ? m->n - j0 : LMF_PANEL,
-                               norm ? pv->inv + b0 : NULL, m->bias ? m->bias + j0 : NULL, accumulate};
-            qpanel_any(m->q + p * pk, m->k, pv->xu + b0 * ustride(m->k), ustride(m->k), nb, m->rowsum + j0,
-                       m->scale + j0, pv->xs + b0, o);
-        }
-    return;
-#endif
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < m->n; j++)
         for (int64_t b = 0; b < B; b++) {
@@ -408,9 +420,8 @@ static void silu_mul_row(const float *g, const float *u, int64_t n, float *h) {
 static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float *h, int64_t ffn, float deps,
                    lmf_priv *pv) {
     prepare(m, B, x, D, 1, deps, pv);
-    if (!m->q) {
+    if (LMF_PANELS(m)) {
         const int64_t np = (ffn + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS;
-        const float *up = m->w + np * m->k * LMF_PANEL;
 #pragma omp for collapse(2) schedule(static)
         for (int64_t p = 0; p < np; p++)
             for (int64_t g = 0; g < ng; g++) {
@@ -418,31 +429,12 @@ static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float
                 const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = ffn - j0 < LMF_PANEL ? ffn - j0 : LMF_PANEL;
                 const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
                 const float *inv = pv->inv + b0, *bg = m->bias ? m->bias + j0 : NULL, *bu = m->bias ? m->bias + ffn + j0 : NULL;
-                panel_any(m->w + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb,
-                          (lmf_out){go, LMF_PANEL, nj, inv, bg, 0});
-                panel_any(up + p * m->k * LMF_PANEL, m->k, x + b0 * D, D, nb, (lmf_out){uo, LMF_PANEL, nj, inv, bu, 0});
+                panel_product(m, p, j0, b0, nb, x, D, pv, (lmf_out){go, LMF_PANEL, nj, inv, bg, 0});
+                panel_product(m, np + p, ffn + j0, b0, nb, x, D, pv, (lmf_out){uo, LMF_PANEL, nj, inv, bu, 0});
                 for (int c = 0; c < nb; c++) silu_mul_row(go + c * LMF_PANEL, uo + c * LMF_PANEL, nj, h + (b0 + c) * ffn + j0);
             }
         return;
     }
-#ifdef LMF_Q8_PANELS
-    const int64_t np = (ffn + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS, pk = ((m->k + 3) / 4) * 4 * LMF_PANEL;
-    const int64_t lu = ustride(m->k);
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t p = 0; p < np; p++)
-        for (int64_t g = 0; g < ng; g++) {
-            float go[LMF_ROWS * LMF_PANEL], uo[LMF_ROWS * LMF_PANEL];
-            const int64_t b0 = g * LMF_ROWS, j0 = p * LMF_PANEL, nj = ffn - j0 < LMF_PANEL ? ffn - j0 : LMF_PANEL;
-            const int nb = B - b0 < LMF_ROWS ? (int)(B - b0) : LMF_ROWS;
-            const float *inv = pv->inv + b0, *bg = m->bias ? m->bias + j0 : NULL, *bu = m->bias ? m->bias + ffn + j0 : NULL;
-            qpanel_any(m->q + p * pk, m->k, pv->xu + b0 * lu, lu, nb, m->rowsum + j0, m->scale + j0, pv->xs + b0,
-                       (lmf_out){go, LMF_PANEL, nj, inv, bg, 0});
-            qpanel_any(m->q + (np + p) * pk, m->k, pv->xu + b0 * lu, lu, nb, m->rowsum + ffn + j0, m->scale + ffn + j0,
-                       pv->xs + b0, (lmf_out){uo, LMF_PANEL, nj, inv, bu, 0});
-            for (int c = 0; c < nb; c++) silu_mul_row(go + c * LMF_PANEL, uo + c * LMF_PANEL, nj, h + (b0 + c) * ffn + j0);
-        }
-    return;
-#endif
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < ffn; j++)
         for (int64_t b = 0; b < B; b++) {
