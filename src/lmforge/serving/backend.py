@@ -75,6 +75,7 @@ class Generation:
         if self.loop not in _MAILBOXES:
             _MAILBOXES[self.loop] = _Mailbox(self.loop)
         self.mailbox = _MAILBOXES[self.loop]
+        self.loop_thread = threading.get_ident()
         self.metrics = metrics
         self.started = time.monotonic()
         self.first = False
@@ -84,7 +85,10 @@ class Generation:
         self._cancel: Callable[[], None] = lambda: None
 
     def sink(self, event: Event) -> None:
-        """Called from the producing thread."""
+        """Called from the producing thread (the event loop's own, when it reads the engine's pipe itself)."""
+        if threading.get_ident() == self.loop_thread:
+            self.queue.put_nowait(event)
+            return
         try:
             self.mailbox.post(self.queue, event)
         except RuntimeError:  # the event loop is gone (shutting down)
@@ -163,9 +167,10 @@ class BatchBackend:
         self.lm = lm
         self.metrics = metrics
         self.engine = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop reading the engine process's pipe
         if process:
-            try:
-                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
+            try:  # its events are read by the event loop itself (see _attach): no reader thread
+                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True, reader=False)
             except Exception as err:  # noqa: BLE001 - any failure to start the child: serve from this process
                 log.warning("the engine process did not start (%s); running the engine in this process", err)
         if self.engine is None:
@@ -181,7 +186,28 @@ class BatchBackend:
         return self.engine.active
 
     def shutdown(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.engine.fileno())
         self.engine.stop()
+
+    def _attach(self) -> None:
+        """With the engine in a child process: reads its pipe on the running event loop (once per loop), so the
+        events reach the streams without a thread handing them over."""
+        if not hasattr(self.engine, "pump"):
+            return
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.engine.fileno())
+        self._loop = loop
+        fd = self.engine.fileno()
+
+        def pump() -> None:
+            if not self.engine.pump():  # the child is gone: every stream got its error event
+                loop.remove_reader(fd)
+
+        loop.add_reader(fd, pump)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -194,6 +220,8 @@ class BatchBackend:
 
     def _submit(self, ids: list[int], params: Any, n: int, logprobs: Optional[int], bias: dict[int, float],
                 gen: Generation, offset: int = 0) -> Any:
+        self._attach()
+
         def sink(event: Event) -> None:
             event.index += offset
             gen.sink(event)
