@@ -117,3 +117,26 @@ def test_padded_one_token_step_keeps_the_masked_row():
         _, (h, c) = model.step(tokens, state, attention_mask=torch.tensor([[1], [0]]))
     torch.testing.assert_close(h[:, 1], state[0][:, 1])
     torch.testing.assert_close(c[:, 1], state[1][:, 1])
+
+
+def test_prefill_of_rows_of_different_lengths_equals_each_row_alone():
+    """Each row ends in the state and logits it reaches fed alone through nn.LSTM, from a carried state too; a
+    row with no tokens keeps its state."""
+    model = _model()
+    rows = [[5, 9, 2, 7, 7, 1], [3], [11, 4, 8], [], [6] * 9, [12, 13, 14]]
+    state = _state(model, len(rows))
+    given = (state[0].clone(), state[1].clone())
+    with torch.no_grad():
+        logits, (h, c) = model.prefill(rows, state)
+        for b, ids in enumerate(rows):
+            alone_state = (state[0][:, b:b + 1].contiguous(), state[1][:, b:b + 1].contiguous())
+            if ids:
+                out, (h1, c1) = model.lstm(model.embedding(torch.tensor([ids])), alone_state)
+                ref = model.head(out[0, -1])
+            else:
+                (h1, c1), ref = alone_state, model.head(alone_state[0][-1, 0])
+            torch.testing.assert_close(logits[b], ref, atol=1e-6, rtol=0)
+            torch.testing.assert_close(h[:, b], h1[:, 0], atol=1e-6, rtol=0)
+            torch.testing.assert_close(c[:, b], c1[:, 0], atol=1e-6, rtol=0)
+    assert torch.equal(h[:, 3], state[0][:, 3]) and torch.equal(c[:, 3], state[1][:, 3])
+    assert torch.equal(state[0], given[0]) and torch.equal(state[1], given[1])  # not changed in place

@@ -6,9 +6,8 @@ by one token. The occupied slots are always rows ``0 .. n-1`` (a leaving sequenc
 the last occupied row into it), so a step runs on a view of the first ``n`` rows and never on empty ones.
 
 * :class:`LSTMSlots`: the LSTM's ``(h, c)`` of shape (L, slots, H); a row is just its two vectors per layer. A
-  step updates the occupied rows in place (the model's ``step_rows``); prompts of different lengths prefill in
-  one left-padded call, whose padding never touches a row's state (the model runs each row only over its own
-  tokens).
+  step updates the occupied rows in place (the model's ``step_rows``); prompts of different lengths prefill
+  together through the model's ``prefill``, which runs each row only over its own tokens.
 * :class:`KVSlots`: the Transformer's key/value cache (the model's own ``KVCache`` or the fast decoder's). All
   rows share one column cursor, but each row marks which columns hold its tokens (``valid``) and counts its own
   positions (``seen``), so sequences of different lengths share the batch without recomputation: a new row's
@@ -55,8 +54,11 @@ class LSTMSlots:
 
     def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
         """Feeds ``ids`` (one list per scratch row) after what ``scratch`` holds; returns their last logits
-        (rows, V). Rows of different lengths are left-padded and masked: the LSTM runs each row over its own
-        tokens only, so a row ends in the state (and logits) it reaches alone."""
+        (rows, V). Rows of different lengths run through the model's ``prefill``, each over its own tokens
+        only, so a row ends in the state (and logits) it reaches alone."""
+        prefill = getattr(self.model, "prefill", None)
+        if prefill is not None:
+            return prefill(ids, scratch)
         idx, mask = _left_padded(ids, self.h.device)
         logits, scratch = self.model.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch

@@ -13,7 +13,7 @@ Shapes: B = batch, T = time, E = embedding width, H = hidden width, L = layers, 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ class LSTMLanguageModel(nn.Module):
             h, c = self.init_state(idx.size(0)) if state is None else (
                 state[0].clone(memory_format=torch.contiguous_format),
                 state[1].clone(memory_format=torch.contiguous_format))
-            return self._fused_step(idx.view(-1), h, c, weights).unsqueeze(1), (h, c)
+            return self._logits(self._fused_step(idx.view(-1), h, c, weights)).unsqueeze(1), (h, c)
         out, new_state = self._run(idx, state, attention_mask)
         return self.head(self.dropout(out)), new_state
 
@@ -139,11 +139,46 @@ class LSTMLanguageModel(nn.Module):
         h, c = state
         weights = self._fused_weights() if self._can_fuse() and h.is_contiguous() and c.is_contiguous() else None
         if weights is not None:
-            return self._fused_step(tokens.view(n), h, c, weights)
+            return self._logits(self._fused_step(tokens.view(n), h, c, weights))
         logits, (h_new, c_new) = self.step(tokens.view(n, 1), (h[:, :n], c[:, :n]))
         h[:, :n] = h_new
         c[:, :n] = c_new
         return logits[:, -1]
+
+    def prefill(self, rows: Sequence[Sequence[int]], state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
+        """Feeds each row its own tokens (rows may differ in length) after ``state``; returns the logits after each
+        row's last token (B, V) and the state with every row at its own end.
+
+        Exact without padding: all rows run together over the positions they all have, then the longer ones go on
+        together over the next stretch, and so on (one LSTM call per distinct length, whose total time steps are
+        those of the longest row). Unlike a masked :meth:`step` (packed sequences), every call takes PyTorch's
+        fused (oneDNN) LSTM on a CPU. A row with no tokens keeps its state and gets the logits of its top layer.
+        """
+        bsz = len(rows)
+        h, c = self.init_state(bsz) if state is None else (state[0].clone(), state[1].clone())
+        device = h.device
+        top = h[-1].clone()  # (B, H): the top layer's h after each row's last token
+        lengths = [len(r) for r in rows]
+        done = 0
+        for end in sorted(set(lengths) - {0}):
+            active = [i for i, n in enumerate(lengths) if n >= end]
+            idx = torch.as_tensor([list(rows[i][done:end]) for i in active], dtype=torch.long, device=device)
+            rows_t = torch.as_tensor(active, device=device)
+            out, (h_new, c_new) = self._segment(idx, (h[:, rows_t], c[:, rows_t]))
+            h[:, rows_t], c[:, rows_t] = h_new, c_new
+            top[rows_t] = out
+            done = end
+        return self._logits(top), (h, c)
+
+    def _segment(self, idx: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        """The top layer's last output (B, H) and the new state after ``idx`` (B, T), unmasked."""
+        weights = self._fused_weights() if idx.size(1) == 1 and self._can_fuse() else None
+        if weights is None:
+            out, new_state = self._run(idx, state, None)
+            return out[:, -1], new_state
+        h = state[0].contiguous()  # a gathered copy already
+        c = state[1].contiguous()
+        return self._fused_step(idx.view(-1), h, c, weights), (h, c)
 
     def hidden_states(self, idx: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """Top-layer LSTM outputs (B, T, H) from a zero state; padding (mask 0) does not change real tokens'."""
@@ -206,7 +241,8 @@ class LSTMLanguageModel(nn.Module):
     def _fused_step(self, tokens: Tensor, h: Tensor, c: Tensor, weights: list[tuple[Tensor, Tensor]]) -> Tensor:
         """One token per row for rows ``0 .. n-1`` of the contiguous ``h``, ``c`` (L, S, H), updated in place: per
         layer one ``addmm`` on ``[x, h]`` and five pointwise operations (the LSTM cell's equations,
-        arXiv:1503.04069), instead of ``nn.LSTM``'s general sequence machinery. Returns the logits (n, V)."""
+        arXiv:1503.04069), instead of ``nn.LSTM``'s general sequence machinery. Returns the top layer's new
+        ``h`` (n, H) (a view of ``h``)."""
         n, hidden = tokens.numel(), self.hidden_size
         x = F.embedding(tokens, self.embedding.weight)  # (n, E)
         for k, (w, b) in enumerate(weights):
@@ -217,8 +253,11 @@ class LSTMLanguageModel(nn.Module):
             c_k.mul_(sig[:, hidden: 2 * hidden]).addcmul_(sig[:, :hidden], g)  # c = f * c + i * g
             torch.mul(sig[:, 2 * hidden:], torch.tanh(c_k), out=h_k)  # h = o * tanh(c)
             x = h_k
+        return x
+
+    def _logits(self, top: Tensor) -> Tensor:
         head = self.head
-        return F.linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
+        return F.linear(top, head.weight, head.bias) if type(head) is nn.Linear else head(top)
 
     def _run_masked(self, idx: Tensor, state: LSTMState, mask: Tensor) -> tuple[Tensor, LSTMState]:
         bsz, t = idx.shape
