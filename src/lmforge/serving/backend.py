@@ -43,12 +43,12 @@ class _Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.lock = threading.Lock()
-        self.items: list[tuple[asyncio.Queue, Event]] = []
+        self.items: list[tuple[Generation, Event]] = []
         self.scheduled = False
 
-    def post(self, queue: asyncio.Queue, event: Event) -> None:
+    def post(self, gen: "Generation", event: Event) -> None:
         with self.lock:
-            self.items.append((queue, event))
+            self.items.append((gen, event))
             if self.scheduled:
                 return
             self.scheduled = True
@@ -57,8 +57,8 @@ class _Mailbox:
     def _deliver(self) -> None:
         with self.lock:
             items, self.items, self.scheduled = self.items, [], False
-        for queue, event in items:
-            queue.put_nowait(event)
+        for gen, event in items:
+            gen.put(event)
 
 
 _MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
@@ -71,6 +71,7 @@ class Generation:
         self.n = n
         self.per_prompt = per_prompt or n  # choices per prompt (a completions request may hold several prompts)
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.finishing = asyncio.Event()  # set once a choice's last event is queued
         self.loop = asyncio.get_running_loop()
         if self.loop not in _MAILBOXES:
             _MAILBOXES[self.loop] = _Mailbox(self.loop)
@@ -87,12 +88,18 @@ class Generation:
     def sink(self, event: Event) -> None:
         """Called from the producing thread (the event loop's own, when it reads the engine's pipe itself)."""
         if threading.get_ident() == self.loop_thread:
-            self.queue.put_nowait(event)
+            self.put(event)
             return
         try:
-            self.mailbox.post(self.queue, event)
+            self.mailbox.post(self, event)
         except RuntimeError:  # the event loop is gone (shutting down)
             self.cancel()
+
+    def put(self, event: Event) -> None:
+        """Queues ``event`` (on the event loop's thread); a finishing one also sets ``finishing``."""
+        self.queue.put_nowait(event)
+        if event.finish_reason is not None:
+            self.finishing.set()
 
     def cancel(self) -> None:
         self._cancel()
@@ -116,11 +123,9 @@ class Generation:
             out.append(self._take(self.queue.get_nowait()))
         return out
 
-    def coalesced(self, event: Event) -> list[Event]:
-        """``event`` merged with the events already waiting, one event per choice (see :func:`coalesce`)."""
-        if self.queue.empty():
-            return [event]
-        return coalesce([event, *self.ready()])
+    def coalesced(self, events: list[Event]) -> list[Event]:
+        """``events`` (taken in order) merged into one event per choice (see :func:`coalesce`)."""
+        return events if len(events) == 1 else coalesce(events)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
@@ -309,9 +314,9 @@ class SerialBackend:
         async def pump() -> None:
             try:
                 async for event in handle:
-                    gen.queue.put_nowait(event)
+                    gen.put(event)
             except Exception as err:  # noqa: BLE001 - handed to the route as an error event
-                gen.queue.put_nowait(Event(0, "", [], [], "error", 0, 0, err))
+                gen.put(Event(0, "", [], [], "error", 0, 0, err))
 
         task = asyncio.ensure_future(pump())
         gen._cancel = lambda: (handle.cancel(), task.cancel())  # type: ignore[func-returns-value]
