@@ -268,6 +268,11 @@ class EngineProcess:
         except (EOFError, OSError):
             self._fail_all()
             return False
+        except Exception:  # noqa: BLE001 - a message that does not unpickle: the pipe can no longer be trusted
+            log.exception("a message from the engine process could not be read")
+            self._proc.kill()
+            self._fail_all()
+            return False
         sinks = self._sinks
         for item in batch:
             rid, event = item[0], Event(*item[1:])
