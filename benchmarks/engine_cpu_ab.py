@@ -56,7 +56,8 @@ for p in range(pairs):
         d = json.loads(o.stdout.strip().splitlines()[-1])
         for m, v in d.items():
             res[name][m] += v
-        print(f"{name:8s}", {m: [round(x, 1) for x in v] for m, v in d.items()}, f"load {os.getloadavg()[0]:.2f}", flush=True)
+        rounded = {m: [round(x, 1) for x in v] for m, v in d.items()}
+        print(f"{name:8s}", rounded, f"load {os.getloadavg()[0]:.2f}", flush=True)
 import statistics as st
 for name in res:
     print(f"{name:8s}", "  ".join(f"{m} median {st.median(v):.1f} us/token" for m, v in res[name].items()))

@@ -103,9 +103,9 @@ def main() -> int:
               f"client {m['client']:.0f}")
     if len(med) == 2:
         (a, ma), (b, mb) = med.items()
-        print(f"{b}/{a}: served tok/s x{mb['served'] / ma['served']:.2f}, offline x{mb['offline'] / ma['offline']:.2f}, "
-              f"server CPU/token x{mb['server'] / ma['server']:.2f}, engine CPU/token x{mb['engine'] / ma['engine']:.2f}, "
-              f"client CPU/token x{mb['client'] / ma['client']:.2f}")
+        ratio = {k: mb[k] / ma[k] for k in mb}
+        print(f"{b}/{a}: served tok/s x{ratio['served']:.2f}, offline x{ratio['offline']:.2f}, server CPU/token "
+              f"x{ratio['server']:.2f}, engine CPU/token x{ratio['engine']:.2f}, client CPU/token x{ratio['client']:.2f}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
     return 0 if all(r["ok"] == r["n"] for rs in acc.values() for r in rs) else 1
 

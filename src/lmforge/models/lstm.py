@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.config.lstm import LSTMConfig
-from lmforge.models.int8_cpu import PackCache, stamp
+from lmforge.models.int8_cpu import PackCache
 
 __all__ = ["LSTMLanguageModel", "LSTMState"]
 
@@ -140,7 +140,7 @@ class LSTMLanguageModel(nn.Module):
         weights = self._fused_weights() if self._can_fuse() and h.is_contiguous() and c.is_contiguous() else None
         if weights is not None:
             return self._logits(self._fused_step(tokens.view(n), h, c, weights))
-        logits, (h_new, c_new) = self.step(tokens.view(n, 1), (h[:, :n], c[:, :n]))
+        logits, (h_new, c_new) = self.step(tokens.view(n, 1), (h[:, :n].contiguous(), c[:, :n].contiguous()))
         h[:, :n] = h_new
         c[:, :n] = c_new
         return logits[:, -1]
