@@ -140,3 +140,9 @@ def test_prefill_of_rows_of_different_lengths_equals_each_row_alone():
             torch.testing.assert_close(c[:, b], c1[:, 0], atol=1e-6, rtol=0)
     assert torch.equal(h[:, 3], state[0][:, 3]) and torch.equal(c[:, 3], state[1][:, 3])
     assert torch.equal(state[0], given[0]) and torch.equal(state[1], given[1])  # not changed in place
+
+
+def test_a_state_of_the_wrong_batch_size_is_refused_as_nn_lstm_refuses_it():
+    model = _model()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="hidden"):
+        model.step(torch.randint(0, V, (3, 1)), _state(model, 5))

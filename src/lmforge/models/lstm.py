@@ -115,7 +115,8 @@ class LSTMLanguageModel(nn.Module):
         Returns:
             ``(logits (B, T, V), new_state)``. At a padded position the logits are those of the state so far.
         """
-        weights = self._fused_weights() if idx.dim() == 2 and idx.size(1) == 1 and self._can_fuse() else None
+        one = idx.dim() == 2 and idx.size(1) == 1 and (state is None or state[0].size(1) == idx.size(0))
+        weights = self._fused_weights() if one and self._can_fuse() else None  # else nn.LSTM (and its checks)
         if weights is not None and (attention_mask is None or bool(attention_mask.all())):
             h, c = self.init_state(idx.size(0)) if state is None else (
                 state[0].clone(memory_format=torch.contiguous_format),
