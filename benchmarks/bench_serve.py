@@ -195,8 +195,9 @@ def serve_and_load(run: Path, args: argparse.Namespace, extra: list[str]) -> dic
     return {"results": results, "ok": ok, "wall": wall, "tokens": tokens, "tps": tokens / wall}
 
 
-def offline(run: Path, args: argparse.Namespace) -> dict:
-    """The same chat prompts generated with ``LM.complete`` in batches of ``--clients``."""
+def offline(run: Path, args: argparse.Namespace, clock: Any = time.perf_counter) -> dict:
+    """The same chat prompts generated with ``LM.complete`` in batches of ``--clients`` (``wall``: how much
+    ``clock`` advanced meanwhile)."""
     import torch
 
     from lmforge.api import load
@@ -210,30 +211,39 @@ def offline(run: Path, args: argparse.Namespace) -> dict:
         ids, params = lm.chat_request(b["messages"], max_new_tokens=args.max_tokens, temperature=0.8)
         prompts.append(ids)
     lm.complete(prompts[:2], max_new_tokens=2)  # warm-up
-    start = time.perf_counter()
+    start = clock()
     tokens = 0
     for i in range(0, len(prompts), args.clients):
         done = lm.complete(prompts[i:i + args.clients], max_new_tokens=args.max_tokens, temperature=0.8, seed=i,
                            stop=list(params.stop), stop_token_ids=list(params.stop_token_ids))
         tokens += sum(d.completion_tokens for d in done)
-    wall = time.perf_counter() - start
+    wall = clock() - start
     return {"tokens": tokens, "wall": wall, "tps": tokens / wall}
 
 
 def in_process(run: Path, args: argparse.Namespace) -> dict:
     """The batching engine alone, without HTTP: the same chat requests submitted to ``LM.batch_engine()`` at
     once (``--clients`` decode together, the rest wait for a slot), each with its own seed."""
-    import threading
-
     import torch
 
     from lmforge.api import load
-    from lmforge.inference.engine import GenerationRequest
 
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(run, device="cpu")
     engine = lm.batch_engine(max_batch=args.clients, max_queue=10**6)
+    tokens, wall = engine_load(lm, engine, args)
+    engine.stop()
+    return {"tokens": tokens, "wall": wall, "tps": tokens / wall}
+
+
+def engine_load(lm: Any, engine: Any, args: argparse.Namespace, clock: Any = time.perf_counter) -> tuple[int, float]:
+    """Submits the benchmark's chat requests to ``engine`` at once and waits for all of them: (generated tokens,
+    how much ``clock`` advanced from the first submission to the last event)."""
+    import threading
+
+    from lmforge.inference.engine import GenerationRequest
+
     bodies = [chat_body(i, r, args.max_tokens) for r in range(args.requests) for i in range(args.clients)]
     left, counted, done = [len(bodies)], [0], threading.Event()
 
@@ -248,13 +258,11 @@ def in_process(run: Path, args: argparse.Namespace) -> dict:
     for b in bodies:
         ids, params = lm.chat_request(b["messages"], max_new_tokens=args.max_tokens, temperature=0.8, seed=b["seed"])
         requests.append(GenerationRequest(ids, params, sink))
-    start = time.perf_counter()
+    start = clock()
     for req in requests:
         engine.submit(req)
     done.wait(3600)
-    wall = time.perf_counter() - start
-    engine.stop()
-    return {"tokens": counted[0], "wall": wall, "tps": counted[0] / wall}
+    return counted[0], clock() - start
 
 
 def report(name: str, m: dict, expected: int) -> bool:

@@ -121,3 +121,40 @@ def test_a_model_the_child_cannot_rebuild_is_refused_with_the_reason(tok):
     model.register_buffer("extra", torch.zeros(1))  # not in what build_model makes from the config
     with pytest.raises(RuntimeError, match="(?s)could not load the model.*extra"):
         EngineProcess(model, tok, threads=1)
+
+
+def test_events_pumped_by_the_owner_equal_the_reader_threads(tok):
+    """With ``reader=False`` no thread reads the pipe: the owner calls ``pump()`` when ``fileno()`` is readable
+    (as an event loop does) and the sinks run on its thread; greedy tokens equal offline generation, and a dead
+    child makes ``pump()`` return False after the request in flight got its error event."""
+    import select
+
+    model = _model(tok, "lstm")
+    eng = EngineProcess(model, tok, max_batch=4, threads=1, reader=False)
+    try:
+        sinks, threads = [], set()
+        for i, prompt in enumerate(PROMPTS):
+            params = SamplingParams(temperature=0, max_new_tokens=5 + i, ignore_eos=True)
+            sinks.append(Sink())
+            record = lambda e, s=sinks[-1]: (threads.add(threading.get_ident()), s(e))  # noqa: E731
+            eng.submit(GenerationRequest(tok.encode(prompt), params, record))
+        deadline = time.monotonic() + 60
+        while not all(s.done.is_set() for s in sinks) and time.monotonic() < deadline:
+            if select.select([eng.fileno()], [], [], 1.0)[0]:
+                assert eng.pump()
+        for i, (prompt, sink) in enumerate(zip(PROMPTS, sinks)):
+            alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=5 + i, ignore_eos=True)[0]
+            assert sink.ids() == alone.token_ids
+        assert threads == {threading.get_ident()}  # every sink ran on the pumping thread
+        assert eng.active == 0  # finished requests are forgotten on both sides without a message
+        endless = Sink()
+        eng.submit(GenerationRequest(tok.encode("x"), SamplingParams(temperature=0, max_new_tokens=10**6,
+                                                                     ignore_eos=True), endless))
+        eng._proc.kill()
+        while eng.pump():
+            pass
+        assert endless.events[-1].finish_reason == "error"
+        with pytest.raises(RuntimeError, match="exited"):
+            eng.submit(GenerationRequest(tok.encode("x"), SamplingParams(), Sink()))
+    finally:
+        eng.stop()

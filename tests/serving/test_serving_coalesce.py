@@ -88,3 +88,59 @@ def test_a_stream_that_keeps_up_gets_one_token_per_event(serve):
     deltas = [d for d in deltas if d]
     assert "".join(deltas) == reply_for(render_chat(MESSAGES))[:8].lstrip()
     assert all(len(d) == 1 for d in deltas), deltas
+
+
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_stream_interval_spaces_the_writes_and_keeps_every_token(serve, tiny_lstm, engine_process):
+    """With ``stream_interval`` (in the server's process or with the engine in its own), the deltas still
+    concatenate to the non-streamed answer, token by token, several tokens per event, and the stream closes
+    with usage and [DONE]."""
+    interval = 0.15
+    srv = serve(tiny_lstm, stream_interval=interval, engine_process=engine_process)
+    body = {"messages": MESSAGES, "temperature": 0, "max_tokens": 120, "logprobs": True}
+    whole = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    lines = []
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    events = _events(lines)
+    content = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert "".join(c["delta"]["content"] for c in content) == whole["message"]["content"]
+    streamed = [t["token"] for c in content for t in c["logprobs"]["content"]]
+    assert streamed == [t["token"] for t in whole["logprobs"]["content"]]
+    assert events[-1]["usage"]["completion_tokens"] == len(streamed) and lines[-1] == "data: [DONE]"
+    assert len(content) < len(streamed)  # several tokens per event
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.2])
+def test_event_stream_writes_first_at_once_then_once_per_interval_and_closes_with_the_last(interval):
+    """Events reach a stream at chosen times: the head goes out with the first event, at once; with an interval
+    the next ones wait for it and go out merged, but the finishing one (before the interval is over) sends them
+    at once and closes the stream in the same write."""
+    import asyncio
+
+    from lmforge.inference.engine import Event
+    from lmforge.serving.backend import Generation
+    from lmforge.serving.metrics import Metrics
+    from lmforge.serving.responses import event_stream
+
+    async def scenario() -> list[tuple[float, bytes]]:
+        loop = asyncio.get_running_loop()
+        gen = Generation(1, Metrics({}))
+        for k, at in enumerate((0.0, 0.01, 0.02, 0.25, 0.27)):
+            event = Event(0, f"t{k} ", [k], [], "stop" if k == 4 else None, k + 1, 2)
+            loop.call_later(at, gen.put, event)
+        render = lambda e: [f"[{e.text}{e.finish_reason or ''}]".encode()]  # noqa: E731
+        resp = event_stream(gen, render, [b"<head>"], lambda: [b"<usage>"], interval)
+        start, out = loop.time(), []
+        async for chunk in resp.body_iterator:
+            out.append((loop.time() - start, chunk))
+        return out
+
+    writes = asyncio.run(scenario())
+    assert writes[0][1] == b"<head>[t0 ]" and writes[0][0] < 0.1
+    if interval:
+        assert [w for _, w in writes[1:]] == [b"[t1 t2 ]", b"[t3 t4 stop]<usage>data: [DONE]\n\n"]
+        assert interval * 0.9 <= writes[1][0] < 0.25 <= writes[2][0] < 0.25 + interval * 0.9
+    else:
+        assert [w for _, w in writes[1:]] == [b"[t1 ]", b"[t2 ]", b"[t3 ]", b"[t4 stop]<usage>data: [DONE]\n\n"]

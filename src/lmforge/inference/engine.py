@@ -247,8 +247,8 @@ class BatchEngine:
     def _prefill(self) -> None:
         """Prefills up to ``prefill_chunk`` prompt tokens. The fresh prompts that fit are fed as one batch (the
         re-prefills of sequences that filled their context, requests that came together), left-padded where
-        the slots allow prompts of different lengths (a Transformer's), else those of the head's length; a
-        longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
+        the slots allow prompts of different lengths (the Transformer's and the LSTM's do), else those of the
+        head's length; a longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
         take their first token and join the batch; the choices of one request share one prefill."""
         budget = self.prefill_chunk
         ragged = bool(getattr(self.slots, "ragged", False))

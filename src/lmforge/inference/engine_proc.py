@@ -87,9 +87,17 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
         return
     del spec
     handles: dict[int, Any] = {}
+    left: dict[int, int] = {}  # choices of each request not finished yet
 
     def deliver(batch: list[tuple[Any, Event]]) -> None:
         conn.send(("events", engine.steps, [_portable(sink.rid, event) for sink, event in batch]))
+        for sink, event in batch:  # a finished request is forgotten here: no message from the server needed
+            n = left.get(sink.rid) if event.finish_reason is not None else None
+            if n is not None and n > 1:
+                left[sink.rid] = n - 1
+            elif n is not None:
+                left.pop(sink.rid, None)
+                handles.pop(sink.rid, None)
 
     engine = BatchEngine(model, tokenizer, deliver=deliver, **options).start()
     conn.send(("ready", None))
@@ -98,13 +106,13 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
             msg = conn.recv()
             if msg[0] == "submit":
                 rid, ids, params, n, logprobs, bias = msg[1:]
+                left[rid] = n
                 handles[rid] = engine.submit(GenerationRequest(ids, params, _Remote(rid), n, logprobs, bias))
             elif msg[0] == "cancel":
                 handle = handles.pop(msg[1], None)
+                left.pop(msg[1], None)
                 if handle is not None:
                     handle.cancel()
-            elif msg[0] == "done":
-                handles.pop(msg[1], None)
             else:
                 break
     except (EOFError, OSError):  # the server process went away
@@ -125,14 +133,18 @@ class _Handle:
 
 class EngineProcess:
     """A :class:`~lmforge.inference.engine.BatchEngine` for ``model`` running in a child process (module
-    docstring); the same arguments, plus ``threads`` (torch threads in the child; default: this process's).
+    docstring); the same arguments, plus ``threads`` (torch threads in the child; default: this process's) and
+    ``reader``: with ``True`` a thread of this process receives the events and calls the sinks; with ``False``
+    the owner calls :meth:`pump` whenever :meth:`fileno` is readable (an event loop's ``add_reader``), so the
+    sinks run on its thread and no second thread competes with it for the GIL.
 
     Raises:
         RuntimeError: the child could not build the model (the message says why).
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
-                 max_queue: int = 256, threads: Optional[int] = None, start_timeout: float = 300.0) -> None:
+                 max_queue: int = 256, threads: Optional[int] = None, start_timeout: float = 300.0,
+                 reader: bool = True) -> None:
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         spec = {"config": model.config, "quantization": quantization_of(model),
                 "device": str(next(model.parameters()).device),
@@ -161,8 +173,8 @@ class EngineProcess:
         self._dead: Optional[str] = None
         self.steps = 0  # the engine's decoding steps, as of the last events received
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmforge-calls")
-        self._reader = threading.Thread(target=self._read, name="lmforge-engine-reader", daemon=True)
-        self._reader.start()
+        if reader:
+            threading.Thread(target=self._read, name="lmforge-engine-reader", daemon=True).start()
 
     # ------------------------------------------------------------------ what a server uses
     def _counts(self) -> tuple[int, int]:
@@ -200,10 +212,16 @@ class EngineProcess:
                 raise RuntimeError(self._dead)
             if self._counts()[1] >= self.max_queue:
                 raise OverflowError("the engine's queue is full")
-            rid = next(self._ids)
+            rid = next(self._ids)  # booked before sending: a reader thread may get its events before we return
             self._sinks[rid], self._left[rid], self._order[rid] = request.sink, set(range(request.n)), request.n
-            self._conn.send(("submit", rid, list(request.prompt_ids), request.params, request.n, request.logprobs,
-                             dict(request.logit_bias)))
+            try:
+                self._conn.send(("submit", rid, list(request.prompt_ids), request.params, request.n,
+                                 request.logprobs, dict(request.logit_bias)))
+            except OSError:  # the child is gone (its pipe's reader notices too)
+                for book in (self._sinks, self._left, self._order):
+                    book.pop(rid, None)
+                self._dead = "the engine process has exited"
+                raise RuntimeError(self._dead) from None
         return _Handle(self, rid)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
@@ -238,40 +256,55 @@ class EngineProcess:
                 except OSError:
                     pass  # the reader notices the exit
 
-    def _read(self) -> None:
-        """Hands each iteration's events to their sinks (on this thread, as the engine thread would)."""
-        while True:
-            try:
-                kind, self.steps, batch = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            for item in batch:
-                rid, event = item[0], Event(*item[1:])
+    def fileno(self) -> int:
+        """The pipe the engine's events arrive on (readable when :meth:`pump` has a message to take)."""
+        return self._conn.fileno()
+
+    def pump(self) -> bool:
+        """Takes one message of events from the pipe (waiting for it) and hands them to their sinks on this
+        thread; ``False`` once the engine process is gone (every request in flight then got an error event)."""
+        try:
+            kind, self.steps, batch = self._conn.recv()
+        except (EOFError, OSError):
+            self._fail_all()
+            return False
+        except Exception:  # noqa: BLE001 - a message that does not unpickle: the pipe can no longer be trusted
+            log.exception("a message from the engine process could not be read")
+            self._proc.kill()
+            self._fail_all()
+            return False
+        sinks = self._sinks
+        for item in batch:
+            rid, event = item[0], Event(*item[1:])
+            sink = sinks.get(rid)
+            if sink is not None and event.finish_reason is not None:
                 with self._lock:
-                    sink = self._sinks.get(rid)
-                    if sink is not None and event.finish_reason is not None:
-                        self._finished(rid, event.index)
-                if sink is not None:
-                    try:
-                        sink(event)
-                    except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
-                        log.exception("a request's sink failed")
-        self._fail_all()
+                    self._finished(rid, event.index)
+            if sink is not None:
+                try:
+                    sink(event)
+                except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
+                    log.exception("a request's sink failed")
+        return True
+
+    def _read(self) -> None:
+        """The reader thread: hands each iteration's events to their sinks (as the engine thread would)."""
+        while self.pump():
+            pass
 
     def _finished(self, rid: int, index: int) -> None:
-        left = self._left[rid]
+        left = self._left.get(rid)
+        if left is None:  # cancelled meanwhile
+            return
         left.discard(index)
-        if not left:
+        if not left:  # the child forgets it too (see _serve)
             del self._sinks[rid], self._left[rid], self._order[rid]
-            if self._dead is None:
-                try:
-                    self._conn.send(("done", rid))
-                except OSError:
-                    pass
 
     def _fail_all(self) -> None:
         """The child is gone: every choice still running ends with an error event."""
         with self._lock:
+            if self._dead is not None and not self._sinks:
+                return
             self._dead = "the engine process has exited"
             pending = [(self._sinks[rid], sorted(self._left[rid])) for rid in list(self._sinks)]
             self._sinks.clear()

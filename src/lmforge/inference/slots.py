@@ -5,7 +5,9 @@ A *slot* is one row of a batched decoding state. A sequence is prefilled alone i
 by one token. The occupied slots are always rows ``0 .. n-1`` (a leaving sequence's row is refilled by moving
 the last occupied row into it), so a step runs on a view of the first ``n`` rows and never on empty ones.
 
-* :class:`LSTMSlots`: the LSTM's ``(h, c)`` of shape (L, slots, H); a row is just its two vectors per layer.
+* :class:`LSTMSlots`: the LSTM's ``(h, c)`` of shape (L, slots, H); a row is just its two vectors per layer. A
+  step updates the occupied rows in place (the model's ``step_rows``); prompts of different lengths prefill
+  together through the model's ``prefill``, which runs each row only over its own tokens.
 * :class:`KVSlots`: the Transformer's key/value cache (the model's own ``KVCache`` or the fast decoder's). All
   rows share one column cursor, but each row marks which columns hold its tokens (``valid``) and counts its own
   positions (``seen``), so sequences of different lengths share the batch without recomputation: a new row's
@@ -39,7 +41,7 @@ class LSTMSlots:
     """
 
     max_context: Optional[int] = None
-    ragged = False  # feed() needs prompts of one length (padding would run through the recurrence)
+    ragged = True  # feed() takes prompts of different lengths in one call
 
     def __init__(self, model: Any, slots: int) -> None:
         self.model = model
@@ -51,9 +53,14 @@ class LSTMSlots:
         return self.model.init_state(rows)
 
     def feed(self, scratch: Any, ids: list[list[int]]) -> tuple[Tensor, Any]:
-        """Feeds equally long ``ids`` (one list per scratch row); returns their last logits (rows, V)."""
-        idx = torch.as_tensor(ids, dtype=torch.long, device=self.h.device)
-        logits, scratch = self.model.step(idx, scratch)
+        """Feeds ``ids`` (one list per scratch row) after what ``scratch`` holds; returns their last logits
+        (rows, V). Rows of different lengths run through the model's ``prefill``, each over its own tokens
+        only, so a row ends in the state (and logits) it reaches alone."""
+        prefill = getattr(self.model, "prefill", None)
+        if prefill is not None:
+            return prefill(ids, scratch)
+        idx, mask = _left_padded(ids, self.h.device)
+        logits, scratch = self.model.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch
 
     def insert(self, rows: list[int], scratch: Any, srows: list[int]) -> None:
@@ -76,13 +83,26 @@ class LSTMSlots:
         """Empties every row (rows are overwritten when a sequence joins; nothing to clear)."""
 
     def decode(self, tokens: Tensor) -> Tensor:
-        """Feeds one token per occupied row (``tokens`` (n,)); returns their next-token logits (n, V)."""
+        """Feeds one token per occupied row (``tokens`` (n,)), updating rows ``0 .. n-1`` in place; returns their
+        next-token logits (n, V)."""
+        step_rows = getattr(self.model, "step_rows", None)
+        if step_rows is not None:
+            return step_rows(tokens, (self.h, self.c))
         n = tokens.numel()
-        state = (self.h[:, :n].contiguous(), self.c[:, :n].contiguous())
-        logits, (h, c) = self.model.step(tokens.view(n, 1), state)
+        logits, (h, c) = self.model.step(tokens.view(n, 1), (self.h[:, :n].contiguous(), self.c[:, :n].contiguous()))
         self.h[:, :n] = h
         self.c[:, :n] = c
         return logits[:, -1]
+
+
+def _left_padded(ids: list[list[int]], device: torch.device) -> tuple[Tensor, Optional[Tensor]]:
+    """``ids`` as one left-padded (rows, T) tensor, and its mask (``None`` when the rows are equally long)."""
+    width = max(len(r) for r in ids)
+    idx = torch.as_tensor([[0] * (width - len(r)) + list(r) for r in ids], dtype=torch.long, device=device)
+    mask = None
+    if any(len(r) < width for r in ids):
+        mask = torch.as_tensor([[False] * (width - len(r)) + [True] * len(r) for r in ids], device=device)
+    return idx, mask
 
 
 def _consecutive(rows: list[int]) -> bool:
@@ -170,12 +190,7 @@ class KVSlots:
         """Feeds ``ids`` (one list per scratch row) into a fresh ``scratch``; returns their last logits (rows, V).
         Rows of different lengths are left-padded and masked, each keeping its own positions 0, 1, 2..., so a
         row gives what it gives alone (as batched ``generate`` does)."""
-        device = self.state.valid.device
-        width = max(len(r) for r in ids)
-        idx = torch.as_tensor([[0] * (width - len(r)) + list(r) for r in ids], dtype=torch.long, device=device)
-        mask = None  # equally long rows need none
-        if any(len(r) < width for r in ids):
-            mask = torch.as_tensor([[False] * (width - len(r)) + [True] * len(r) for r in ids], device=device)
+        idx, mask = _left_padded(ids, self.state.valid.device)
         logits, scratch = self.decoder.step(idx, scratch, attention_mask=mask)
         return logits[:, -1], scratch
 

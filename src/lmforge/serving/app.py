@@ -104,7 +104,7 @@ def _facts(engine: Any, engine_or_run: Any) -> tuple[str, str, Optional[int], Op
 def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 8,
                max_queue: int = 64, max_body_bytes: int = 1 << 20, default_max_tokens: int = 256,
                body_timeout_s: float = 30.0, batching: bool = True, max_batch: int = 32,
-               serialize: bool = True, engine_process: bool = False) -> FastAPI:
+               serialize: bool = True, engine_process: bool = False, stream_interval: float = 0.0) -> FastAPI:
     """Builds the server for one run.
 
     Args:
@@ -124,6 +124,8 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         engine_process: with batching, run the engine in a child process
             (:class:`~lmforge.inference.engine_proc.EngineProcess`), away from the event loop's GIL; what
             ``lmforge serve`` does. Off by default here: a child costs seconds to start.
+        stream_interval: the least seconds between two writes of a stream after its first (the tokens made
+            meanwhile go out together; a choice that finishes is written at once). 0 writes every event.
 
     Returns:
         A FastAPI app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)``.
@@ -140,7 +142,10 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         "active_sequences": ("Sequences being generated (or requests running, without batching).",
                              lambda: backend.active)})
     page = resources.files("lmforge.serving").joinpath("static/index.html").read_text(encoding="utf-8")
-    srv = ServerState(engine, backend, metrics, name, kind, context, vocab, now(), default_max_tokens, page)
+    if stream_interval < 0:
+        raise ValueError(f"stream_interval must be 0 or more, got {stream_interval}")
+    srv = ServerState(engine, backend, metrics, name, kind, context, vocab, now(), default_max_tokens, page,
+                      stream_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

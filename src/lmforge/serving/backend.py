@@ -43,12 +43,12 @@ class _Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.lock = threading.Lock()
-        self.items: list[tuple[asyncio.Queue, Event]] = []
+        self.items: list[tuple[Generation, Event]] = []
         self.scheduled = False
 
-    def post(self, queue: asyncio.Queue, event: Event) -> None:
+    def post(self, gen: "Generation", event: Event) -> None:
         with self.lock:
-            self.items.append((queue, event))
+            self.items.append((gen, event))
             if self.scheduled:
                 return
             self.scheduled = True
@@ -57,8 +57,8 @@ class _Mailbox:
     def _deliver(self) -> None:
         with self.lock:
             items, self.items, self.scheduled = self.items, [], False
-        for queue, event in items:
-            queue.put_nowait(event)
+        for gen, event in items:
+            gen.put(event)
 
 
 _MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
@@ -71,10 +71,12 @@ class Generation:
         self.n = n
         self.per_prompt = per_prompt or n  # choices per prompt (a completions request may hold several prompts)
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.finishing = asyncio.Event()  # set once a choice's last event is queued
         self.loop = asyncio.get_running_loop()
         if self.loop not in _MAILBOXES:
             _MAILBOXES[self.loop] = _Mailbox(self.loop)
         self.mailbox = _MAILBOXES[self.loop]
+        self.loop_thread = threading.get_ident()
         self.metrics = metrics
         self.started = time.monotonic()
         self.first = False
@@ -84,11 +86,20 @@ class Generation:
         self._cancel: Callable[[], None] = lambda: None
 
     def sink(self, event: Event) -> None:
-        """Called from the producing thread."""
+        """Called from the producing thread (the event loop's own, when it reads the engine's pipe itself)."""
+        if threading.get_ident() == self.loop_thread:
+            self.put(event)
+            return
         try:
-            self.mailbox.post(self.queue, event)
+            self.mailbox.post(self, event)
         except RuntimeError:  # the event loop is gone (shutting down)
             self.cancel()
+
+    def put(self, event: Event) -> None:
+        """Queues ``event`` (on the event loop's thread); a finishing one also sets ``finishing``."""
+        self.queue.put_nowait(event)
+        if event.finish_reason is not None:
+            self.finishing.set()
 
     def cancel(self) -> None:
         self._cancel()
@@ -112,11 +123,9 @@ class Generation:
             out.append(self._take(self.queue.get_nowait()))
         return out
 
-    def coalesced(self, event: Event) -> list[Event]:
-        """``event`` merged with the events already waiting, one event per choice (see :func:`coalesce`)."""
-        if self.queue.empty():
-            return [event]
-        return coalesce([event, *self.ready()])
+    def coalesced(self, events: list[Event]) -> list[Event]:
+        """``events`` (taken in order) merged into one event per choice (see :func:`coalesce`)."""
+        return events if len(events) == 1 else coalesce(events)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
@@ -163,9 +172,10 @@ class BatchBackend:
         self.lm = lm
         self.metrics = metrics
         self.engine = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop reading the engine process's pipe
         if process:
-            try:
-                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True)
+            try:  # its events are read by the event loop itself (see _attach): no reader thread
+                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True, reader=False)
             except Exception as err:  # noqa: BLE001 - any failure to start the child: serve from this process
                 log.warning("the engine process did not start (%s); running the engine in this process", err)
         if self.engine is None:
@@ -181,7 +191,28 @@ class BatchBackend:
         return self.engine.active
 
     def shutdown(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.engine.fileno())
         self.engine.stop()
+
+    def _attach(self) -> None:
+        """With the engine in a child process: reads its pipe on the running event loop (once per loop), so the
+        events reach the streams without a thread handing them over."""
+        if not hasattr(self.engine, "pump"):
+            return
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.engine.fileno())
+        self._loop = loop
+        fd = self.engine.fileno()
+
+        def pump() -> None:
+            if not self.engine.pump():  # the child is gone: every stream got its error event
+                loop.remove_reader(fd)
+
+        loop.add_reader(fd, pump)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -194,6 +225,8 @@ class BatchBackend:
 
     def _submit(self, ids: list[int], params: Any, n: int, logprobs: Optional[int], bias: dict[int, float],
                 gen: Generation, offset: int = 0) -> Any:
+        self._attach()
+
         def sink(event: Event) -> None:
             event.index += offset
             gen.sink(event)
@@ -281,9 +314,9 @@ class SerialBackend:
         async def pump() -> None:
             try:
                 async for event in handle:
-                    gen.queue.put_nowait(event)
+                    gen.put(event)
             except Exception as err:  # noqa: BLE001 - handed to the route as an error event
-                gen.queue.put_nowait(Event(0, "", [], [], "error", 0, 0, err))
+                gen.put(Event(0, "", [], [], "error", 0, 0, err))
 
         task = asyncio.ensure_future(pump())
         gen._cancel = lambda: (handle.cancel(), task.cancel())  # type: ignore[func-returns-value]

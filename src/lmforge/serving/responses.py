@@ -8,6 +8,8 @@ even when its client left before the first byte.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -102,24 +104,39 @@ class SSEResponse(StreamingResponse):
 
 
 def event_stream(gen: Any, render: Callable[[Any], list[bytes]], head: list[bytes],
-                 finish: Callable[[], list[bytes]]) -> SSEResponse:
-    """Server-sent events of a generation: ``head``, then ``render(event)`` for each event (the events already
-    waiting merged per choice by ``gen.coalesced``), then ``finish()`` and ``data: [DONE]``. An error after the
-    headers went out becomes an error event; closing the response (the client left) cancels the generation."""
+                 finish: Callable[[], list[bytes]], interval: float = 0.0) -> SSEResponse:
+    """Server-sent events of a generation: ``head``, then ``render(event)`` for each event, then ``finish()`` and
+    ``data: [DONE]``. An error after the headers went out becomes an error event; closing the response (the
+    client left) cancels the generation.
+
+    Writes are few: ``head`` goes out with the first event, the closing chunks with the last, and the events
+    waiting when a write is made are merged per choice (a stream that lags behind the engine gets several
+    tokens per event; OpenAI clients accept deltas of any length). With ``interval`` (seconds), a stream also
+    writes at most once per interval after its first event, and at once when a choice finishes (``gen.finishing``):
+    each write (a system call that wakes the client) costs more CPU than rendering the tokens it carries."""
 
     async def body() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        opening, last, closed = list(head), None, False
         try:
-            for chunk in head:
-                yield chunk
             async for event in gen:
-                # what arrived together goes out in one write, one event per choice: a stream that lags
-                # behind the engine gets several tokens per event (OpenAI clients accept deltas of any length)
-                pending = [chunk for merged in gen.coalesced(event) for chunk in render(merged)]
+                events = [event, *gen.ready()]
+                if interval > 0 and last is not None and not any(e.finish_reason for e in events):
+                    wait = last + interval - loop.time()
+                    if wait > 0:  # until the interval is over, or a choice finishes
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(gen.finishing.wait(), wait)
+                        events += gen.ready()
+                pending = opening + [chunk for merged in gen.coalesced(events) for chunk in render(merged)]
+                opening = []
+                if gen.done >= gen.n:  # the last event: the closing chunks go in the same write
+                    pending += [*finish(), b"data: [DONE]\n\n"]
+                    closed = True
                 if pending:
                     yield b"".join(pending)
-            for chunk in finish():
-                yield chunk
-            yield b"data: [DONE]\n\n"
+                    last = loop.time()
+            if not closed:
+                yield b"".join([*opening, *finish(), b"data: [DONE]\n\n"])
         except (LMForgeError, ValueError) as err:
             yield sse(error_body(str(err), "invalid_request_error"))
         except Exception:  # noqa: BLE001 - reported in the stream; headers are already sent

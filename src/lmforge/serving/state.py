@@ -24,6 +24,8 @@ class ServerState:
         kind: ``"lm"`` or ``"translation"``.
         context: the model's context in tokens (``None`` when unlimited).
         vocab_size: tokens in the vocabulary (``None`` when unknown).
+        stream_interval: the least seconds between two writes of one stream after its first (0: a write per
+            event; see :func:`~lmforge.serving.responses.event_stream`).
     """
 
     engine: Any
@@ -36,6 +38,7 @@ class ServerState:
     created: int
     default_max_tokens: int
     page: str
+    stream_interval: float = 0.0
 
     def check_model(self, model: Optional[str]) -> None:
         """404 unless ``model`` is omitted or names the served model."""

@@ -73,4 +73,4 @@ async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depend
             return []
         return [sse({**chunk_head, "choices": [], "usage": Usage.of(gen.prompt_tokens, gen.completion_tokens).body()})]
 
-    return event_stream(gen, render, opening, finish)
+    return event_stream(gen, render, opening, finish, srv.stream_interval)

@@ -101,4 +101,4 @@ async def completions(req: CompletionRequest, srv: ServerState = Depends(server)
         usage = Usage.of(gen.prompt_tokens, gen.completion_tokens)
         return [sse({**head, "choices": [], "usage": usage.body()})]
 
-    return event_stream(gen, render, start, finish)
+    return event_stream(gen, render, start, finish, srv.stream_interval)
