@@ -418,7 +418,7 @@ static void silu_mul_row(const float *g, const float *u, int64_t n, float *h) {
 /* h[b, j] = silu(gate) * up. Float: the gate's panels, then the up's (ffn columns each); int8: rows j and
  * ffn + j of the fused matrix (SwiGLU, arXiv:2002.05202) */
 static void swiglu(const lmf_mat *m, int64_t B, const float *x, int64_t D, float *h, int64_t ffn, float deps,
-                   lmf_priv *pv) {
+                   lmf_priv *pv) { /* D: the stride of x's rows */
     prepare(m, B, x, D, 1, deps, pv);
     if (LMF_PANELS(m)) {
         const int64_t np = (ffn + LMF_PANEL - 1) / LMF_PANEL, ng = (B + LMF_ROWS - 1) / LMF_ROWS;
@@ -563,10 +563,11 @@ static float exp_shifted(float *p, int64_t S, float mx) {
 /* Rows of T new tokens each: row b's token t sits in cache slot slot + t at position pos[b * T + t], and
  * attends to the slots u <= slot + t where valid[b * vstride + u] (all of them when valid is NULL). First every
  * new key is rotated and every new key and value written into the cache (one unit per (row, token, key/value
- * head)); then, after the barrier, one unit per (row, token, query head) rotates its query and attends. */
-static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, int64_t T, float *qkv,
-                      int64_t ldqkv, const int64_t *pos, int64_t slot, const uint8_t *valid, int64_t vstride,
-                      int64_t row_stride, int64_t head_stride, float *att, float *p) {
+ * head)); then, after the barrier, one unit per (row, token, query head) rotates its query and attends, for the
+ * tokens t >= t0 (the others' outputs are not needed). */
+static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, int64_t T, int64_t t0,
+                      float *qkv, int64_t ldqkv, const int64_t *pos, int64_t slot, const uint8_t *valid,
+                      int64_t vstride, int64_t row_stride, int64_t head_stride, float *att, float *p) {
     const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd, G = H / Hkv;
     const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(static)
@@ -579,8 +580,8 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
         memcpy(vcache + off, r + nq + nk + g * hd, hd * sizeof(float));
     }
 #pragma omp for schedule(static)
-    for (int64_t u = 0; u < B * T * H; u++) {
-        const int64_t bt = u / H, h = u % H, b = bt / T, t = bt % T;
+    for (int64_t u = 0; u < B * (T - t0) * H; u++) {
+        const int64_t h = u % H, b = u / H / (T - t0), t = t0 + u / H % (T - t0), bt = b * T + t;
         const float *kc = kcache + b * row_stride + (h / G) * head_stride, *vc = vcache + b * row_stride + (h / G) * head_stride;
         const uint8_t *ok = valid ? valid + b * vstride : NULL;
         /* a padding token (its output is never used) attends to every slot, as the PyTorch path's does */
@@ -630,12 +631,17 @@ int lmf_step(const lmf_model *m, int64_t B, int64_t T, const int64_t *tok, const
         for (int64_t r = 0; r < R; r++) memcpy(x + r * D, m->emb + tok[r] * D, D * sizeof(float));
         for (int64_t l = 0; l < m->L; l++) {
             const lmf_layer *ly = m->layers + l;
+            /* the last layer needs every token's keys and values, but the rest only for each row's last token
+             * (the one the head reads): its rows T - 1, 2T - 1, ... of x and att */
+            const int last = l == m->L - 1;
+            const int64_t t0 = last ? T - 1 : 0, rows = last ? B : R, ldx = last ? T * D : D, lda = last ? T * nq : nq;
+            float *xl = x + t0 * D;
             matmul(&ly->qkv, R, x, D, qkv, nqkv, 1, m->deps, 0, &pv);
-            attention(m, kc[l], vc[l], B, T, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att,
+            attention(m, kc[l], vc[l], B, T, t0, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att,
                       scores);
-            matmul(&ly->o, R, att, nq, x, D, 0, m->deps, 1, &pv);
-            swiglu(&ly->gu, R, x, D, hid, m->ffn, m->deps, &pv);
-            matmul(&ly->down, R, hid, m->ffn, x, D, 0, m->deps, 1, &pv);
+            matmul(&ly->o, rows, att + t0 * nq, lda, xl, ldx, 0, m->deps, 1, &pv);
+            swiglu(&ly->gu, rows, xl, ldx, hid, m->ffn, m->deps, &pv);
+            matmul(&ly->down, rows, hid, m->ffn, xl, ldx, 0, m->deps, 1, &pv);
         }
         /* the head reads each row's last token: rows T - 1, 2T - 1, ... of x */
         matmul(&m->head, B, x + (T - 1) * D, T * D, logits, m->head.n, 1, m->deps, 0, &pv);
