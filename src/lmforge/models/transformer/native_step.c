@@ -520,24 +520,32 @@ static float scores(const float *q, const float *k, int64_t hd, int64_t S, const
 }
 
 /* o = sum over s of (p[s] / sum) v[s] (v: S rows of hd), skipping the zero weights; each 16 lanes of o are
- * summed in a register over s in order */
-static void weighted_sum(const float *p, float sum, int64_t S, const float *v, int64_t hd, float *o) {
-    int64_t d0 = 0;
+ * summed in a register over s in order. The weights are divided by the sum first (once per slot: the same
+ * correctly rounded quotients as one division per use). */
+static void weighted_sum(float *p, float sum, int64_t S, const float *v, int64_t hd, float *o) {
+    int64_t s = 0;
 #if defined(__AVX512F__)
-    for (; d0 < hd; d0 += 16) {
+    const __m512 den = _mm512_set1_ps(sum);
+    for (; s < S; s += 16) {
+        const __mmask16 m = cols(S - s, 0);
+        _mm512_mask_storeu_ps(p + s, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, p + s), den));
+    }
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
         const __mmask16 m = cols(hd - d0, 0);
         __m512 acc = _mm512_setzero_ps();
-        for (int64_t s = 0; s < S; s++)
-            if (p[s] != 0.f) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s] / sum), _mm512_maskz_loadu_ps(m, v + s * hd + d0), acc);
+        for (s = 0; s < S; s++)
+            if (p[s] != 0.f) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), _mm512_maskz_loadu_ps(m, v + s * hd + d0), acc);
         _mm512_mask_storeu_ps(o + d0, m, acc);
     }
-#endif
-    for (int64_t d = d0; d < hd; d++) o[d] = 0.f;
-    for (int64_t s = 0; s < S; s++) {
-        if (p[s] == 0.f || d0 >= hd) continue;
-        const float w = p[s] / sum, *vs = v + s * hd;
-        for (int64_t d = d0; d < hd; d++) o[d] += w * vs[d];
+#else
+    for (; s < S; s++) p[s] /= sum;
+    for (int64_t d = 0; d < hd; d++) o[d] = 0.f;
+    for (s = 0; s < S; s++) {
+        if (p[s] == 0.f) continue;
+        const float *vs = v + s * hd;
+        for (int64_t d = 0; d < hd; d++) o[d] += p[s] * vs[d];
     }
+#endif
 }
 
 /* p[s] = e^(p[s] - mx), 0 where p[s] is -inf (a masked slot); returns their sum, taken in order of s (so that it
