@@ -334,12 +334,34 @@ static void prepare(const lmf_mat *m, int64_t B, const float *x, int64_t ldx, in
         if (norm) pv->inv[b] = 1.f / sqrtf(sumsq(xr, k) + deps);
         if (!m->q) continue;
         float amax = 0.f;
-        for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(m->gain ? xr[i] * m->gain[i] : xr[i]));
+        int64_t i = 0;
+        uint8_t *u = pv->xu + b * ustride(k);
+#if defined(__AVX512F__)
+        /* the same values as the loops below: max is exact, and the rounding is to nearest even in both */
+        __m512 vmax = _mm512_setzero_ps();
+        for (; i < k; i += 16) {
+            const __mmask16 c = cols(k - i, 0);
+            __m512 v = _mm512_maskz_loadu_ps(c, xr + i);
+            if (m->gain) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(c, m->gain + i));
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+        }
+        amax = _mm512_reduce_max_ps(vmax);
+#endif
+        for (; i < k; i++) amax = fmaxf(amax, fabsf(m->gain ? xr[i] * m->gain[i] : xr[i]));
         const float r = amax > 0.f ? 127.f / amax : 0.f;
         pv->xs[b] = amax / 127.f;
-        uint8_t *u = pv->xu + b * ustride(k);
-        for (int64_t i = 0; i < k; i++)
-            u[i] = (uint8_t)((int32_t)lrintf((m->gain ? xr[i] * m->gain[i] : xr[i]) * r) + 128);
+        i = 0;
+#if defined(__AVX512F__)
+        const __m512 vr = _mm512_set1_ps(r);
+        for (; i < k; i += 16) {
+            const __mmask16 c = cols(k - i, 0);
+            __m512 v = _mm512_maskz_loadu_ps(c, xr + i);
+            if (m->gain) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(c, m->gain + i));
+            const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vr)), _mm512_set1_epi32(128));
+            _mm512_mask_cvtusepi32_storeu_epi8(u + i, c, q);
+        }
+#endif
+        for (; i < k; i++) u[i] = (uint8_t)((int32_t)lrintf((m->gain ? xr[i] * m->gain[i] : xr[i]) * r) + 128);
     }
 }
 
