@@ -202,7 +202,7 @@ def test_panels_hold_the_matrix_and_give_back_its_rows(shape, parts):
     """The C step's layout: panel p holds output columns 64p .. 64p + 63 as k rows, zero past the last one (each of
     ``parts`` matrices packed on its own); ``rows()`` gives the (out, in) matrix back exactly."""
     w = torch.randn(shape, generator=torch.Generator().manual_seed(4))  # (in, out)
-    packed = native._panels(w, parts)
+    packed = native._c_layout(w, parts)
     n = shape[1] // parts
     per = -(-n // native.PANEL)
     assert packed.data.shape == (parts * per, shape[0], native.PANEL) and (packed.n, packed.k) == (shape[1], shape[0])

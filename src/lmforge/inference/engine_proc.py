@@ -277,14 +277,15 @@ class EngineProcess:
         for item in batch:
             rid, event = item[0], Event(*item[1:])
             sink = sinks.get(rid)
-            if sink is not None and event.finish_reason is not None:
+            if sink is None:  # cancelled meanwhile
+                continue
+            if event.finish_reason is not None:
                 with self._lock:
                     self._finished(rid, event.index)
-            if sink is not None:
-                try:
-                    sink(event)
-                except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
-                    log.exception("a request's sink failed")
+            try:
+                sink(event)
+            except Exception:  # noqa: BLE001 - a consumer's bug, not the engine's
+                log.exception("a request's sink failed")
         return True
 
     def _read(self) -> None:

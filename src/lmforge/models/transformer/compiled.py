@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lmforge.models.quantized import decode_matvec
 
-__all__ = ["CompiledStep", "CompiledLlamaDecoder", "compile_supported", "add_bias", "as_rows", "share_rows"]
+__all__ = ["CompiledStep", "CompiledLlamaDecoder", "compile_supported", "add_bias"]
 
 
 def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -38,7 +38,7 @@ def add_bias(x: Tensor, b: Optional[Tensor]) -> Tensor:
     return x if b is None else x.add_(b)
 
 
-def as_rows(w: Any) -> Any:
+def _rows(w: Any) -> Any:
     """A float (in, out) matrix as contiguous (out, in) rows, the layout the fused reduction streams fastest;
     int8/int4 tuples are by rows already. Their FBGEMM pack is dropped: behind a custom operator (a registry key
     as its argument) FBGEMM made the compiled int8 step no faster than the fused reduction over the integer
@@ -48,10 +48,9 @@ def as_rows(w: Any) -> Any:
     return w.t().contiguous() if isinstance(w, Tensor) else (w[0], None, *w[2:])
 
 
-def share_rows(fast: Any, step: Any) -> None:
-    """Points ``fast``'s float matrices at (in, out) views of ``step``'s rows (a compiled or C step), so one copy of
-    each matrix is kept (the PyTorch path then runs prompts and larger batches on the views, where the layout
-    matters little)."""
+def _share_rows(fast: Any, step: "CompiledStep") -> None:
+    """Points ``fast``'s float matrices at (in, out) views of ``step``'s rows, so one copy of each matrix is kept
+    (the eager path then runs prompts on the views, where the layout matters little)."""
     fast.layers = [tuple(s.t() if i % 2 == 0 and isinstance(s, Tensor) else f for i, (f, s) in enumerate(zip(fl, sl)))
                    for fl, sl in zip(fast.layers, step.layers)]
     if isinstance(step.head, Tensor):
@@ -108,9 +107,9 @@ class CompiledStep:
     def __init__(self, fast: Any) -> None:
         # FastLlamaDecoder keeps contiguous (in, out) float matrices (fastest for its torch.mm of one row); the
         # reduction below wants (out, in) rows: a transposed copy, which then replaces the eager path's copy
-        self.layers = [(as_rows(wqkv), bqkv, as_rows(wo), bo, as_rows(wgu), bgu, as_rows(wd), bd)
+        self.layers = [(_rows(wqkv), bqkv, _rows(wo), bo, _rows(wgu), bgu, _rows(wd), bd)
                        for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
-        self.emb, self.head = fast.emb, as_rows(fast.head_t)
+        self.emb, self.head = fast.emb, _rows(fast.head_t)
         self.rope = torch.view_as_real(fast.rope).contiguous()  # (S, hd/2, 2)
         self.dims = (fast.H, fast.Hkv, fast.hd, fast.ffn, float(fast.deps))
         self._fn = torch.compile(_step, fullgraph=True)
@@ -132,7 +131,7 @@ class CompiledLlamaDecoder:
         self.fast = fast
         self.max_context = fast.max_context
         self.compiled = CompiledStep(fast)
-        share_rows(fast, self.compiled)
+        _share_rows(fast, self.compiled)
         self.failed: Optional[str] = None  # why compiling failed, once it has
         self.ready = False  # a compiled step has run: later calls get it without compiling again
 

@@ -256,8 +256,6 @@ class FastLlamaDecoder:
         return None, T > 1
 
 
-
-
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.detach()
 

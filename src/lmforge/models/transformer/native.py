@@ -1,17 +1,18 @@
-"""The one-token decoding step in C (``native_step.c``), for Llama-style Transformers on a CPU.
+"""The decoding step in C (``native_step.c``), for Llama-style Transformers on a CPU.
 
 A small model's decoding step at batch 1 costs more in per-operation overhead (a hundred or so PyTorch calls,
 each a few microseconds of Python and dispatch) than in arithmetic, and PyTorch's one-row matrix products read
 the weights at about half the memory bandwidth a plain loop reaches. ``native_step.c`` runs the whole step
 (embedding, every layer, head) as one call: one OpenMP parallel region, each matrix streamed once for all rows,
 float32 matrices in panels of 64 columns multiplied with AVX-512 fused multiply-adds (6 input rows at a time, so
-that a batch or a prompt runs at close to the CPU's arithmetic peak) and int8 rows as integer dot products
-(AVX-512 VNNI) of each input row rounded to 8 bits with its own scale. The same call feeds prompts (several new
-tokens a row) for float32 models. It is what :class:`~lmforge.models.transformer.decode.FastLlamaDecoder`
-runs for one-token steps by default (BENCHMARKS.md, issue 16, has the figures against llama.cpp).
+that a batch or a prompt runs at close to the CPU's arithmetic peak) and int8 matrices as integer products
+(AVX-512 VNNI panels; rows of dot products on other CPUs) of each input row rounded to 8 bits with its own
+scale. The same call feeds prompts (several new tokens a row) for float32 models. It is what
+:class:`~lmforge.models.transformer.decode.FastLlamaDecoder` runs by default (BENCHMARKS.md, issue 16, has the
+figures against llama.cpp).
 
 The source ships with the package and is compiled on first use with the system's C compiler (``$CC``, else
-``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into ``$XDG_CACHE_HOME/lmforge/native`` (``~/.cache/...``),
+``cc``/``gcc``; ``-O3 -march=native -fopenmp -ffp-contract=off``) into ``$XDG_CACHE_HOME/lmforge/native`` (``~/.cache/...``),
 keyed by the source, the compiler and the CPU, then loaded with :mod:`ctypes` (which releases the GIL during
 the call). PyTorch's own OpenMP runtime (``libgomp.so.1``, already loaded) serves the parallel region. Where no
 compiler works, :func:`library` returns ``None`` (:func:`unavailable_reason` says why); then, and with
@@ -229,7 +230,7 @@ def _int8(w: tuple, parts: int, panels: bool) -> tuple:
     return gain, rowsum, q, scale, n, k
 
 
-def _panels(w: Any, parts: int = 1, int8_panels: bool = False) -> Any:
+def _c_layout(w: Any, parts: int = 1, int8_panels: bool = False) -> Any:
     """A decoding-path matrix in the C step's layout: a float (in, out) matrix as :class:`Panels` (``parts`` > 1:
     its columns are that many matrices side by side, each packed on its own, as SwiGLU's gate and up); an int8
     tuple through :func:`_int8`."""
@@ -245,7 +246,7 @@ def _panels(w: Any, parts: int = 1, int8_panels: bool = False) -> Any:
 
 
 def supports(w: Any) -> bool:
-    """Whether a decoding-path matrix (a float (out, in) tensor or an int8 tuple) runs in the C step."""
+    """Whether a decoding-path matrix (a float (in, out) tensor or an int8 tuple) runs in the C step."""
     if isinstance(w, Tensor):
         return w.dtype == torch.float32 and w.device.type == "cpu"
     return len(w) == 4  # (gain, packed, q, scale): int8; int4 tuples have a fifth part
@@ -278,9 +279,9 @@ class NativeStep:
         if self.lib is None:
             raise RuntimeError(_failure or "the C decoding step is unavailable")
         q8 = bool(self.lib.lmf_int8_panels())  # whether this build takes int8 matrices as panels too
-        layers = [(_panels(wqkv, 1, q8), bqkv, _panels(wo, 1, q8), bo, _panels(wgu, 2, q8), bgu, _panels(wd, 1, q8), bd)
-                  for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
-        self.layers, self.head = _in_arena(layers, _panels(fast.head_t, 1, q8))
+        layers = [(_c_layout(wqkv, 1, q8), bqkv, _c_layout(wo, 1, q8), bo, _c_layout(wgu, 2, q8), bgu,
+                   _c_layout(wd, 1, q8), bd) for wqkv, bqkv, wo, bo, wgu, bgu, wd, bd in fast.layers]
+        self.layers, self.head = _in_arena(layers, _c_layout(fast.head_t, 1, q8))
         layers, head = self.layers, self.head
         self._keep: list[Tensor] = []  # every tensor the structures point at stays alive with this object
         rope = torch.view_as_real(fast.rope).contiguous().float()

@@ -618,16 +618,11 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
         const int pad = ok && !ok[slot + t];
         const int64_t S = pad ? slot + T : slot + t + 1;
         if (pad) ok = NULL;
-        float *q = qkv + bt * ldqkv + h * hd, mx = -INFINITY, sum = 0.f;
+        float *q = qkv + bt * ldqkv + h * hd;
         rotate(q, m->rope + pos[bt] * half * 2, half);
-        mx = scores(q, kc, hd, S, ok, scale, p);
-        sum = exp_shifted(p, S, mx);
-        float *o = att + bt * nq + h * hd;
-        if (sum == 0.f) { /* nothing to attend to (not reached: a token attends at least to itself) */
-            memset(o, 0, hd * sizeof(float));
-            continue;
-        }
-        weighted_sum(p, sum, S, vc, hd, o);
+        /* the token's own slot is attended (valid, or a padding token's all): the sum is at least 1 */
+        const float sum = exp_shifted(p, S, scores(q, kc, hd, S, ok, scale, p));
+        weighted_sum(p, sum, S, vc, hd, att + bt * nq + h * hd);
     }
 }
 
