@@ -205,15 +205,17 @@ class LM:
 
     # ------------------------------------------------------------------ serving many users, scoring
     def batch_engine(self, max_batch: int = 32, prefill_chunk: int = 512, max_queue: int = 256,
-                     process: bool = False, reader: bool = True) -> "BatchEngine | EngineProcess":
+                     process: bool = False, reader: bool = True,
+                     event_interval: float = 0.0) -> "BatchEngine | EngineProcess":
         """A started :class:`~lmforge.inference.engine.BatchEngine` (continuous batching) for this model; with
         ``process``, the same engine in a child process (:class:`~lmforge.inference.engine_proc.EngineProcess`:
         what a server uses, so that its event loop and the engine do not share a GIL), whose events a thread of
         this process receives, or with ``reader=False`` the caller (its ``pump()``, when ``fileno()`` is
-        readable)."""
+        readable); ``event_interval`` > 0 lets the child merge a choice's events over that many seconds."""
 
         if process:
-            return EngineProcess(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue, reader=reader)
+            return EngineProcess(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue, reader=reader,
+                                 event_interval=event_interval)
         return BatchEngine(self.model, self.tokenizer, max_batch, prefill_chunk, max_queue).start()
 
     def sampling_params(self, **sampling: Any) -> "SamplingParams":

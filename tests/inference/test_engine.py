@@ -66,8 +66,9 @@ class Collector:
 
 def _submit(eng, tok, prompt, n=1, **kw):
     sink = Collector(n)
+    logprobs = kw.pop("logprobs", None)
     params = SamplingParams.from_kwargs(None, **{"temperature": 0, "max_new_tokens": 40, "ignore_eos": True, **kw})
-    eng.submit(GenerationRequest(tok.encode(prompt), params, sink, n=n, logprobs=kw.pop("logprobs", None)))
+    eng.submit(GenerationRequest(tok.encode(prompt), params, sink, n=n, logprobs=logprobs))
     return sink
 
 
@@ -204,11 +205,12 @@ def test_cancel_frees_the_slot(tok):
         eng.stop()
 
 
-def test_long_prompt_prefill_does_not_stall_running_streams(tok):
-    """A prompt many chunks long is prefilled between decoding steps: the running stream keeps getting a token
-    every iteration meanwhile."""
+@pytest.mark.parametrize("stepwise_max", [0, 256])
+def test_long_prompt_prefill_does_not_stall_running_streams(tok, stepwise_max):
+    """A prompt many chunks long is prefilled between decoding steps (in chunks, or one token per step beside
+    the running stream): the running stream keeps getting a token every iteration meanwhile."""
     model = _model(tok, "lstm")
-    eng = BatchEngine(model, tok, max_batch=4, prefill_chunk=4)
+    eng = BatchEngine(model, tok, max_batch=4, prefill_chunk=4, stepwise_max=stepwise_max)
     running = _submit(eng, tok, "All:", max_new_tokens=60)
     eng.start()
     try:
@@ -231,14 +233,7 @@ def test_prompts_of_different_lengths_prefill_as_one_padded_batch(tok, family):
     offline generation of that request alone."""
     model = _model(tok, family)
     eng = BatchEngine(model, tok, max_batch=4, prefill_chunk=256)
-    calls: list[list[int]] = []
-    feed = eng.slots.feed
-
-    def counting_feed(scratch, ids):
-        calls.append([len(r) for r in ids])
-        return feed(scratch, ids)
-
-    eng.slots.feed = counting_feed
+    calls = _feeds(eng)
     _queued_then_alone(eng, model, tok, PROMPTS, [40, 33, 45, 38])
     assert len(calls[1]) == 4 and len(set(calls[1])) == 4  # all four at once (calls[0] is the warm-up)
     if model.max_context is not None:
@@ -274,3 +269,83 @@ started.wait(60)
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "terminate called" not in done.stderr
+
+
+def _feeds(eng) -> list[list[int]]:
+    """Counts the engine's prefill calls (the prompt lengths of each) from now on."""
+    calls: list[list[int]] = []
+    feed = eng.slots.feed
+
+    def counting_feed(scratch, ids):
+        calls.append([len(r) for r in ids])
+        return feed(scratch, ids)
+
+    eng.slots.feed = counting_feed
+    return calls
+
+
+def test_lstm_prompts_ride_along_with_decoding_rows(tok):
+    """With an LSTM, a prompt that arrives while others decode is fed one token per decoding step in a row of its
+    own (no prefill call of its own); its greedy tokens still equal offline generation of it alone, and the
+    log-probabilities of its tokens (the first one sampled from the step's logits of that row only) equal those
+    of the engine that prefills every prompt."""
+    model = _model(tok, "lstm")
+    runs = {}
+    for stepwise_max in (0, 256):
+        eng = BatchEngine(model, tok, max_batch=4, stepwise_max=stepwise_max)
+        calls = _feeds(eng)
+        eng.start()
+        try:
+            first = _submit(eng, tok, "First", max_new_tokens=60)
+            deadline = time.monotonic() + 10
+            while eng.steps < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            later = []
+            for prompt in PROMPTS[1:]:
+                later.append(_submit(eng, tok, prompt, max_new_tokens=20, logprobs=2))
+                time.sleep(0.005)
+            for sink in [first, *later]:
+                assert sink.done.wait(60)
+        finally:
+            eng.stop()
+        runs[stepwise_max] = (calls, later)
+    calls, later = runs[256]
+    assert calls == [[2], [5]]  # the warm-up, then only the first request, which found nothing decoding
+    assert len(runs[0][0]) == 5  # the other engine prefilled each prompt
+    for prompt, sink, other in zip(PROMPTS[1:], later, runs[0][1]):
+        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=20, ignore_eos=True)[0]
+        assert sink.ids() == alone.token_ids == other.ids()
+        got = [lp for e in sink.events[0] for lp in e.logprobs]
+        ref = [lp for e in other.events[0] for lp in e.logprobs]
+        assert [lp.logprob for lp in got] == pytest.approx([lp.logprob for lp in ref], abs=1e-5)
+        assert [[t for t, _ in lp.top] for lp in got] == [[t for t, _ in lp.top] for lp in ref]
+
+
+def test_choose_plain_makes_each_rows_choose_next_choice():
+    """The engine's batched choice equals ``choose_next`` on each row alone with the row's own generator:
+    greedy rows, one temperature for all, and mixed temperatures; a row whose scaled logits overflow is left to
+    the one-by-one path (``None``)."""
+    from types import SimpleNamespace
+
+    from lmforge.inference.engine_seq import choose_plain
+    from lmforge.inference.sampling import choose_next
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+
+    def seqs(temps, seed=11):
+        out = []
+        for i, t in enumerate(temps):
+            g = torch.Generator().manual_seed(seed + i) if t > 0 else None
+            out.append(SimpleNamespace(plain=True, n_gen=0, params=SamplingParams(temperature=t, max_new_tokens=5),
+                                       generator=g))
+        return out
+
+    for temps in ([0.8] * 6, [0.0, 0.5, 1.0, 0.8, 0.0, 2.0], [1.0] * 6, [0.0] * 6):
+        got = choose_plain(seqs(temps), logits)
+        for row, (t, s) in enumerate(zip(temps, seqs(temps))):
+            x = logits[row:row + 1] if t in (0.0, 1.0) else logits[row:row + 1] / t
+            want = choose_next(x, SamplingParams(temperature=t), [s.generator] if s.generator else None)
+            assert got[row] == int(want[0])
+    got = choose_plain(seqs([0.8, 1e-38, 0.8]), logits[:3] * 1e3)  # the middle row's logits / t overflow
+    assert got[1] is None and got[0] is not None and got[2] is not None

@@ -158,3 +158,62 @@ def test_events_pumped_by_the_owner_equal_the_reader_threads(tok):
             eng.submit(GenerationRequest(tok.encode("x"), SamplingParams(), Sink()))
     finally:
         eng.stop()
+
+
+def test_events_held_over_an_interval_merge_into_the_same_stream(tok):
+    """With ``event_interval`` the child merges what a running choice makes meanwhile; its first event and its
+    last cross at once. With an interval longer than the run each request gets exactly those two events, and
+    their tokens, log-probabilities and text are those of the engine that sends every step's events."""
+    model = _model(tok, "lstm")
+    merged = EngineProcess(model, tok, max_batch=4, threads=1, event_interval=3600.0)
+    try:
+        sinks = _run(merged, tok, PROMPTS)
+    finally:
+        merged.stop()
+    for i, (prompt, sink) in enumerate(zip(PROMPTS, sinks)):
+        alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=10 + 10 * i, ignore_eos=True)[0]
+        assert len(sink.events) == 2
+        assert sink.ids() == alone.token_ids
+        assert [lp.token_id for e in sink.events for lp in e.logprobs] == alone.token_ids
+        assert "".join(e.text for e in sink.events) == alone.text
+        last = sink.events[-1]
+        assert last.finish_reason == "length" and last.completion_tokens == 10 + 10 * i
+
+
+def test_outbox_sends_firsts_and_lasts_at_once_and_the_rest_per_interval(monkeypatch):
+    """The child's outbox, with a clock of its own: a choice's first event and its finished one go at once
+    (with what it held before), the others wait for the interval; a cancelled request's held events are
+    dropped."""
+    from lmforge.inference import engine_proc
+    from lmforge.inference.engine_seq import Event
+
+    class Conn:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, msg):
+            self.sent.append(msg[2])
+
+    now = [100.0]
+    monkeypatch.setattr(engine_proc.time, "monotonic", lambda: now[0])
+    conn = Conn()
+    box = engine_proc._Outbox(conn, 0.02)
+    a, b = engine_proc._Remote(1), engine_proc._Remote(2)
+
+    def ev(text, reason=None, n=0):
+        return Event(0, text, [ord(c) for c in text], [], reason, n, 3)
+
+    box.add(1, [(a, ev("H", n=1))])  # a's first: at once
+    box.add(2, [(a, ev("e", n=2)), (b, ev("x", n=1))])  # b's first: at once; a's second waits
+    assert [[(m[0], m[2]) for m in msg] for msg in conn.sent] == [[(1, "H")], [(2, "x")]]
+    box.add(3, [(a, ev("l", n=3)), (b, ev("y", n=2))])
+    now[0] += 0.03  # the interval is over: everything held goes, merged per choice
+    box.add(4, [(a, ev("l", n=4))])
+    assert [(m[0], m[2], m[3], m[6]) for m in conn.sent[2]] == [(1, "ell", [101, 108, 108], 4), (2, "y", [121], 2)]
+    box.add(5, [(b, ev("z", n=3))])
+    box.add(6, [(a, ev("o", "length", n=5))])  # a finishes: at once; b's held "z" waits
+    assert [(m[0], m[2], m[5]) for m in conn.sent[3]] == [(1, "o", "length")]
+    box.cancelled.append(2)  # b is cancelled: its held text never crosses
+    now[0] += 1
+    box.add(7, [])
+    assert len(conn.sent) == 4 and not box.held

@@ -75,6 +75,8 @@ class BatchEngine:
         max_queue: the most requests waiting for a slot; :meth:`submit` raises ``OverflowError`` beyond it.
         deliver: if given, called once per iteration with its ``(sink, event)`` pairs instead of calling each
             sink (:class:`~lmforge.inference.engine_proc.EngineProcess` sends them through a pipe this way).
+        stepwise_max: the longest prompt fed one token per decoding step beside running sequences, where the
+            slots allow it (the LSTM's; see :meth:`_join_stepwise`); 0 never does.
 
     Example:
         >>> eng = BatchEngine(model, tok).start()                                     # doctest: +SKIP
@@ -83,7 +85,8 @@ class BatchEngine:
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
                  max_queue: int = 256,
-                 deliver: Optional[Callable[[list[tuple[Callable[[Event], None], Event]]], None]] = None) -> None:
+                 deliver: Optional[Callable[[list[tuple[Callable[[Event], None], Event]]], None]] = None,
+                 stepwise_max: int = 256) -> None:
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError("max_batch and prefill_chunk must be >= 1")
         self.model = model
@@ -99,6 +102,8 @@ class BatchEngine:
         self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._prefilling: list[Sequence] = []
         self._running: list[Sequence] = []  # _running[i] occupies slot row i
+        self._feeding = 0  # running sequences still fed their prompt one token per step (_join_stepwise)
+        self.stepwise_max = stepwise_max
         self._stop = False
         self._thread: Optional[threading.Thread] = None
         self.steps = 0  # decoding steps taken (for tests and metrics)
@@ -244,12 +249,36 @@ class BatchEngine:
                 self._pending.popleft()
                 self._prefilling.extend(Sequence.for_request(handle, self, i) for i in range(handle.request.n))
 
+    def _join_stepwise(self) -> None:
+        """Where the slots allow it (the LSTM's), a waiting prompt of at most ``stepwise_max`` tokens joins the
+        running batch at once and is fed one token per decoding step, riding along with the sequences that
+        decode; its first token is sampled after its last prompt token. A prefill of one prompt alone costs
+        about as much per token as a whole batch's decoding step (each recurrent step reads every weight), so
+        on a busy engine a prompt's tokens cost a few extra batch rows instead (the prefill piggybacks on the
+        decode batch as in SARATHI, arXiv:2308.16369). With nothing decoding, prompts still prefill together
+        in one call (:meth:`_prefill`); so do the choices of an ``n > 1`` request, which share one prefill."""
+        if not (self._running and getattr(self.slots, "stepwise", False)):
+            return
+        joining = [s for s in self._prefilling if s.request.n == 1 and s.scratch is None
+                   and 0 < len(s.to_prefill) <= self.stepwise_max]
+        if not joining:
+            return
+        members = set(map(id, joining))
+        self._prefilling = [s for s in self._prefilling if id(s) not in members]
+        for seq in joining:
+            seq.row = len(self._running)
+            self._running.append(seq)
+            seq.next_input = seq.to_prefill.pop(0)
+        self.slots.clear([s.row for s in joining])
+        self._feeding += len(joining)
+
     def _prefill(self) -> None:
         """Prefills up to ``prefill_chunk`` prompt tokens. The fresh prompts that fit are fed as one batch (the
         re-prefills of sequences that filled their context, requests that came together), left-padded where
         the slots allow prompts of different lengths (the Transformer's and the LSTM's do), else those of the
         head's length; a longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
         take their first token and join the batch; the choices of one request share one prefill."""
+        self._join_stepwise()
         budget = self.prefill_chunk
         ragged = bool(getattr(self.slots, "ragged", False))
         while self._prefilling and budget > 0:
@@ -347,12 +376,21 @@ class BatchEngine:
     def _decode(self) -> None:
         running = self._running
         tokens = torch.as_tensor([s.next_input for s in running], dtype=torch.long, device=self.device)
-        logits = self.slots.decode(tokens)
+        sampling = running
+        if self._feeding:  # rows still taking their prompt (_join_stepwise): no logits, no sampling
+            sampling = [s for s in running if not s.to_prefill]
+            logits = self.slots.decode(tokens, [s.row for s in sampling])
+            for seq in running:
+                if seq.to_prefill:
+                    seq.next_input = seq.to_prefill.pop(0)
+            self._feeding = len(running) - len(sampling)
+        else:
+            logits = self.slots.decode(tokens)
         self.steps += 1
-        chosen = choose_plain(running, logits)
+        chosen = choose_plain(sampling, logits)
         done, full = [], []
         slots_full = self.slots.full
-        for i, (seq, tok) in enumerate(zip(running, chosen)):
+        for i, (seq, tok) in enumerate(zip(sampling, chosen)):
             if not self._take(seq, logits, i, tok):
                 done.append(seq)
             elif slots_full(seq.row):  # context full: re-prefill from the latest tokens

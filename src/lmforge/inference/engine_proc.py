@@ -30,6 +30,7 @@ import multiprocessing as mp
 import pickle
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import torch
@@ -75,11 +76,64 @@ def _build(spec: dict) -> Any:
     return model.to(spec["device"]).eval()
 
 
+class _Outbox:
+    """The child's events on their way to the pipe, one message per engine iteration at most.
+
+    With ``interval`` 0 every iteration's events cross at once. With ``interval`` > 0 (seconds; a server that
+    writes a stream at most once per interval anyway) the text of a running choice is held and merged: what a
+    choice makes over one interval crosses as one event, not one per token, so the server handles a few events
+    per request instead of one per token. A choice's first event and its last (finished, failed) cross at once,
+    with whatever that choice held before: time to first token and the end of a stream are not delayed.
+    """
+
+    def __init__(self, conn: Any, interval: float) -> None:
+        self.conn, self.interval = conn, interval
+        self.held: dict[tuple[int, int], list] = {}  # (request id, choice) -> a portable event, merged
+        self.started: dict[int, set[int]] = {}  # request id -> its choices that sent something
+        self.cancelled: collections.deque[int] = collections.deque()  # appended by the pipe's thread
+        self.last = time.monotonic()
+
+    def add(self, steps: int, batch: list[tuple[Any, Event]]) -> None:
+        if self.interval <= 0:
+            self.conn.send(("events", steps, [_portable(sink.rid, event) for sink, event in batch]))
+            return
+        while self.cancelled:
+            self.forget(self.cancelled.popleft())
+        urgent: list[tuple[int, int]] = []
+        for sink, e in batch:
+            key = (sink.rid, e.index)
+            seen = self.started.setdefault(sink.rid, set())
+            if e.index not in seen or e.finish_reason is not None:
+                urgent.append(key)
+            seen.add(e.index)
+            held = self.held.get(key)
+            if held is None:
+                self.held[key] = list(_portable(sink.rid, e))
+            else:  # text, tokens and log-probabilities in order; the latest counts, finish reason and error
+                held[2] += e.text
+                held[3].extend(e.token_ids)
+                held[4].extend(e.logprobs)
+                held[5:] = _portable(sink.rid, e)[5:]
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            urgent = list(self.held)
+            self.last = now
+        if urgent:
+            self.conn.send(("events", steps, [tuple(self.held.pop(key)) for key in dict.fromkeys(urgent)]))
+
+    def forget(self, rid: int) -> None:
+        """Request ``rid`` is over (called on the engine's thread)."""
+        self.started.pop(rid, None)
+        for key in [k for k in self.held if k[0] == rid]:
+            del self.held[key]
+
+
 def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
     """The child process: builds the model, runs the engine, and serves the pipe until told to stop (or until
     the pipe closes). Ctrl+C reaches the whole process group: the server process decides when to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(options.pop("threads"))
+    outbox = _Outbox(conn, options.pop("event_interval"))
     try:
         model = _build(spec)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which refuses to start
@@ -90,7 +144,7 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
     left: dict[int, int] = {}  # choices of each request not finished yet
 
     def deliver(batch: list[tuple[Any, Event]]) -> None:
-        conn.send(("events", engine.steps, [_portable(sink.rid, event) for sink, event in batch]))
+        outbox.add(engine.steps, batch)
         for sink, event in batch:  # a finished request is forgotten here: no message from the server needed
             n = left.get(sink.rid) if event.finish_reason is not None else None
             if n is not None and n > 1:
@@ -98,6 +152,7 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
             elif n is not None:
                 left.pop(sink.rid, None)
                 handles.pop(sink.rid, None)
+                outbox.forget(sink.rid)
 
     engine = BatchEngine(model, tokenizer, deliver=deliver, **options).start()
     conn.send(("ready", None))
@@ -113,6 +168,7 @@ def _serve(spec: dict, tokenizer: Any, options: dict, conn: Any) -> None:
                 left.pop(msg[1], None)
                 if handle is not None:
                     handle.cancel()
+                    outbox.cancelled.append(msg[1])
             else:
                 break
     except (EOFError, OSError):  # the server process went away
@@ -144,13 +200,13 @@ class EngineProcess:
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, prefill_chunk: int = 512,
                  max_queue: int = 256, threads: Optional[int] = None, start_timeout: float = 300.0,
-                 reader: bool = True) -> None:
+                 reader: bool = True, event_interval: float = 0.0) -> None:
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         spec = {"config": model.config, "quantization": quantization_of(model),
                 "device": str(next(model.parameters()).device),
                 "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}  # moved to shared memory
         options = {"max_batch": max_batch, "prefill_chunk": prefill_chunk, "max_queue": 1 << 30,
-                   "threads": threads or torch.get_num_threads()}
+                   "threads": threads or torch.get_num_threads(), "event_interval": event_interval}
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(spec, tokenizer, options, child), name="lmforge-engine",

@@ -9,6 +9,7 @@ that may still become a stop string is held back).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -224,11 +225,14 @@ def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
         picked = torch.argmax(sub, dim=-1)
     if sampled:
         part = sub if len(sampled) == len(rows) else sub[sampled]
-        t = torch.tensor([temps[j] for j in sampled], dtype=torch.float32, device=sub.device).view(-1, 1)
-        scaled = part.float() / t
-        top = scaled.max(dim=-1).values
-        if not bool(torch.isfinite(top).all()):
-            finite = torch.isfinite(top).tolist()
+        first = temps[sampled[0]]
+        if all(temps[j] == first for j in sampled):  # one temperature (the usual case): no tensor to build
+            scaled = part.float() if first == 1.0 else part.float() / first
+        else:
+            scaled = part.float() / torch.tensor([temps[j] for j in sampled], dtype=torch.float32,
+                                                 device=sub.device).view(-1, 1)
+        if not math.isfinite(float(scaled.sum())):  # a row overflowed (or a finite sum did): find which
+            finite = torch.isfinite(scaled.max(dim=-1).values).tolist()
             for k, j in enumerate(sampled):
                 ok[j] = bool(finite[k])
         probs = torch.softmax(scaled, dim=-1)

@@ -42,6 +42,7 @@ class LSTMSlots:
 
     max_context: Optional[int] = None
     ragged = True  # feed() takes prompts of different lengths in one call
+    stepwise = True  # a row may take its prompt one token per decode() (see the engine's _join_stepwise)
 
     def __init__(self, model: Any, slots: int) -> None:
         self.model = model
@@ -75,6 +76,12 @@ class LSTMSlots:
         self.h[:, d] = self.h[:, s]
         self.c[:, d] = self.c[:, s]
 
+    def clear(self, rows: list[int]) -> None:
+        """Sets ``rows`` to the state before any token (zero ``h`` and ``c``, as ``init_state`` makes)."""
+        idx = _index(rows, self.h.device)
+        self.h[:, idx] = 0
+        self.c[:, idx] = 0
+
     def full(self, row: int) -> bool:
         """Whether ``row`` can take no more tokens (never, for an LSTM)."""
         return False
@@ -82,17 +89,17 @@ class LSTMSlots:
     def reset(self) -> None:
         """Empties every row (rows are overwritten when a sequence joins; nothing to clear)."""
 
-    def decode(self, tokens: Tensor) -> Tensor:
+    def decode(self, tokens: Tensor, want: Optional[list[int]] = None) -> Tensor:
         """Feeds one token per occupied row (``tokens`` (n,)), updating rows ``0 .. n-1`` in place; returns their
-        next-token logits (n, V)."""
+        next-token logits (n, V), or those of rows ``want`` only (len(want), V)."""
         step_rows = getattr(self.model, "step_rows", None)
         if step_rows is not None:
-            return step_rows(tokens, (self.h, self.c))
+            return step_rows(tokens, (self.h, self.c)) if want is None else step_rows(tokens, (self.h, self.c), want)
         n = tokens.numel()
         logits, (h, c) = self.model.step(tokens.view(n, 1), (self.h[:, :n].contiguous(), self.c[:, :n].contiguous()))
         self.h[:, :n] = h
         self.c[:, :n] = c
-        return logits[:, -1]
+        return logits[:, -1] if want is None else logits[_index(want, logits.device, gather=True), -1]
 
 
 def _left_padded(ids: list[list[int]], device: torch.device) -> tuple[Tensor, Optional[Tensor]]:

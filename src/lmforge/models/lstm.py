@@ -125,26 +125,28 @@ class LSTMLanguageModel(nn.Module):
         out, new_state = self._run(idx, state, attention_mask)
         return self.head(self.dropout(out)), new_state
 
-    def step_rows(self, tokens: Tensor, state: LSTMState) -> Tensor:
+    def step_rows(self, tokens: Tensor, state: LSTMState, want: Optional[Sequence[int]] = None) -> Tensor:
         """Feeds one token to each of the first ``n = tokens.numel()`` rows of ``state`` and updates those rows
         in place (the batching engine's slots: no copy of the state in or out).
 
         Args:
             tokens: (n,) token ids.
             state: ``(h, c)``, each (L, S, H) and contiguous, with ``S >= n``.
+            want: the rows whose logits are wanted (default: all; the output head then runs on those only).
 
         Returns:
-            The next-token logits (n, V).
+            The next-token logits (n, V), or (len(want), V).
         """
         n = tokens.numel()
         h, c = state
         weights = self._fused_weights() if self._can_fuse() and h.is_contiguous() and c.is_contiguous() else None
         if weights is not None:
-            return self._logits(self._fused_step(tokens.view(n), h, c, weights))
+            top = self._fused_step(tokens.view(n), h, c, weights)
+            return self._logits(top if want is None else top[torch.as_tensor(want, dtype=torch.long, device=top.device)])
         logits, (h_new, c_new) = self.step(tokens.view(n, 1), (h[:, :n].contiguous(), c[:, :n].contiguous()))
         h[:, :n] = h_new
         c[:, :n] = c_new
-        return logits[:, -1]
+        return logits[:, -1] if want is None else logits[torch.as_tensor(want, dtype=torch.long, device=logits.device), -1]
 
     def prefill(self, rows: Sequence[Sequence[int]], state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         """Feeds each row its own tokens (rows may differ in length) after ``state``; returns the logits after each

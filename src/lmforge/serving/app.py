@@ -125,7 +125,9 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
             (:class:`~lmforge.inference.engine_proc.EngineProcess`), away from the event loop's GIL; what
             ``lmforge serve`` does. Off by default here: a child costs seconds to start.
         stream_interval: the least seconds between two writes of a stream after its first (the tokens made
-            meanwhile go out together; a choice that finishes is written at once). 0 writes every event.
+            meanwhile go out together; a choice that finishes is written at once). 0 writes every event. With
+            ``engine_process`` the engine's child merges each running choice's events over the same interval
+            before they cross the pipe (first and last events go at once).
 
     Returns:
         A FastAPI app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)``.
@@ -134,7 +136,7 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
     name, kind, context, vocab = _facts(engine, engine_or_run)
     metrics = Metrics({})
     if batching and kind == "lm" and hasattr(engine, "batch_engine") and hasattr(engine, "model"):
-        backend: Any = BatchBackend(engine, metrics, max_batch, max_queue, engine_process)
+        backend: Any = BatchBackend(engine, metrics, max_batch, max_queue, engine_process, stream_interval)
     else:
         backend = SerialBackend(engine, metrics, max_concurrency, max_queue, serialize)
     metrics.gauges.update({

@@ -168,14 +168,16 @@ class BatchBackend:
 
     batching = True
 
-    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int, process: bool = False) -> None:
+    def __init__(self, lm: Any, metrics: Metrics, max_batch: int, max_queue: int, process: bool = False,
+                 event_interval: float = 0.0) -> None:
         self.lm = lm
         self.metrics = metrics
         self.engine = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop reading the engine process's pipe
         if process:
             try:  # its events are read by the event loop itself (see _attach): no reader thread
-                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True, reader=False)
+                self.engine = lm.batch_engine(max_batch=max_batch, max_queue=max_queue, process=True, reader=False,
+                                              event_interval=event_interval)
             except Exception as err:  # noqa: BLE001 - any failure to start the child: serve from this process
                 log.warning("the engine process did not start (%s); running the engine in this process", err)
         if self.engine is None:
