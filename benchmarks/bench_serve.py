@@ -17,8 +17,10 @@ Without ``--run`` it writes an untrained model of ``--preset`` (a char tokenizer
 Shakespeare) with the run-folder writer: speed does not depend on training, and an untrained model rarely
 stops early, so each request generates close to ``--max-tokens`` tokens.
 
-    python benchmarks/bench_serve.py --run /tmp/serve_run          # the default trained Transformer
-    python benchmarks/bench_serve.py --preset lstm-tiny            # an (untrained) LSTM
+    python benchmarks/bench_serve.py --run /tmp/serve_run          # the default trained Transformer (0.8M)
+    python benchmarks/bench_serve.py --preset lstm-small           # an (untrained) LSTM of about its size (1.1M)
+    python benchmarks/bench_serve.py --preset lstm-tiny            # a 0.1M LSTM: the server's work per token
+                                                                   # costs more than the model's
 """
 
 from __future__ import annotations
