@@ -97,7 +97,7 @@ def test_writes_after_the_peer_left_are_dropped_quietly(caplog):
 
 def test_flow_control_pauses_and_resumes_the_protocol_and_keeps_every_byte():
     async def scenario() -> tuple[list[str], bytes, bytes]:
-        wrapped, real, proto, theirs = await _pair()
+        wrapped, _, proto, theirs = await _pair()
         wrapped.set_write_buffer_limits(high=1 << 16)  # the socket transport's own limits, through the wrapper
         payload = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
         wrapped.write(payload[: 1 << 21])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.format import chat_logprobs
 from lmforge.serving.openapi import errors
 from lmforge.serving.responses import ChunkHead, event_stream
 from lmforge.serving.schemas import ChatCompletionRequest, Usage, new_id, now
-from lmforge.serving.state import ServerState, server
+from lmforge.serving.state import server
 
 __all__ = ["router"]
 
@@ -23,9 +23,10 @@ def _choice(index: int, delta_or_message: dict, reason: Optional[str], logprobs:
 
 
 @router.post("/v1/chat/completions", responses=errors(404, post=True, busy=True, streams=True))
-async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depends(server)) -> Any:
+async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     """The assistant's reply to ``messages`` (``n`` independent choices, generated as one batch).
     ``top_logprobs`` counts only with ``logprobs: true``."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("lm", "/v1/chat/completions")
     srv.check_token_ids(list(req.bias()), "logit_bias")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.format import CompletionLogprobs
 from lmforge.serving.openapi import errors
@@ -53,8 +53,9 @@ def _body(choice: _Choice, index: int, text: str, reason: Optional[str], logprob
 
 
 @router.post("/v1/completions", responses=errors(404, post=True, busy=True, streams=True))
-async def completions(req: CompletionRequest, srv: ServerState = Depends(server)) -> Any:
+async def completions(req: CompletionRequest, request: Request) -> Any:
     """Completes each prompt ``n`` times (choice ``p * n + c`` is choice ``c`` of prompt ``p``)."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("lm", "/v1/completions")
     max_tokens = srv.max_new(req)
