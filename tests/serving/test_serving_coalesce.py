@@ -145,3 +145,18 @@ def test_event_stream_writes_first_at_once_then_once_per_interval_and_closes_wit
         assert interval * 0.9 <= writes[1][0] < 0.25 <= writes[2][0] < 0.25 + interval * 0.9
     else:
         assert [w for _, w, _ in writes[1:]] == [b"[t1 ]", b"[t2 ]", b"[t3 ]", b"[t4 stop]<usage>data: [DONE]\n\n"]
+
+
+def test_coalesce_merges_each_choice_in_order_and_leaves_the_events_alone():
+    from lmforge.inference.engine import Event
+    from lmforge.serving.backend import coalesce
+
+    events = [Event(1, "x", [7], ["l7"], None, 1, 3), Event(0, "a", [1], ["l1"], None, 1, 3),
+              Event(1, "y", [8], ["l8"], "stop", 2, 3), Event(0, "b", [2], ["l2"], None, 2, 3),
+              Event(0, "c", [3], ["l3"], "length", 3, 3), Event(2, "z", [9], [], None, 1, 3)]
+    before = [(e.text, list(e.token_ids)) for e in events]
+    merged = coalesce(events)
+    assert [(m.index, m.text, m.token_ids, m.logprobs, m.finish_reason, m.completion_tokens) for m in merged] == [
+        (1, "xy", [7, 8], ["l7", "l8"], "stop", 2), (0, "abc", [1, 2, 3], ["l1", "l2", "l3"], "length", 3),
+        (2, "z", [9], [], None, 1)]
+    assert [(e.text, e.token_ids) for e in events] == before

@@ -34,6 +34,16 @@ Prompt = Union[str, list[int]]
 log = logging.getLogger(__name__)
 
 
+def _shifted(deliver: Callable[[Event], None], offset: int) -> Callable[[Event], None]:
+    """``deliver`` for the events of one prompt of several, whose choices start at ``offset``."""
+
+    def sink(event: Event) -> None:
+        event.index += offset
+        deliver(event)
+
+    return sink
+
+
 class BatchBackend:
     """Generation through the continuously batched engine of an :class:`lmforge.api.LM`."""
 
@@ -97,10 +107,9 @@ class BatchBackend:
     def _submit(self, ids: list[int], params: Any, n: int, logprobs: Optional[int], bias: dict[int, float],
                 gen: Generation, offset: int = 0) -> Any:
         self._attach()
-
-        def sink(event: Event) -> None:
-            event.index += offset
-            gen.sink(event)
+        # the engine process's events are read on the event loop (see _attach): straight into the generation
+        deliver = gen.put if hasattr(self.engine, "pump") else gen.sink
+        sink = _shifted(deliver, offset) if offset else deliver
 
         try:
             return self.engine.submit(GenerationRequest(ids, params, sink, n, logprobs, bias))

@@ -188,17 +188,22 @@ class Generation:
 def coalesce(events: list[Event]) -> list[Event]:
     """Merges the events of each choice into one (texts, tokens and log-probabilities in order; the last finish
     reason and counts), so a stream that fell behind the engine catches up with one server-sent event per
-    choice instead of one per token. Choices keep their first-seen order."""
-    merged: dict[int, Event] = {}
+    choice instead of one per token. Choices keep their first-seen order; the events are not changed."""
+    groups: dict[int, list[Event]] = {}
     for e in events:
-        m = merged.get(e.index)
-        if m is None:
-            merged[e.index] = Event(e.index, e.text, list(e.token_ids), list(e.logprobs), e.finish_reason,
-                                    e.completion_tokens, e.prompt_tokens)
+        group = groups.get(e.index)
+        if group is None:
+            groups[e.index] = [e]
+        else:
+            group.append(e)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
             continue
-        m.text += e.text
-        m.token_ids.extend(e.token_ids)
-        m.logprobs.extend(e.logprobs)
-        m.finish_reason = e.finish_reason or m.finish_reason
-        m.completion_tokens, m.prompt_tokens = e.completion_tokens, e.prompt_tokens
-    return list(merged.values())
+        last = group[-1]
+        reason = next((e.finish_reason for e in reversed(group) if e.finish_reason is not None), None)
+        out.append(Event(last.index, "".join(e.text for e in group), [t for e in group for t in e.token_ids],
+                         [lp for e in group for lp in e.logprobs], reason, last.completion_tokens,
+                         last.prompt_tokens))
+    return out
