@@ -186,19 +186,31 @@ def test_a_stream_failing_before_its_first_event_gets_its_own_status(serve, fail
     assert resp.json()["error"]["type"] == kind
 
 
-def test_the_cli_serves_through_the_coalescing_protocol_with_telemetry_as_asked(tiny_run_dirs, monkeypatch):
+def test_the_cli_serves_through_the_coalescing_protocol_frozen_heap_and_telemetry_as_asked(tiny_run_dirs, monkeypatch):
     import uvicorn
 
     import lmforge.serving.app as app_module
     from lmforge.cli.main import main
 
+    import gc
+
     seen: dict[str, Any] = {}
     create = app_module.create_app
     monkeypatch.setattr(app_module, "create_app", lambda *a, **kw: (seen.update(kw), create(*a, **kw))[1])
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(http=kw["http"]))
-    for flag, wanted in (([], None), (["--otel"], True), (["--no-otel"], False)):
-        assert main(["serve", str(tiny_run_dirs["lstm"]), "--engine-thread", *flag]) == 0
-        assert seen["telemetry"] is wanted and seen["http"] is http_protocol()
+
+    def run(app: Any, **kw: Any) -> None:
+        seen.update(http=kw["http"], frozen=gc.get_freeze_count())
+        app.state.server.backend.shutdown()  # the engine's thread; uvicorn's lifespan would stop it
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    try:
+        for flag, wanted in (([], None), (["--otel"], True), (["--no-otel"], False)):
+            gc.unfreeze()
+            assert main(["serve", str(tiny_run_dirs["lstm"]), "--engine-thread", *flag]) == 0
+            assert seen["telemetry"] is wanted and seen["http"] is http_protocol()
+            assert seen["frozen"] > 10000  # what was loaded is out of the collector's way while serving
+    finally:
+        gc.unfreeze()
 
 
 class _Spans:
