@@ -131,8 +131,12 @@ class SSEResponse(Response):
         self._on_close, self._on_disconnect = on_close, on_disconnect
 
     async def _listen(self, receive: Any) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - a server whose receive fails has no disconnect to report
+            log.debug("listening for a disconnect failed", exc_info=True)
+            return
         self._on_disconnect()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
