@@ -170,6 +170,30 @@ def test_a_stream_sends_its_headers_with_the_first_event_and_ends_its_body_with_
     assert len(reads) >= 3  # the tokens between went out on their own
 
 
+def test_a_client_leaving_before_the_first_event_stops_its_generation(serve):
+    """No byte was sent yet (the headers wait for the first event), and the generation still stops."""
+    import threading
+
+    lm = FakeLM()
+    lm.gate = threading.Event()  # the first token waits for it
+    srv = serve(lm)
+    data = json.dumps({"messages": USER, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        deadline = time.monotonic() + 5
+        while not lm.active:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    time.sleep(0.2)  # the server notices the disconnect
+    lm.gate.set()
+    deadline = time.monotonic() + 5
+    while lm.closed < 1 or httpx.get(srv.url + "/health").json()["active"]:
+        assert time.monotonic() < deadline, "the generation went on after the client left"
+        time.sleep(0.01)
+    assert lm.tokens_generated <= 2
+
+
 @pytest.mark.parametrize("failing_at,status,kind", [(0, 400, "invalid_request_error"), (1, 500, "server_error")])
 def test_a_stream_failing_before_its_first_event_gets_its_own_status(serve, failing_at, status, kind):
     """Nothing was sent yet, so the error is an HTTP status with OpenAI's error object, not an event."""
