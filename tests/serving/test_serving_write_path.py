@@ -262,15 +262,15 @@ class _Spans:
 def test_fastapi_opentelemetry_runs_only_when_asked_for(monkeypatch, flag, env, traced):
     """Off by default (lmforge has /metrics); on with ``telemetry=True`` or when OTEL_* variables are set."""
     import inspect
+    import os
 
     from fastapi import FastAPI
-    from opentelemetry import trace
 
     from lmforge.serving.app import create_app
 
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         pytest.skip("this FastAPI has no native OpenTelemetry")
-    import os
+    from opentelemetry import trace  # FastAPI's dependency since it has native OpenTelemetry
 
     for name in [n for n in os.environ if n.startswith(("OTEL_", "FASTAPI_OTEL_"))]:
         monkeypatch.delenv(name)
