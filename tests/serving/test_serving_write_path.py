@@ -257,10 +257,12 @@ class _Spans:
         self.provider = Provider()
 
 
-@pytest.mark.parametrize("flag,env,traced", [(None, False, False), (None, True, True), (False, True, False),
-                                             (True, False, True)])
-def test_fastapi_opentelemetry_runs_only_when_asked_for(monkeypatch, flag, env, traced):
-    """Off by default (lmforge has /metrics); on with ``telemetry=True`` or when OTEL_* variables are set."""
+@pytest.mark.parametrize("flag,env,installed,traced", [
+    (None, False, False, False), (None, True, False, True), (None, False, True, True), (False, True, True, False),
+    (True, False, False, True)])
+def test_fastapi_opentelemetry_runs_only_when_asked_for(monkeypatch, flag, env, installed, traced):
+    """Off by default (lmforge has /metrics): a provider installed after the app was made then records nothing.
+    On with ``telemetry=True``, with OTEL_* variables, or with a provider installed before the app is made."""
     import inspect
     import os
 
@@ -277,8 +279,11 @@ def test_fastapi_opentelemetry_runs_only_when_asked_for(monkeypatch, flag, env, 
     if env:
         monkeypatch.setenv("OTEL_SERVICE_NAME", "lmforge-test")
     spans = _Spans()
+    if installed:
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: spans.provider)
+    app = create_app(FakeLM(), telemetry=flag)
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: spans.provider)
-    with LiveServer(create_app(FakeLM(), telemetry=flag)) as srv:
+    with LiveServer(app) as srv:
         assert httpx.get(srv.url + "/v1/models").status_code == 200
         time.sleep(0.05)
     assert bool(spans.names) is traced, spans.names

@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "machine, where a multi-threaded step waits for descheduled threads)")
     parser.add_argument("--otel", action=argparse.BooleanOptionalAction, default=None,
                         help="FastAPI's OpenTelemetry spans, metrics and logs for each request (default: on only "
-                             "when OTEL_* environment variables are set; lmforge's own counters are at /metrics)")
+                             "when OpenTelemetry is set up: OTEL_* environment variables, or providers installed "
+                             "as opentelemetry-instrument does; lmforge's own counters are at /metrics)")
     add_compile_arg(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -103,13 +103,27 @@ def _facts(engine: Any, engine_or_run: Any) -> tuple[str, str, Optional[int], Op
     return name, "translation" if is_translator else "lm", context, int(vocab) if vocab else None
 
 
+_UNSET_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider",
+                              "ProxyLoggerProvider", "NoOpLoggerProvider"})
+
+
+def _providers_installed() -> bool:
+    """Whether this process installed an OpenTelemetry tracer, meter or logger provider (in code)."""
+    try:
+        from opentelemetry import _logs, metrics, trace  # optional: FastAPI's own dependency since 0.165
+    except ImportError:
+        return False
+    providers = (trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider())
+    return any(type(p).__name__ not in _UNSET_PROVIDERS for p in providers)
+
+
 def telemetry_wanted(flag: Optional[bool] = None) -> bool:
-    """Whether FastAPI's own OpenTelemetry instrumentation runs: ``flag`` when given, else only when the
-    environment configures OpenTelemetry (an ``OTEL_*`` variable, as ``opentelemetry-instrument`` and OTLP
-    exporters are set up, or ``FASTAPI_OTEL_AUTO_CONFIGURE``)."""
+    """Whether FastAPI's own OpenTelemetry instrumentation runs: ``flag`` when given, else only when
+    OpenTelemetry is set up by the time the app is made: an ``OTEL_*`` variable (as ``opentelemetry-instrument``
+    and OTLP exporters are configured) or ``FASTAPI_OTEL_AUTO_CONFIGURE``, or a provider installed in code."""
     if flag is not None:
         return flag
-    return any(name.startswith(("OTEL_", "FASTAPI_OTEL_")) for name in os.environ)
+    return any(name.startswith(("OTEL_", "FASTAPI_OTEL_")) for name in os.environ) or _providers_installed()
 
 
 def _telemetry_kwargs(wanted: bool) -> dict[str, Any]:
@@ -148,8 +162,9 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         stream_interval: the least seconds between two writes of a stream after its first (the tokens made
             meanwhile go out together; a choice that finishes is written at once). 0 writes every event.
         telemetry: FastAPI's native OpenTelemetry spans, metrics and logs (FastAPI 0.165 and later); ``None``
-            (the default) turns them on only when ``OTEL_*`` environment variables are set
-            (:func:`telemetry_wanted`). The server's own counters are at ``/metrics`` either way.
+            (the default) turns them on only when OpenTelemetry is set up when the app is made (``OTEL_*``
+            environment variables or a provider installed, :func:`telemetry_wanted`); pass ``True`` for providers
+            installed later. The server's own counters are at ``/metrics`` either way.
 
     Returns:
         A FastAPI app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)``.
