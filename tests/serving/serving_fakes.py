@@ -158,16 +158,20 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn server for ``app`` in a background thread, on a free 127.0.0.1 port."""
+    """A real uvicorn server for ``app`` in a background thread, on a free 127.0.0.1 port, with the HTTP protocol
+    ``lmforge serve`` uses (its writes coalesced per event-loop iteration, :mod:`lmforge.serving.transport`)."""
 
     def __init__(self, app: Any) -> None:
+        from lmforge.serving.transport import http_protocol
+
         self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2,
+                                http=http_protocol())
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

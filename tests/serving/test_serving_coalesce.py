@@ -124,7 +124,7 @@ def test_event_stream_writes_first_at_once_then_once_per_interval_and_closes_wit
     from lmforge.serving.metrics import Metrics
     from lmforge.serving.responses import event_stream
 
-    async def scenario() -> list[tuple[float, bytes]]:
+    async def scenario() -> list[tuple[float, bytes, bool]]:
         loop = asyncio.get_running_loop()
         gen = Generation(1, Metrics({}))
         for k, at in enumerate((0.0, 0.01, 0.02, 0.25, 0.27)):
@@ -133,14 +133,30 @@ def test_event_stream_writes_first_at_once_then_once_per_interval_and_closes_wit
         render = lambda e: [f"[{e.text}{e.finish_reason or ''}]".encode()]  # noqa: E731
         resp = event_stream(gen, render, [b"<head>"], lambda: [b"<usage>"], interval)
         start, out = loop.time(), []
-        async for chunk in resp.body_iterator:
-            out.append((loop.time() - start, chunk))
+        async for chunk, last in resp.chunks:
+            out.append((loop.time() - start, chunk, last))
         return out
 
     writes = asyncio.run(scenario())
     assert writes[0][1] == b"<head>[t0 ]" and writes[0][0] < 0.1
+    assert [last for *_, last in writes] == [False] * (len(writes) - 1) + [True]  # the last one ends the body
     if interval:
-        assert [w for _, w in writes[1:]] == [b"[t1 t2 ]", b"[t3 t4 stop]<usage>data: [DONE]\n\n"]
+        assert [w for _, w, _ in writes[1:]] == [b"[t1 t2 ]", b"[t3 t4 stop]<usage>data: [DONE]\n\n"]
         assert interval * 0.9 <= writes[1][0] < 0.25 <= writes[2][0] < 0.25 + interval * 0.9
     else:
-        assert [w for _, w in writes[1:]] == [b"[t1 ]", b"[t2 ]", b"[t3 ]", b"[t4 stop]<usage>data: [DONE]\n\n"]
+        assert [w for _, w, _ in writes[1:]] == [b"[t1 ]", b"[t2 ]", b"[t3 ]", b"[t4 stop]<usage>data: [DONE]\n\n"]
+
+
+def test_coalesce_merges_each_choice_in_order_and_leaves_the_events_alone():
+    from lmforge.inference.engine import Event
+    from lmforge.serving.backend import coalesce
+
+    events = [Event(1, "x", [7], ["l7"], None, 1, 3), Event(0, "a", [1], ["l1"], None, 1, 3),
+              Event(1, "y", [8], ["l8"], "stop", 2, 3), Event(0, "b", [2], ["l2"], None, 2, 3),
+              Event(0, "c", [3], ["l3"], "length", 3, 3), Event(2, "z", [9], [], None, 1, 3)]
+    before = [(e.text, list(e.token_ids)) for e in events]
+    merged = coalesce(events)
+    assert [(m.index, m.text, m.token_ids, m.logprobs, m.finish_reason, m.completion_tokens) for m in merged] == [
+        (1, "xy", [7, 8], ["l7", "l8"], "stop", 2), (0, "abc", [1, 2, 3], ["l1", "l2", "l3"], "length", 3),
+        (2, "z", [9], [], None, 1)]
+    assert [(e.text, e.token_ids) for e in events] == before

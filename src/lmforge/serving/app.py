@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
@@ -43,7 +45,7 @@ from lmforge.serving.schemas import error_body, now
 from lmforge.serving.state import ServerState
 from lmforge.api import load
 
-__all__ = ["create_app", "APIError"]
+__all__ = ["create_app", "APIError", "telemetry_wanted"]
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,43 @@ def _facts(engine: Any, engine_or_run: Any) -> tuple[str, str, Optional[int], Op
     return name, "translation" if is_translator else "lm", context, int(vocab) if vocab else None
 
 
+_UNSET_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider",
+                              "ProxyLoggerProvider", "NoOpLoggerProvider"})
+
+
+def _providers_installed() -> bool:
+    """Whether this process installed an OpenTelemetry tracer, meter or logger provider (in code)."""
+    try:
+        from opentelemetry import _logs, metrics, trace  # optional: FastAPI's own dependency since 0.165
+    except ImportError:
+        return False
+    providers = (trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider())
+    return any(type(p).__name__ not in _UNSET_PROVIDERS for p in providers)
+
+
+def telemetry_wanted(flag: Optional[bool] = None) -> bool:
+    """Whether FastAPI's own OpenTelemetry instrumentation runs: ``flag`` when given, else only when
+    OpenTelemetry is set up by the time the app is made: an ``OTEL_*`` variable (as ``opentelemetry-instrument``
+    and OTLP exporters are configured) or ``FASTAPI_OTEL_AUTO_CONFIGURE``, or a provider installed in code."""
+    if flag is not None:
+        return flag
+    return any(name.startswith(("OTEL_", "FASTAPI_OTEL_")) for name in os.environ) or _providers_installed()
+
+
+def _telemetry_kwargs(wanted: bool) -> dict[str, Any]:
+    """``FastAPI(...)`` arguments turning its native OpenTelemetry off when not ``wanted``: otherwise it checks
+    the global providers on every request (a few percent of the server's CPU under load, issue 15), even with
+    no provider configured. FastAPI versions before the ``telemetry`` argument have no such check."""
+    if wanted or "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+
+
 def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrency: int = 8,
                max_queue: int = 64, max_body_bytes: int = 1 << 20, default_max_tokens: int = 256,
                body_timeout_s: float = 30.0, batching: bool = True, max_batch: int = 32,
-               serialize: bool = True, engine_process: bool = False, stream_interval: float = 0.0) -> FastAPI:
+               serialize: bool = True, engine_process: bool = False, stream_interval: float = 0.0,
+               telemetry: Optional[bool] = None) -> FastAPI:
     """Builds the server for one run.
 
     Args:
@@ -128,6 +163,10 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
             meanwhile go out together; a choice that finishes is written at once). 0 writes every event. With
             ``engine_process`` the engine's child merges each running choice's events over the same interval
             before they cross the pipe (first and last events go at once).
+        telemetry: FastAPI's native OpenTelemetry spans, metrics and logs (FastAPI 0.165 and later); ``None``
+            (the default) turns them on only when OpenTelemetry is set up when the app is made (``OTEL_*``
+            environment variables or a provider installed, :func:`telemetry_wanted`); pass ``True`` for providers
+            installed later. The server's own counters are at ``/metrics`` either way.
 
     Returns:
         A FastAPI app; run it with ``uvicorn.run(app, host="127.0.0.1", port=8000)``.
@@ -154,7 +193,8 @@ def create_app(engine_or_run: Any, api_key: Optional[str] = None, max_concurrenc
         yield
         backend.shutdown()
 
-    app = FastAPI(title="lmforge", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="lmforge", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  **_telemetry_kwargs(telemetry_wanted(telemetry)))
     app.state.server, app.state.engine, app.state.model_name = srv, engine, name
     _install_errors(app, srv)
     for router in ROUTERS:

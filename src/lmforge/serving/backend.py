@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-import weakref
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from lmforge.inference.engine import Event, GenerationRequest
+from lmforge.serving.generation import Generation, coalesce
 from lmforge.serving.metrics import Metrics
 from lmforge.serving.responses import APIError
 from lmforge.serving.runtime import QueueFull, Runner
@@ -36,131 +34,14 @@ Prompt = Union[str, list[int]]
 log = logging.getLogger(__name__)
 
 
-class _Mailbox:
-    """Hands events from the engine thread to the event loop with one wake-up for all that arrived together
-    (a decoding step yields one event per running sequence), instead of one wake-up per event."""
+def _shifted(deliver: Callable[[Event], None], offset: int) -> Callable[[Event], None]:
+    """``deliver`` for the events of one prompt of several, whose choices start at ``offset``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.items: list[tuple[Generation, Event]] = []
-        self.scheduled = False
+    def sink(event: Event) -> None:
+        event.index += offset
+        deliver(event)
 
-    def post(self, gen: "Generation", event: Event) -> None:
-        with self.lock:
-            self.items.append((gen, event))
-            if self.scheduled:
-                return
-            self.scheduled = True
-        self.loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        with self.lock:
-            items, self.items, self.scheduled = self.items, [], False
-        for gen, event in items:
-            gen.put(event)
-
-
-_MAILBOXES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
-
-
-class Generation:
-    """The events of one request's ``n`` choices, as they come; records time to first token and token counts."""
-
-    def __init__(self, n: int, metrics: Metrics, per_prompt: int = 0) -> None:
-        self.n = n
-        self.per_prompt = per_prompt or n  # choices per prompt (a completions request may hold several prompts)
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.finishing = asyncio.Event()  # set once a choice's last event is queued
-        self.loop = asyncio.get_running_loop()
-        if self.loop not in _MAILBOXES:
-            _MAILBOXES[self.loop] = _Mailbox(self.loop)
-        self.mailbox = _MAILBOXES[self.loop]
-        self.loop_thread = threading.get_ident()
-        self.metrics = metrics
-        self.started = time.monotonic()
-        self.first = False
-        self.done = 0  # choices finished
-        self.prompts: dict[int, int] = {}
-        self.completion: dict[int, int] = {}
-        self._cancel: Callable[[], None] = lambda: None
-
-    def sink(self, event: Event) -> None:
-        """Called from the producing thread (the event loop's own, when it reads the engine's pipe itself)."""
-        if threading.get_ident() == self.loop_thread:
-            self.put(event)
-            return
-        try:
-            self.mailbox.post(self, event)
-        except RuntimeError:  # the event loop is gone (shutting down)
-            self.cancel()
-
-    def put(self, event: Event) -> None:
-        """Queues ``event`` (on the event loop's thread); a finishing one also sets ``finishing``."""
-        self.queue.put_nowait(event)
-        if event.finish_reason is not None:
-            self.finishing.set()
-
-    def cancel(self) -> None:
-        self._cancel()
-
-    def _take(self, event: Event) -> Event:
-        """Books one event taken from the queue (time to first token, token counts, choices finished)."""
-        if event.error is not None:
-            raise event.error
-        if not self.first and (event.token_ids or event.text):
-            self.first = True
-            self.metrics.first_token(time.monotonic() - self.started)
-        self.prompts[event.index // self.per_prompt] = event.prompt_tokens
-        self.completion[event.index] = event.completion_tokens
-        self.done += event.finish_reason is not None
-        return event
-
-    def ready(self) -> list[Event]:
-        """The events already waiting in the queue, taken without waiting (booked as ``async for`` would)."""
-        out = []
-        while self.done < self.n and not self.queue.empty():
-            out.append(self._take(self.queue.get_nowait()))
-        return out
-
-    def coalesced(self, events: list[Event]) -> list[Event]:
-        """``events`` (taken in order) merged into one event per choice (see :func:`coalesce`)."""
-        return events if len(events) == 1 else coalesce(events)
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        try:
-            while self.done < self.n:
-                yield self._take(await self.queue.get())
-        finally:
-            self.cancel()
-            self.metrics.tokens(self.prompt_tokens, sum(self.completion.values()))
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self.completion.values())
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(self.prompts.values())
-
-
-def coalesce(events: list[Event]) -> list[Event]:
-    """Merges the events of each choice into one (texts, tokens and log-probabilities in order; the last finish
-    reason and counts), so a stream that fell behind the engine catches up with one server-sent event per
-    choice instead of one per token. Choices keep their first-seen order."""
-    merged: dict[int, Event] = {}
-    for e in events:
-        m = merged.get(e.index)
-        if m is None:
-            merged[e.index] = Event(e.index, e.text, list(e.token_ids), list(e.logprobs), e.finish_reason,
-                                    e.completion_tokens, e.prompt_tokens)
-            continue
-        m.text += e.text
-        m.token_ids.extend(e.token_ids)
-        m.logprobs.extend(e.logprobs)
-        m.finish_reason = e.finish_reason or m.finish_reason
-        m.completion_tokens, m.prompt_tokens = e.completion_tokens, e.prompt_tokens
-    return list(merged.values())
+    return sink
 
 
 class BatchBackend:
@@ -228,10 +109,9 @@ class BatchBackend:
     def _submit(self, ids: list[int], params: Any, n: int, logprobs: Optional[int], bias: dict[int, float],
                 gen: Generation, offset: int = 0) -> Any:
         self._attach()
-
-        def sink(event: Event) -> None:
-            event.index += offset
-            gen.sink(event)
+        # the engine process's events are read on the event loop (see _attach): straight into the generation
+        deliver = gen.put if hasattr(self.engine, "pump") else gen.sink
+        sink = _shifted(deliver, offset) if offset else deliver
 
         try:
             return self.engine.submit(GenerationRequest(ids, params, sink, n, logprobs, bias))

@@ -37,6 +37,15 @@ async def send_error(send: Send, status: int, message: str, type_: str, code: Op
     await send({"type": "http.response.body", "body": body})
 
 
+async def _receive_until(receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Message:
+    """``await receive()``, raising :class:`asyncio.TimeoutError` at ``deadline`` (loop time). On Python 3.11+
+    a timer on the running task, not the task per call that ``asyncio.wait_for`` makes."""
+    if hasattr(asyncio, "timeout_at"):
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+    return await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))  # pragma: no cover
+
+
 class GuardMiddleware:
     """Checks the API key and bounds the request body before the wrapped app runs.
 
@@ -102,7 +111,7 @@ class GuardMiddleware:
         deadline = loop.time() + self.body_timeout_s
         while more:
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+                message = await _receive_until(receive, deadline, loop)
             except asyncio.TimeoutError:
                 await send_error(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s",
                                  "invalid_request_error", "request_timeout")

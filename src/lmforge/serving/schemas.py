@@ -301,8 +301,13 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, prompt: int, completion: int = 0) -> "Usage":
-        return cls(prompt_tokens=int(prompt), completion_tokens=int(completion),
-                   total_tokens=int(prompt) + int(completion))
+        return cls(**cls.counts(prompt, completion))
+
+    @staticmethod
+    def counts(prompt: int, completion: int = 0) -> dict[str, int]:
+        """``Usage.of(prompt, completion).body()`` without building the model (once per streamed response)."""
+        return {"prompt_tokens": int(prompt), "completion_tokens": int(completion),
+                "total_tokens": int(prompt) + int(completion)}
 
     def body(self, completion: bool = True) -> dict[str, int]:
         """The JSON object (embeddings leave out ``completion_tokens``)."""

@@ -6,5 +6,6 @@ from lmforge.serving.routes import chat, completions, embeddings, metrics, model
 
 __all__ = ["ROUTERS"]
 
-ROUTERS = [page.router, models.router, completions.router, chat.router, embeddings.router, translations.router,
+# Matched in this order on every request: the generation routes, the busiest, first.
+ROUTERS = [chat.router, completions.router, models.router, page.router, embeddings.router, translations.router,
            tokenize.router, metrics.router]

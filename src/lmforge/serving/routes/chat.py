@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.format import chat_logprobs
 from lmforge.serving.openapi import errors
-from lmforge.serving.responses import event_stream, sse
+from lmforge.serving.responses import ChunkHead, event_stream
 from lmforge.serving.schemas import ChatCompletionRequest, Usage, new_id, now
-from lmforge.serving.state import ServerState, server
+from lmforge.serving.state import server
 
 __all__ = ["router"]
 
@@ -23,9 +23,10 @@ def _choice(index: int, delta_or_message: dict, reason: Optional[str], logprobs:
 
 
 @router.post("/v1/chat/completions", responses=errors(404, post=True, busy=True, streams=True))
-async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depends(server)) -> Any:
+async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     """The assistant's reply to ``messages`` (``n`` independent choices, generated as one batch).
     ``top_logprobs`` counts only with ``logprobs: true``."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("lm", "/v1/chat/completions")
     srv.check_token_ids(list(req.bias()), "logit_bias")
@@ -50,7 +51,7 @@ async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depend
         return {**head, "object": "chat.completion", "choices": choices,
                 "usage": Usage.of(gen.prompt_tokens, gen.completion_tokens).body()}
 
-    chunk_head = {**head, "object": "chat.completion.chunk"}
+    chunk = ChunkHead({**head, "object": "chat.completion.chunk"})
     started = [False] * req.n
 
     def render(event: Any) -> list[bytes]:
@@ -60,17 +61,17 @@ async def chat_completions(req: ChatCompletionRequest, srv: ServerState = Depend
             started[event.index] = bool(text)
         out = []
         if text or (req.logprobs and event.logprobs):
-            out.append(sse({**chunk_head, "choices": [_choice(event.index, {"content": text}, None, lp(event), True)]}))
+            out.append(chunk.choices([_choice(event.index, {"content": text}, None, lp(event), True)]))
         if event.finish_reason:
-            out.append(sse({**chunk_head, "choices": [_choice(event.index, {}, event.finish_reason, None, True)]}))
+            out.append(chunk.choices([_choice(event.index, {}, event.finish_reason, None, True)]))
         return out
 
-    opening = [sse({**chunk_head, "choices": [_choice(i, {"role": "assistant", "content": ""}, None, None, True)]})
+    opening = [chunk.choices([_choice(i, {"role": "assistant", "content": ""}, None, None, True)])
                for i in range(req.n)]
 
     def finish() -> list[bytes]:
         if not req.include_usage:
             return []
-        return [sse({**chunk_head, "choices": [], "usage": Usage.of(gen.prompt_tokens, gen.completion_tokens).body()})]
+        return [chunk.usage(Usage.counts(gen.prompt_tokens, gen.completion_tokens))]
 
     return event_stream(gen, render, opening, finish, srv.stream_interval)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.format import CompletionLogprobs
 from lmforge.serving.openapi import errors
-from lmforge.serving.responses import event_stream, sse
+from lmforge.serving.responses import ChunkHead, event_stream
 from lmforge.serving.schemas import CompletionRequest, Usage, new_id, now
 from lmforge.serving.state import ServerState, server
 
@@ -53,8 +53,9 @@ def _body(choice: _Choice, index: int, text: str, reason: Optional[str], logprob
 
 
 @router.post("/v1/completions", responses=errors(404, post=True, busy=True, streams=True))
-async def completions(req: CompletionRequest, srv: ServerState = Depends(server)) -> Any:
+async def completions(req: CompletionRequest, request: Request) -> Any:
     """Completes each prompt ``n`` times (choice ``p * n + c`` is choice ``c`` of prompt ``p``)."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("lm", "/v1/completions")
     max_tokens = srv.max_new(req)
@@ -80,6 +81,8 @@ async def completions(req: CompletionRequest, srv: ServerState = Depends(server)
             _body(c, i, c.echo + c.text, c.reason, c.logprobs.take() if c.logprobs else None)
             for i, c in enumerate(choices)], "usage": Usage.of(gen.prompt_tokens, gen.completion_tokens).body()}
 
+    chunk = ChunkHead(head)
+
     def render(event: Any) -> list[bytes]:
         choice = choices[event.index]
         before = len(choice.logprobs.tokens) if choice.logprobs else 0
@@ -88,17 +91,16 @@ async def completions(req: CompletionRequest, srv: ServerState = Depends(server)
         if not event.text and not event.finish_reason and not has_lp:
             return []
         lp = choice.logprobs.take() if choice.logprobs else None
-        return [sse({**head, "choices": [_body(choice, event.index, event.text, event.finish_reason, lp)]})]
+        return [chunk.choices([_body(choice, event.index, event.text, event.finish_reason, lp)])]
 
     start = []
     for i, c in enumerate(choices):
         if c.echo:
-            start.append(sse({**head, "choices": [_body(c, i, c.echo, None, c.logprobs.take() if c.logprobs else None)]}))
+            start.append(chunk.choices([_body(c, i, c.echo, None, c.logprobs.take() if c.logprobs else None)]))
 
     def finish() -> list[bytes]:
         if not req.include_usage:
             return []
-        usage = Usage.of(gen.prompt_tokens, gen.completion_tokens)
-        return [sse({**head, "choices": [], "usage": usage.body()})]
+        return [chunk.usage(Usage.counts(gen.prompt_tokens, gen.completion_tokens))]
 
     return event_stream(gen, render, start, finish, srv.stream_interval)

@@ -6,11 +6,11 @@ import base64
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.openapi import errors
 from lmforge.serving.schemas import EmbeddingRequest, Usage
-from lmforge.serving.state import ServerState, server
+from lmforge.serving.state import server
 
 __all__ = ["router"]
 
@@ -18,8 +18,9 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings", responses=errors(404, post=True, busy=True))
-async def embeddings(req: EmbeddingRequest, srv: ServerState = Depends(server)) -> dict:
+async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
     """One vector per input text."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("lm", "/v1/embeddings")
     texts = list(req.input)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from lmforge.serving.openapi import errors
-from lmforge.serving.state import ServerState, server
+from lmforge.serving.state import server
 
 __all__ = ["router"]
 
@@ -14,7 +14,8 @@ router = APIRouter()
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=errors())
-async def metrics(srv: ServerState = Depends(server)) -> PlainTextResponse:
+async def metrics(request: Request) -> PlainTextResponse:
     """Request counts by route and status, tokens in and out, queue depth, active sequences and the
     time-to-first-token histogram."""
+    srv = server(request)
     return PlainTextResponse(srv.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.openapi import errors
 from lmforge.serving.state import ServerState, server
@@ -18,13 +18,15 @@ def _card(srv: ServerState) -> dict:
 
 
 @router.get("/v1/models", responses=errors())
-async def list_models(srv: ServerState = Depends(server)) -> dict:
+async def list_models(request: Request) -> dict:
     """The served model (one per server)."""
+    srv = server(request)
     return {"object": "list", "data": [_card(srv)]}
 
 
 @router.get("/v1/models/{model_id}", responses=errors(404))
-async def get_model(model_id: str, srv: ServerState = Depends(server)) -> dict:
+async def get_model(model_id: str, request: Request) -> dict:
     """The served model, if ``model_id`` names it."""
+    srv = server(request)
     srv.check_model(model_id)
     return _card(srv)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.openapi import errors
 from lmforge.serving.responses import APIError
@@ -31,9 +31,10 @@ def _tokenizer(srv: ServerState, route: str) -> Any:
 
 
 @router.post("/tokenize", responses=errors(404, post=True))
-async def tokenize(req: TokenizeRequest, srv: ServerState = Depends(server)) -> dict:
+async def tokenize(req: TokenizeRequest, request: Request) -> dict:
     """Token ids of ``prompt``, or of chat ``messages`` rendered with the run's chat template. lmforge's
     tokenizers add no special tokens to plain text, so ``add_special_tokens`` changes nothing."""
+    srv = server(request)
     srv.check_model(req.model)
     tok = _tokenizer(srv, "/tokenize")
     if isinstance(req, TokenizeChatRequest):
@@ -46,8 +47,9 @@ async def tokenize(req: TokenizeRequest, srv: ServerState = Depends(server)) -> 
 
 
 @router.post("/detokenize", responses=errors(404, post=True))
-async def detokenize(req: DetokenizeRequest, srv: ServerState = Depends(server)) -> dict:
+async def detokenize(req: DetokenizeRequest, request: Request) -> dict:
     """The text of ``tokens`` (special tokens left out)."""
+    srv = server(request)
     srv.check_model(req.model)
     tok = _tokenizer(srv, "/detokenize")
     srv.check_token_ids(req.tokens, "tokens")
@@ -55,8 +57,9 @@ async def detokenize(req: DetokenizeRequest, srv: ServerState = Depends(server))
 
 
 @router.get("/tokenizer_info", responses=errors(400))
-async def tokenizer_info(srv: ServerState = Depends(server)) -> dict:
+async def tokenizer_info(request: Request) -> dict:
     """The tokenizer's kind, size and special tokens (vLLM's ``/tokenizer_info`` fields)."""
+    srv = server(request)
     tok = _tokenizer(srv, "/tokenizer_info")
     specials = getattr(tok, "special_tokens", {}) or {}
     by_id = {v: k for k, v in specials.items()}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 
 from lmforge.serving.openapi import errors
 from lmforge.serving.schemas import TranslationRequest
-from lmforge.serving.state import ServerState, server
+from lmforge.serving.state import server
 
 __all__ = ["router"]
 
@@ -14,8 +14,9 @@ router = APIRouter()
 
 
 @router.post("/v1/translations", responses=errors(404, post=True, busy=True))
-async def translations(req: TranslationRequest, srv: ServerState = Depends(server)) -> dict:
+async def translations(req: TranslationRequest, request: Request) -> dict:
     """One translation per input sentence (beam search of width ``beam``)."""
+    srv = server(request)
     srv.check_model(req.model)
     srv.need("translation", "/v1/translations")
     texts = list(req.input)
