@@ -295,8 +295,9 @@ def test_lstm_prompts_ride_along_with_decoding_rows(tok):
         eng = BatchEngine(model, tok, max_batch=4, stepwise_max=stepwise_max)
         calls = _feeds(eng)
         eng.start()
-        try:
-            first = _submit(eng, tok, "First", max_new_tokens=60)
+        try:  # a request that decodes until cancelled, so that the others always find a batch running
+            endless = eng.submit(GenerationRequest(tok.encode("First"), SamplingParams(
+                temperature=0, max_new_tokens=10**6, ignore_eos=True), Collector()))
             deadline = time.monotonic() + 10
             while eng.steps < 2 and time.monotonic() < deadline:
                 time.sleep(0.001)
@@ -304,14 +305,15 @@ def test_lstm_prompts_ride_along_with_decoding_rows(tok):
             for prompt in PROMPTS[1:]:
                 later.append(_submit(eng, tok, prompt, max_new_tokens=20, logprobs=2))
                 time.sleep(0.005)
-            for sink in [first, *later]:
+            for sink in later:
                 assert sink.done.wait(60)
+            endless.cancel()
         finally:
             eng.stop()
         runs[stepwise_max] = (calls, later)
     calls, later = runs[256]
     assert calls == [[2], [5]]  # the warm-up, then only the first request, which found nothing decoding
-    assert len(runs[0][0]) == 5  # the other engine prefilled each prompt
+    assert sum(len(c) for c in runs[0][0]) == 5  # the other engine prefilled each prompt
     for prompt, sink, other in zip(PROMPTS[1:], later, runs[0][1]):
         alone = generate(model, tok, [prompt], temperature=0, max_new_tokens=20, ignore_eos=True)[0]
         assert sink.ids() == alone.token_ids == other.ids()
