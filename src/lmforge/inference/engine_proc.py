@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lmforge.inference.engine import BatchEngine
-from lmforge.inference.engine_seq import Event, GenerationRequest
+from lmforge.inference.engine_seq import Event, GenerationRequest, coalesce
 from lmforge.models import build_model
 from lmforge.models.quantized import quantization_of, quantize_model
 
@@ -88,7 +88,7 @@ class _Outbox:
 
     def __init__(self, conn: Any, interval: float) -> None:
         self.conn, self.interval = conn, interval
-        self.held: dict[tuple[int, int], list] = {}  # (request id, choice) -> a portable event, merged
+        self.held: dict[tuple[int, int], list[Event]] = {}  # (request id, choice) -> its events not sent yet
         self.started: dict[int, set[int]] = {}  # request id -> its choices that sent something
         self.cancelled: collections.deque[int] = collections.deque()  # appended by the pipe's thread
         self.last = time.monotonic()
@@ -106,20 +106,14 @@ class _Outbox:
             if e.index not in seen or e.finish_reason is not None:
                 urgent.append(key)
             seen.add(e.index)
-            held = self.held.get(key)
-            if held is None:
-                self.held[key] = list(_portable(sink.rid, e))
-            else:  # text, tokens and log-probabilities in order; the latest counts, finish reason and error
-                held[2] += e.text
-                held[3].extend(e.token_ids)
-                held[4].extend(e.logprobs)
-                held[5:] = _portable(sink.rid, e)[5:]
+            self.held.setdefault(key, []).append(e)
         now = time.monotonic()
         if now - self.last >= self.interval:
             urgent = list(self.held)
             self.last = now
-        if urgent:
-            self.conn.send(("events", steps, [tuple(self.held.pop(key)) for key in dict.fromkeys(urgent)]))
+        if urgent:  # each choice's held events merged into one, as a lagging stream merges them (coalesce)
+            self.conn.send(("events", steps, [_portable(key[0], coalesce(self.held.pop(key))[0])
+                                              for key in dict.fromkeys(urgent)]))
 
     def forget(self, rid: int) -> None:
         """Request ``rid`` is over (called on the engine's thread)."""

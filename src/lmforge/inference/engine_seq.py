@@ -20,7 +20,7 @@ from torch import Tensor
 from lmforge.inference.detokenize import IncrementalDetokenizer, find_stop, held_back
 from lmforge.inference.sampling import SAMPLERS, SamplingParams, SamplingState, active_processors, choose_next
 
-__all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob", "choose_plain"]
+__all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob", "choose_plain", "coalesce"]
 
 
 @dataclass
@@ -247,4 +247,29 @@ def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
     for j, tok in enumerate(picked.tolist()):
         if ok[j]:
             out[rows[j]] = tok
+    return out
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """Merges the events of each choice into one (texts, tokens and log-probabilities in order; the last finish
+    reason and counts), so a stream that fell behind the engine catches up with one server-sent event per
+    choice instead of one per token (the engine process sends a choice's events this way too, and the server's
+    streams catch up with it). Choices keep their first-seen order; the events are not changed."""
+    groups: dict[int, list[Event]] = {}
+    for e in events:
+        group = groups.get(e.index)
+        if group is None:
+            groups[e.index] = [e]
+        else:
+            group.append(e)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        last = group[-1]
+        reason = next((e.finish_reason for e in reversed(group) if e.finish_reason is not None), None)
+        out.append(Event(last.index, "".join(e.text for e in group), [t for e in group for t in e.token_ids],
+                         [lp for e in group for lp in e.logprobs], reason, last.completion_tokens,
+                         last.prompt_tokens, last.error))
     return out

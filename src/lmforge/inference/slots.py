@@ -94,7 +94,7 @@ class LSTMSlots:
         next-token logits (n, V), or those of rows ``want`` only (len(want), V)."""
         step_rows = getattr(self.model, "step_rows", None)
         if step_rows is not None:
-            return step_rows(tokens, (self.h, self.c)) if want is None else step_rows(tokens, (self.h, self.c), want)
+            return step_rows(tokens, (self.h, self.c), want)
         n = tokens.numel()
         logits, (h, c) = self.model.step(tokens.view(n, 1), (self.h[:, :n].contiguous(), self.c[:, :n].contiguous()))
         self.h[:, :n] = h

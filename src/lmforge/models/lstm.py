@@ -139,14 +139,14 @@ class LSTMLanguageModel(nn.Module):
         """
         n = tokens.numel()
         h, c = state
+        rows = slice(None) if want is None else torch.as_tensor(want, dtype=torch.long, device=h.device)
         weights = self._fused_weights() if self._can_fuse() and h.is_contiguous() and c.is_contiguous() else None
         if weights is not None:
-            top = self._fused_step(tokens.view(n), h, c, weights)
-            return self._logits(top if want is None else top[torch.as_tensor(want, dtype=torch.long, device=top.device)])
+            return self._logits(self._fused_step(tokens.view(n), h, c, weights)[rows])
         logits, (h_new, c_new) = self.step(tokens.view(n, 1), (h[:, :n].contiguous(), c[:, :n].contiguous()))
         h[:, :n] = h_new
         c[:, :n] = c_new
-        return logits[:, -1] if want is None else logits[torch.as_tensor(want, dtype=torch.long, device=logits.device), -1]
+        return logits[rows, -1]
 
     def prefill(self, rows: Sequence[Sequence[int]], state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         """Feeds each row its own tokens (rows may differ in length) after ``state``; returns the logits after each

@@ -18,6 +18,7 @@ import weakref
 from typing import AsyncIterator, Callable, Optional
 
 from lmforge.inference.engine import Event
+from lmforge.inference.engine_seq import coalesce
 from lmforge.serving.metrics import Metrics
 
 __all__ = ["Generation", "coalesce"]
@@ -183,27 +184,3 @@ class Generation:
     @property
     def prompt_tokens(self) -> int:
         return sum(self.prompts.values())
-
-
-def coalesce(events: list[Event]) -> list[Event]:
-    """Merges the events of each choice into one (texts, tokens and log-probabilities in order; the last finish
-    reason and counts), so a stream that fell behind the engine catches up with one server-sent event per
-    choice instead of one per token. Choices keep their first-seen order; the events are not changed."""
-    groups: dict[int, list[Event]] = {}
-    for e in events:
-        group = groups.get(e.index)
-        if group is None:
-            groups[e.index] = [e]
-        else:
-            group.append(e)
-    out = []
-    for group in groups.values():
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-        last = group[-1]
-        reason = next((e.finish_reason for e in reversed(group) if e.finish_reason is not None), None)
-        out.append(Event(last.index, "".join(e.text for e in group), [t for e in group for t in e.token_ids],
-                         [lp for e in group for lp in e.logprobs], reason, last.completion_tokens,
-                         last.prompt_tokens))
-    return out
