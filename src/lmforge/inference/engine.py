@@ -5,7 +5,8 @@ Transformer-Based Generative Models", OSDI 2022): the batch is re-formed at ever
 joins at the next step after its prompt is prefilled, and a finished one leaves at once, instead of the batch
 waiting for its longest member. The sequences live in slots of one batched decoding state
 (:mod:`lmforge.inference.slots`: a KV cache with per-row columns for the Transformer, ``(h, c)`` rows for the
-LSTM), so sequences of different lengths share a batch without recomputation.
+LSTM), so sequences of different lengths share a batch without recomputation. Where the slots can decode any set
+of rows (the C step's), a sequence keeps its row from joining to leaving; otherwise the rows stay packed.
 
 One background thread owns the model. Each iteration it runs queued jobs (scoring, embeddings), admits waiting
 requests into free slots, prefills at most ``prefill_chunk`` prompt tokens (512; a long prompt is prefilled in
@@ -24,6 +25,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import heapq
 import logging
 import threading
 import weakref
@@ -101,7 +103,12 @@ class BatchEngine:
         self._pending: collections.deque[RequestHandle] = collections.deque()
         self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._prefilling: list[Sequence] = []
-        self._running: list[Sequence] = []  # _running[i] occupies slot row i
+        # the sequences that decode. Slots whose rows can decode wherever they are (``sparse``: the C step's
+        # KVSlots) keep a sequence in the row it joined at, and a leaving one frees its row for the next to join;
+        # otherwise _running[i] occupies row i, and the last rows move into the holes a leaving one makes
+        self._running: list[Sequence] = []
+        self._sparse = bool(getattr(self.slots, "sparse", False))
+        self._free_rows = list(range(max_batch))  # a heap: the lowest free row first (sparse slots)
         self._feeding = 0  # running sequences still fed their prompt one token per step (_join_stepwise)
         self.stepwise_max = stepwise_max
         self._stop = False
@@ -212,6 +219,7 @@ class BatchEngine:
             for seq in self._running + self._prefilling:
                 seq.fail(err)
             self._running.clear()
+            self._free_rows = list(range(self.max_batch))
             self._prefilling.clear()
         finally:
             self._send()
@@ -266,7 +274,7 @@ class BatchEngine:
         members = set(map(id, joining))
         self._prefilling = [s for s in self._prefilling if id(s) not in members]
         for seq in joining:
-            seq.row = len(self._running)
+            seq.row = self._claim_row()
             self._running.append(seq)
             seq.next_input = seq.to_prefill.pop(0)
         self.slots.clear([s.row for s in joining])
@@ -325,7 +333,7 @@ class BatchEngine:
             seq.to_prefill, seq.scratch = [], None
             if not self._take(seq, rows_logits, k, tok):
                 continue  # finished on its first token (or the first after a re-prefill)
-            seq.row = len(self._running)
+            seq.row = self._claim_row()
             self._running.append(seq)
             joined.append(seq)
             used.append(srows[k])
@@ -353,13 +361,23 @@ class BatchEngine:
             seq.start_refill()
         self._prefilling[:0] = seqs
 
+    def _claim_row(self) -> int:
+        """The row a joining sequence takes: the lowest free one (sparse slots), else the next after the others."""
+        return heapq.heappop(self._free_rows) if self._sparse else len(self._running)
+
     def _leave(self, seqs: list[Sequence]) -> None:
-        """Frees the slots of ``seqs``: the running sequences in rows past the new count move into the freed
-        rows below it (one copy per cache tensor for all of them)."""
+        """Frees the slots of ``seqs``. Sparse slots just take their rows back; otherwise the running sequences in
+        rows past the new count move into the freed rows below it (one copy per cache tensor for all of them)."""
         if not seqs:
             return
         leaving = set(map(id, seqs))
         keep = [s for s in self._running if id(s) not in leaving]
+        if self._sparse:
+            for s in seqs:
+                heapq.heappush(self._free_rows, s.row)
+                s.row = None
+            self._running = keep
+            return
         m = len(keep)
         holes = sorted(s.row for s in seqs if s.row < m)
         movers = [s for s in keep if s.row >= m]
@@ -375,9 +393,11 @@ class BatchEngine:
 
     def _decode(self) -> None:
         running = self._running
-        tokens = torch.as_tensor([s.next_input for s in running], dtype=torch.long, device=self.device)
         sampling = running
-        if self._feeding:  # rows still taking their prompt (_join_stepwise): no logits, no sampling
+        if self._sparse:  # each sequence in its own row, wherever that is
+            logits = self.slots.decode_rows([s.next_input for s in running], [s.row for s in running])
+        elif self._feeding:  # rows still taking their prompt (_join_stepwise): no logits, no sampling
+            tokens = torch.as_tensor([s.next_input for s in running], dtype=torch.long, device=self.device)
             sampling = [s for s in running if not s.to_prefill]
             logits = self.slots.decode(tokens, [s.row for s in sampling])
             for seq in running:
@@ -385,7 +405,8 @@ class BatchEngine:
                     seq.next_input = seq.to_prefill.pop(0)
             self._feeding = len(running) - len(sampling)
         else:
-            logits = self.slots.decode(tokens)
+            logits = self.slots.decode(torch.as_tensor([s.next_input for s in running], dtype=torch.long,
+                                                       device=self.device))
         self.steps += 1
         chosen = choose_plain(sampling, logits)
         done, full = [], []

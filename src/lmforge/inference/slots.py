@@ -2,8 +2,10 @@
 
 A *slot* is one row of a batched decoding state. A sequence is prefilled alone in a scratch state of batch 1
 (in bounded chunks), then copied into a free slot; from then on one decoding call advances every occupied slot
-by one token. The occupied slots are always rows ``0 .. n-1`` (a leaving sequence's row is refilled by moving
-the last occupied row into it), so a step runs on a view of the first ``n`` rows and never on empty ones.
+by one token. Where the C step decodes the Transformer (:attr:`KVSlots.sparse`), it takes the rows to advance
+as a list, so a sequence stays in the row it joined at and a leaving one just frees its row. Otherwise the
+occupied slots are always rows ``0 .. n-1`` (a leaving sequence's row is refilled by moving the last occupied row
+into it), so a step runs on a view of the first ``n`` rows and never on empty ones.
 
 * :class:`LSTMSlots`: the LSTM's ``(h, c)`` of shape (L, slots, H); a row is just its two vectors per layer. A
   step updates the occupied rows in place (the model's ``step_rows``); prompts of different lengths prefill
@@ -157,6 +159,11 @@ class KVSlots:
     Besides the cache, two Python lists mirror what each row holds: ``fill[row]`` its tokens (the cache's
     ``seen``) and ``start[row]`` the column of its first token, so that a step asks the tensors nothing.
 
+    ``sparse`` is True where the C step is bound to the cache (a float or int8 model on a CPU with the C step):
+    then :meth:`decode_rows` advances any set of rows, and no row is ever moved. Moving the rows of a leaving
+    sequence's successors cost a copy of their keys (several per step with 32 streams whose contexts fill), and
+    the general step's views and checks about 0.1 ms a step; the bound step takes its pointers once.
+
     Args:
         decoder: the model, or its fast decoding path (:func:`lmforge.models.transformer.decode.fast_decoder`);
             its ``init_state`` must return a cache with ``k``, ``v``, ``valid``, ``seen``, ``length`` and
@@ -189,6 +196,11 @@ class KVSlots:
         self.columns = state.valid.size(1)
         self.fill = [0] * slots
         self.start = [0] * slots
+        # the C step bound to this cache: sequences then decode in whatever rows they joined at (decode_rows)
+        native = getattr(decoder, "native_step", None)
+        step = native() if native is not None and not isinstance(state.k, Tensor) else None
+        self._bound = step.bind(state.k, state.v, state.valid) if step is not None else None
+        self.sparse = self._bound is not None
 
     def scratch(self, rows: int = 1) -> Any:
         return self.decoder.init_state(rows)
@@ -254,12 +266,12 @@ class KVSlots:
         """Whether ``row`` holds a whole context (it must be re-prefilled from its latest tokens)."""
         return self.fill[row] >= self.max_context
 
-    def _compact(self, n: int) -> None:
-        """Moves each occupied row's keys to the columns just before a new, smaller cursor."""
+    def _compact(self, rows: list[int]) -> None:
+        """Moves each occupied row's keys (``rows``) to the columns just before a new, smaller cursor."""
         st = self.state
-        counts = self.fill[:n]
+        counts = [self.fill[r] for r in rows]
         end = max(counts) if counts else 0
-        for r, c in enumerate(counts):
+        for r, c in zip(rows, counts):
             cols = st.valid[r].nonzero().view(-1)
             for kb, vb in _layers(st):
                 kb[r, :, end - c:end] = kb[r, :, cols].clone()
@@ -269,7 +281,9 @@ class KVSlots:
             st.valid[r] = False
             st.valid[r, end - c:end] = True
             self.start[r] = end - c
-        st.valid[n:] = False
+        free = torch.ones(self.slots, dtype=torch.bool, device=st.valid.device)
+        free[rows] = False
+        st.valid[free] = False
         st.length = end
 
     def decode(self, tokens: Tensor) -> Tensor:
@@ -277,7 +291,7 @@ class KVSlots:
         n, st = tokens.numel(), self.state
         base = min(self.start[:n])  # the first column holding a token of any occupied row
         if st.length + 1 > self.columns or st.length + 1 - base > self.max_context:
-            self._compact(n)
+            self._compact(list(range(n)))
             base = min(self.start[:n])
         view = _rows(st, n, base)
         logits, view = self.decoder.step(tokens.view(n, 1), view)
@@ -286,6 +300,22 @@ class KVSlots:
         for r in range(n):
             fill[r] += 1
         return logits[:, -1]
+
+    def decode_rows(self, tokens: list[int], rows: list[int]) -> Tensor:
+        """Feeds ``tokens[i]`` to the sequence in row ``rows[i]`` (any distinct occupied rows, in any order: a
+        sequence keeps the row it joined at, and the others' rows need not be moved when it leaves); returns the
+        next-token logits (len(rows), V) in that order. Only where :attr:`sparse` (the C step over this cache).
+        The rows' counts live in ``fill`` alone here (the cache's ``seen`` is not kept up to date)."""
+        st, start, fill = self.state, self.start, self.fill
+        base = min([start[r] for r in rows])
+        if st.length + 1 > self.columns or st.length + 1 - base > self.max_context:
+            self._compact(rows)
+            base = min([start[r] for r in rows])
+        logits = self._bound.decode(tokens, [fill[r] for r in rows], rows, st.length, base)
+        st.length += 1
+        for r in rows:
+            fill[r] += 1
+        return logits
 
 
 def make_slots(model: Any, slots: int) -> Any:

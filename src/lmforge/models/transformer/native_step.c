@@ -590,30 +590,33 @@ static float exp_shifted(float *p, int64_t S, float mx) {
     return sum;
 }
 
-/* Rows of T new tokens each: row b's token t sits in cache slot slot + t at position pos[b * T + t], and
- * attends to the slots u <= slot + t where valid[b * vstride + u] (all of them when valid is NULL). First every
- * new key is rotated and every new key and value written into the cache (one unit per (row, token, key/value
- * head)); then, after the barrier, one unit per (row, token, query head) rotates its query and attends, for the
- * tokens t >= t0 (the others' outputs are not needed). */
+/* Rows of T new tokens each: row b's token t sits in cache slot slot + t of cache row rows[b] (b when rows is
+ * NULL) at position pos[b * T + t], and attends to the slots u <= slot + t where valid[rows[b] * vstride + u] (all
+ * of them when valid is NULL; with mark, each new token's own slot is marked valid first). First every new key is
+ * rotated and every new key and value written into the cache (one unit per (row, token, key/value head)); then,
+ * after the barrier, one unit per (row, token, query head) rotates its query and attends, for the tokens t >= t0
+ * (the others' outputs are not needed). */
 static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, int64_t T, int64_t t0,
-                      float *qkv, int64_t ldqkv, const int64_t *pos, int64_t slot, const uint8_t *valid,
-                      int64_t vstride, int64_t row_stride, int64_t head_stride, float *att, float *p) {
+                      float *qkv, int64_t ldqkv, const int64_t *pos, int64_t slot, uint8_t *valid,
+                      int64_t vstride, const int64_t *rows, int mark, int64_t row_stride, int64_t head_stride,
+                      float *att, float *p) {
     const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd, G = H / Hkv;
     const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < B * T * Hkv; u++) {
-        const int64_t bt = u / Hkv, g = u % Hkv, b = bt / T, t = bt % T;
+        const int64_t bt = u / Hkv, g = u % Hkv, b = bt / T, t = bt % T, row = rows ? rows[b] : b;
         float *r = qkv + bt * ldqkv;
-        const int64_t off = b * row_stride + g * head_stride + (slot + t) * hd;
+        const int64_t off = row * row_stride + g * head_stride + (slot + t) * hd;
+        if (mark && valid && g == 0) valid[row * vstride + slot + t] = 1;
         rotate(r + nq + g * hd, m->rope + pos[bt] * half * 2, half);
         memcpy(kcache + off, r + nq + g * hd, hd * sizeof(float));
         memcpy(vcache + off, r + nq + nk + g * hd, hd * sizeof(float));
     }
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < B * (T - t0) * H; u++) {
-        const int64_t h = u % H, b = u / H / (T - t0), t = t0 + u / H % (T - t0), bt = b * T + t;
-        const float *kc = kcache + b * row_stride + (h / G) * head_stride, *vc = vcache + b * row_stride + (h / G) * head_stride;
-        const uint8_t *ok = valid ? valid + b * vstride : NULL;
+        const int64_t h = u % H, b = u / H / (T - t0), t = t0 + u / H % (T - t0), bt = b * T + t, row = rows ? rows[b] : b;
+        const float *kc = kcache + row * row_stride + (h / G) * head_stride, *vc = vcache + row * row_stride + (h / G) * head_stride;
+        const uint8_t *ok = valid ? valid + row * vstride : NULL;
         /* a padding token (its output is never used) attends to every slot, as the PyTorch path's does */
         const int pad = ok && !ok[slot + t];
         const int64_t S = pad ? slot + T : slot + t + 1;
@@ -628,13 +631,15 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
 
 /* --------------------------------------------------------------------------------------------------- the step */
 /* T new tokens for each of B rows (T = 1: a decoding step; T > 1: a prompt, or a chunk of one): tok, pos (B, T);
- * row b's keys and values go to cache slots slot .. slot + T - 1, and its token t attends to the slots
- * u <= slot + t with valid[b * vstride + u] (all of them when valid is NULL). kc[l], vc[l]: layer l's caches,
- * element (b, h, u, d) at b * row_stride + h * head_stride + u * hd + d. Writes the logits of each row's last
- * token (B, V). Returns 0, or -1 when memory for the scratch buffers could not be allocated. */
+ * row b's keys and values go to slots slot .. slot + T - 1 of cache row at[b] (b when at is NULL: the rows of a
+ * batch need not be the first B rows of the cache, nor in order), and its token t attends to the slots
+ * u <= slot + t with valid[at[b] * vstride + u] (all of them when valid is NULL; with mark, the new tokens' slots
+ * are marked valid first). kc[l], vc[l]: layer l's caches, element (r, h, u, d) at r * row_stride +
+ * h * head_stride + u * hd + d. Writes the logits of each row's last token (B, V). Returns 0, or -1 when memory for
+ * the scratch buffers could not be allocated. */
 int lmf_step(const lmf_model *m, int64_t B, int64_t T, const int64_t *tok, const int64_t *pos, int64_t slot,
-             const uint8_t *valid, int64_t vstride, float *const *kc, float *const *vc, int64_t row_stride,
-             int64_t head_stride, float *logits, int nthreads) {
+             uint8_t *valid, int64_t vstride, const int64_t *at, int mark, float *const *kc, float *const *vc,
+             int64_t row_stride, int64_t head_stride, float *logits, int nthreads) {
     const int64_t D = m->D, nq = m->H * m->hd, nqkv = nq + 2 * m->Hkv * m->hd, S = slot + T, R = B * T;
     const int64_t kmax = ustride(D > m->ffn ? (D > nq ? D : nq) : (m->ffn > nq ? m->ffn : nq));
     if (nthreads < 1) nthreads = 1;
@@ -662,8 +667,8 @@ int lmf_step(const lmf_model *m, int64_t B, int64_t T, const int64_t *tok, const
             const int64_t t0 = last ? T - 1 : 0, rows = last ? B : R, ldx = last ? T * D : D, lda = last ? T * nq : nq;
             float *xl = x + t0 * D;
             matmul(&ly->qkv, R, x, D, qkv, nqkv, 1, m->deps, 0, &pv);
-            attention(m, kc[l], vc[l], B, T, t0, qkv, nqkv, pos, slot, valid, vstride, row_stride, head_stride, att,
-                      scores);
+            attention(m, kc[l], vc[l], B, T, t0, qkv, nqkv, pos, slot, valid, vstride, at, mark && l == 0, row_stride,
+                      head_stride, att, scores);
             matmul(&ly->o, rows, att + t0 * nq, lda, xl, ldx, 0, m->deps, 1, &pv);
             swiglu(&ly->gu, rows, xl, ldx, hid, m->ffn, m->deps, &pv);
             matmul(&ly->down, rows, hid, m->ffn, xl, ldx, 0, m->deps, 1, &pv);
