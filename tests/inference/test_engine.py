@@ -272,15 +272,22 @@ started.wait(60)
 
 
 def _feeds(eng) -> list[list[int]]:
-    """Counts the engine's prefill calls (the prompt lengths of each) from now on."""
+    """Counts the engine's prefill calls (the prompt lengths of each) from now on: into a scratch state, or
+    straight into slot rows (the C step's slots)."""
     calls: list[list[int]] = []
-    feed = eng.slots.feed
+    feed, feed_rows = eng.slots.feed, getattr(eng.slots, "feed_rows", None)
 
     def counting_feed(scratch, ids):
         calls.append([len(r) for r in ids])
         return feed(scratch, ids)
 
+    def counting_feed_rows(ids, rows):
+        calls.append([len(r) for r in ids])
+        return feed_rows(ids, rows)
+
     eng.slots.feed = counting_feed
+    if feed_rows is not None:
+        eng.slots.feed_rows = counting_feed_rows
     return calls
 
 

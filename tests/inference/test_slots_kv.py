@@ -1,6 +1,7 @@
 """The Transformer's slots (inference/slots.py KVSlots) where the C step decodes at any rows (``sparse``): sequences
-join at scattered rows, decode in any order, leave without moving the others, and the cursor wraps (compaction);
-every step's logits equal the model's own forward over the row's tokens."""
+join at scattered rows (prefilled straight into them, or copied from a scratch state), decode in any order, leave
+without moving the others, and the cursor wraps (compaction); every prompt's and step's logits equal the model's
+own forward over the row's tokens."""
 
 from __future__ import annotations
 
@@ -37,8 +38,13 @@ def test_rows_anywhere_decode_as_the_models_forward_through_joins_leaves_and_com
             if free and (not seqs or rng.random() < 0.3):  # a prompt joins at a random free row
                 joining = rng.sample(free, min(len(free), rng.randint(1, 2)))
                 prompts = [[rng.randrange(64) for _ in range(rng.randint(1, 20))] for _ in joining]
-                logits, scratch = slots.feed(slots.scratch(len(prompts)), prompts)
-                slots.insert(joining, scratch, list(range(len(joining))))
+                if rng.random() < 0.5:  # straight into the rows
+                    logits = slots.feed_rows(prompts, joining)
+                else:  # into a scratch state, then copied in
+                    logits, scratch = slots.feed(slots.scratch(len(prompts)), prompts)
+                    slots.insert(joining, scratch, list(range(len(joining))))
+                ref = torch.stack([model(torch.tensor([p]))[0][0, -1] for p in prompts])
+                assert torch.allclose(logits, ref, atol=1e-4), (step, float((logits - ref).abs().max()))
                 for row, prompt, lg in zip(joining, prompts, logits):
                     free.remove(row)
                     seqs[row] = prompt + [int(lg.argmax())]

@@ -300,6 +300,10 @@ class BatchEngine:
                             and not any(s.shares_prefill_with(r) for r in reps):
                         reps.append(s)
                         budget -= n
+                if self._sparse:  # straight into the rows they will decode in
+                    rows = [self._claim_row() for _ in reps]
+                    self._prefilled(reps, self.slots.feed_rows([r.to_prefill for r in reps], rows), None, rows)
+                    continue
                 logits, scratch = self.slots.feed(self.slots.scratch(len(reps)), [r.to_prefill for r in reps])
                 self._prefilled(reps, logits, scratch)
                 continue
@@ -313,10 +317,13 @@ class BatchEngine:
                 break
             self._prefilled([head], logits, head.scratch)
 
-    def _prefilled(self, reps: list[Sequence], logits: torch.Tensor, scratch: Any) -> None:
-        """The prompt of ``reps[i]`` is in row ``i`` of ``scratch`` (its last logits ``logits[i]``): it and the
-        choices sharing its prefill take their first token together (:func:`choose_plain`) and join the batch;
-        their rows are copied into the slots in one go."""
+    def _prefilled(self, reps: list[Sequence], logits: torch.Tensor, scratch: Any,
+                   rows: Optional[list[int]] = None) -> None:
+        """The prompt of ``reps[i]`` is in row ``i`` of ``scratch`` (its last logits ``logits[i]``), or already in
+        slot row ``rows[i]``: it and the choices sharing its prefill take their first token together
+        (:func:`choose_plain`) and join the batch. Their rows are copied into the slots in one go; from
+        ``rows``, the first choice to join keeps the row, the others get a copy of it, and a row nobody joins is
+        free again."""
         joining, srows = [], []
         members: set[int] = set()
         for i, rep in enumerate(reps):
@@ -329,16 +336,33 @@ class BatchEngine:
         rows_logits = logits[srows] if srows != list(range(len(reps))) else logits
         chosen = choose_plain(joining, rows_logits)
         joined, used = [], []
+        keeper: list[Optional[int]] = [None] * len(reps)  # from rows: the row the first choice to join kept
+        copy_src, copy_dst = [], []
         for k, (seq, tok) in enumerate(zip(joining, chosen)):
             seq.to_prefill, seq.scratch = [], None
             if not self._take(seq, rows_logits, k, tok):
                 continue  # finished on its first token (or the first after a re-prefill)
-            seq.row = self._claim_row()
+            i = srows[k]
+            if rows is not None and keeper[i] is None:
+                seq.row = keeper[i] = rows[i]
+            else:
+                seq.row = self._claim_row()
+                if rows is None:
+                    used.append(i)
+                else:
+                    copy_src.append(keeper[i])
+                    copy_dst.append(seq.row)
             self._running.append(seq)
             joined.append(seq)
-            used.append(srows[k])
-        if joined:
-            self.slots.insert([s.row for s in joined], scratch, used)
+        if rows is None:
+            if joined:
+                self.slots.insert([s.row for s in joined], scratch, used)
+        else:
+            if copy_dst:
+                self.slots.move(copy_src, copy_dst)
+            for i, row in enumerate(rows):
+                if keeper[i] is None:  # every choice of this prefill finished on its first token
+                    heapq.heappush(self._free_rows, row)
         # a prompt as long as the context: no room for the token just chosen
         self._refill([s for s in joined if self.slots.full(s.row)])
 

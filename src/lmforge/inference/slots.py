@@ -301,6 +301,31 @@ class KVSlots:
             fill[r] += 1
         return logits[:, -1]
 
+    def feed_rows(self, ids: list[list[int]], rows: list[int]) -> Tensor:
+        """Prefills ``ids[i]`` straight into the free row ``rows[i]`` (no scratch state, no copy), in the columns
+        just before the cursor as :meth:`insert` places them, left-padded and masked as in :meth:`feed`; returns
+        their last logits (len(rows), V). Only where :attr:`sparse`."""
+        st = self.state
+        width = max(len(r) for r in ids)
+        if st.length < width:  # move the cursor on; the skipped columns hold nothing for any row
+            st.valid[:, st.length:width] = False
+            st.length = width
+        end, lo = st.length, st.length - width
+        idx, mask = _left_padded(ids, st.valid.device)
+        dst = _index(rows, st.valid.device)
+        st.valid[dst] = False
+        if mask is None:
+            st.valid[dst, lo:end] = True
+            pos = torch.arange(width, device=idx.device).expand(len(ids), width)
+        else:
+            st.valid[dst, lo:end] = mask
+            pad = torch.as_tensor([width - len(r) for r in ids], device=idx.device).view(-1, 1)
+            pos = (torch.arange(width, device=idx.device) - pad).clamp_(min=0)
+        logits = self._bound.feed(idx, pos, rows, lo)
+        for row, r in zip(rows, ids):
+            self.fill[row], self.start[row] = len(r), end - len(r)
+        return logits
+
     def decode_rows(self, tokens: list[int], rows: list[int]) -> Tensor:
         """Feeds ``tokens[i]`` to the sequence in row ``rows[i]`` (any distinct occupied rows, in any order: a
         sequence keeps the row it joined at, and the others' rows need not be moved when it leaves); returns the

@@ -379,14 +379,33 @@ class BoundCache:
             raise IndexError(f"token ids must be in [0, {self.step.emb_rows}), got {tokens}")
         if B and (min(rows) < 0 or max(rows) >= self.rows):
             raise IndexError(f"rows must be in [0, {self.rows}), got {rows}")
+        return self._run(B, 1, (_I * B)(*tokens), (_I * B)(*positions), rows, column - base, base, 1)
+
+    def feed(self, tokens: Tensor, positions: Tensor, rows: list[int], column: int) -> Tensor:
+        """Feeds prompts: ``tokens`` and ``positions`` (B, T) int64, row ``i`` into cache row ``rows[i]`` (distinct)
+        at columns ``column .. column + T - 1``, each token attending to its row's columns from ``column`` on up
+        to its own that ``valid`` marks (the caller marks them, leaving a left-padded row's padding unmarked).
+        Returns the logits of each row's last token (B, V)."""
+        B, T = tokens.shape
+        if not 0 <= column <= column + T <= self.columns:
+            raise ValueError(f"columns {column} .. {column + T - 1} are outside the cache's {self.columns} columns")
+        tokens, positions = tokens.contiguous(), positions.contiguous()
+        if B and (int(tokens.min()) < 0 or int(tokens.max()) >= self.step.emb_rows):
+            raise IndexError(f"token ids must be in [0, {self.step.emb_rows}), got {tokens.tolist()}")
+        if B and (min(rows) < 0 or max(rows) >= self.rows):
+            raise IndexError(f"rows must be in [0, {self.rows}), got {rows}")
+        return self._run(B, T, tokens.data_ptr(), positions.data_ptr(), rows, 0, column, 0)
+
+    def _run(self, B: int, T: int, tok: Any, pos: Any, rows: list[int], slot: int, base: int, mark: int) -> Tensor:
+        """The C step over columns ``base ..`` of the rows ``rows`` (the view a call sees starts at ``base``)."""
         shift = base * self._col_bytes
         L = self._layers
         logits = torch.empty(B, self.step.vocab, dtype=torch.float32)
         rc = self.step.lib.lmf_step(
-            ctypes.byref(self.step._model), B, 1, (_I * B)(*tokens), (_I * B)(*positions), column - base,
-            self.valid.data_ptr() + base, self._vstride, (_I * B)(*rows), 1,
-            (_P * L)(*[p + shift for p in self._kptrs]), (_P * L)(*[p + shift for p in self._vptrs]),
-            self._strides[0], self._strides[1], logits.data_ptr(), torch.get_num_threads())
+            ctypes.byref(self.step._model), B, T, tok, pos, slot, self.valid.data_ptr() + base, self._vstride,
+            (_I * B)(*rows), mark, (_P * L)(*[p + shift for p in self._kptrs]),
+            (_P * L)(*[p + shift for p in self._vptrs]), self._strides[0], self._strides[1], logits.data_ptr(),
+            torch.get_num_threads())
         if rc != 0:
             raise MemoryError("the C decoding step could not allocate its scratch memory")
         return logits
