@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -331,13 +332,12 @@ def test_lstm_prompts_ride_along_with_decoding_rows(tok):
 
 
 def test_choose_plain_makes_each_rows_choose_next_choice():
-    """The engine's batched choice equals ``choose_next`` on each row alone with the row's own generator:
-    greedy rows, one temperature for all, and mixed temperatures; a row whose scaled logits overflow is left to
-    the one-by-one path (``None``)."""
-    from types import SimpleNamespace
-
-    from lmforge.inference.engine_seq import choose_plain
-    from lmforge.inference.sampling import choose_next
+    """The engine's batched choice equals ``choose_next`` on each row alone with the row's own generator, over
+    several steps: greedy rows, one temperature for all, and mixed temperatures; a row whose scaled logits
+    overflow chooses as ``Sequence.take`` does (from their finite part), with one draw of noise per step (the
+    next step's choices still agree)."""
+    from lmforge.inference.engine_seq import _finite, choose_plain
+    from lmforge.inference.sampling import active_processors, choose_next
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
@@ -346,15 +346,20 @@ def test_choose_plain_makes_each_rows_choose_next_choice():
         out = []
         for i, t in enumerate(temps):
             g = torch.Generator().manual_seed(seed + i) if t > 0 else None
-            out.append(SimpleNamespace(plain=True, n_gen=0, params=SamplingParams(temperature=t, max_new_tokens=5),
-                                       generator=g))
+            p = SamplingParams(temperature=t, max_new_tokens=50)
+            out.append(SimpleNamespace(plain=True, n_gen=0, params=p, generator=g,
+                                       processors=active_processors(p)))
         return out
 
-    for temps in ([0.8] * 6, [0.0, 0.5, 1.0, 0.8, 0.0, 2.0], [1.0] * 6, [0.0] * 6):
-        got = choose_plain(seqs(temps), logits)
-        for row, (t, s) in enumerate(zip(temps, seqs(temps))):
-            x = logits[row:row + 1] if t in (0.0, 1.0) else logits[row:row + 1] / t
-            want = choose_next(x, SamplingParams(temperature=t), [s.generator] if s.generator else None)
-            assert got[row] == int(want[0])
-    got = choose_plain(seqs([0.8, 1e-38, 0.8]), logits[:3] * 1e3)  # the middle row's logits / t overflow
-    assert got[1] is None and got[0] is not None and got[2] is not None
+    def alone(t, s, raw):  # Sequence.take's path
+        x = raw if t in (0.0, 1.0) else raw / t
+        if t not in (0.0, 1.0) and not torch.isfinite(x.max()):
+            x = _finite(x, raw)
+        return int(choose_next(x, SamplingParams(temperature=t), [s.generator] if s.generator else None)[0])
+
+    for temps in ([0.8] * 6, [0.0, 0.5, 1.0, 0.8, 0.0, 2.0], [1.0] * 6, [0.0] * 6, [0.8, 1e-38, 0.8]):
+        mine, refs = seqs(temps), seqs(temps)
+        for step in range(3):
+            x = logits[:len(temps)] * (1 + step / 10)
+            got = choose_plain(mine, x)
+            assert got == [alone(t, s, x[row:row + 1]) for row, (t, s) in enumerate(zip(temps, refs))], step

@@ -211,8 +211,9 @@ class Sequence:
 def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
     """Next tokens of the ``plain`` rows of ``logits`` (n, V) in a few batched operations, the same choice
     :func:`~lmforge.inference.sampling.choose_next` makes for each row alone (argmax when greedy, else the
-    exponential race on the softmax of ``logits / temperature`` with the row's own generator); ``None`` for the
-    other rows (and for a row whose scaled logits overflowed), which choose one by one."""
+    exponential race on the softmax of ``logits / temperature`` with the row's own generator); a row whose scaled
+    logits overflowed chooses as :meth:`Sequence.take` would (from their finite part, with the noise row already
+    drawn: one draw per step, as offline); ``None`` for the other rows, which choose one by one."""
     out: list[Optional[int]] = [None] * len(seqs)
     rows = [i for i, s in enumerate(seqs) if s.plain and s.n_gen < s.params.max_new_tokens]
     if not rows:
@@ -220,7 +221,6 @@ def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
     sub = logits if len(rows) == len(seqs) else logits[rows]
     temps = [seqs[i].params.temperature for i in rows]
     sampled = [j for j, t in enumerate(temps) if t > 0]
-    ok = [True] * len(rows)
     if len(sampled) < len(rows):
         picked = torch.argmax(sub, dim=-1)
     if sampled:
@@ -231,22 +231,27 @@ def choose_plain(seqs: list["Sequence"], logits: Tensor) -> list[Optional[int]]:
         else:
             scaled = part.float() / torch.tensor([temps[j] for j in sampled], dtype=torch.float32,
                                                  device=sub.device).view(-1, 1)
+        overflowed = []
         if not math.isfinite(float(scaled.sum())):  # a row overflowed (or a finite sum did): find which
             finite = torch.isfinite(scaled.max(dim=-1).values).tolist()
-            for k, j in enumerate(sampled):
-                ok[j] = bool(finite[k])
+            overflowed = [k for k, f in enumerate(finite) if not f]
         probs = torch.softmax(scaled, dim=-1)
+        owners = [seqs[rows[j]] for j in sampled]
         noise = torch.empty_like(probs)
-        for k, row in enumerate(noise.unbind(0)):
-            row.exponential_(generator=seqs[rows[sampled[k]]].generator)
+        for seq, row in zip(owners, noise.unbind(0)):
+            row.exponential_(generator=seq.generator)
         drawn = torch.argmax(probs / noise.clamp_min_(1e-30), dim=-1)
+        for k in overflowed:  # as take() does: its processors' output made finite, with the same noise row
+            x = scaled[k:k + 1]
+            if owners[k].processors:
+                x = _finite(x, part[k:k + 1])
+            drawn[k] = torch.argmax(torch.softmax(x, dim=-1) / noise[k:k + 1], dim=-1)[0]
         if len(sampled) == len(rows):
             picked = drawn
         else:
             picked[sampled] = drawn
     for j, tok in enumerate(picked.tolist()):
-        if ok[j]:
-            out[rows[j]] = tok
+        out[rows[j]] = tok
     return out
 
 
