@@ -108,6 +108,7 @@ class BatchEngine:
         # otherwise _running[i] occupies row i, and the last rows move into the holes a leaving one makes
         self._running: list[Sequence] = []
         self._sparse = bool(getattr(self.slots, "sparse", False))
+        self._direct = bool(getattr(self.slots, "direct_feed", False))  # prompts straight into their rows
         self._free_rows = list(range(max_batch))  # a heap: the lowest free row first (sparse slots)
         self._feeding = 0  # running sequences still fed their prompt one token per step (_join_stepwise)
         self.stepwise_max = stepwise_max
@@ -300,7 +301,7 @@ class BatchEngine:
                             and not any(s.shares_prefill_with(r) for r in reps):
                         reps.append(s)
                         budget -= n
-                if self._sparse:  # straight into the rows they will decode in
+                if self._direct:  # straight into the rows they will decode in
                     rows = [self._claim_row() for _ in reps]
                     self._prefilled(reps, self.slots.feed_rows([r.to_prefill for r in reps], rows), None, rows)
                     continue

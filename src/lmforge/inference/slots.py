@@ -162,7 +162,9 @@ class KVSlots:
     ``sparse`` is True where the C step is bound to the cache (a float or int8 model on a CPU with the C step):
     then :meth:`decode_rows` advances any set of rows, and no row is ever moved. Moving the rows of a leaving
     sequence's successors cost a copy of their keys (several per step with 32 streams whose contexts fill), and
-    the general step's views and checks about 0.1 ms a step; the bound step takes its pointers once.
+    the general step's views and checks about 0.1 ms a step; the bound step takes its pointers once. With float
+    weights (``direct_feed``), :meth:`feed_rows` also prefills prompts straight into their rows, instead of into
+    a freshly allocated scratch cache copied in by :meth:`insert`.
 
     Args:
         decoder: the model, or its fast decoding path (:func:`lmforge.models.transformer.decode.fast_decoder`);
@@ -201,6 +203,9 @@ class KVSlots:
         step = native() if native is not None and not isinstance(state.k, Tensor) else None
         self._bound = step.bind(state.k, state.v, state.valid) if step is not None else None
         self.sparse = self._bound is not None
+        # prompts straight into their rows (feed_rows) where the C step feeds prompts: float weights (an int8
+        # model's prompts go through one dequantized float product, in a scratch state)
+        self.direct_feed = self.sparse and not step.quantized
 
     def scratch(self, rows: int = 1) -> Any:
         return self.decoder.init_state(rows)
@@ -304,7 +309,7 @@ class KVSlots:
     def feed_rows(self, ids: list[list[int]], rows: list[int]) -> Tensor:
         """Prefills ``ids[i]`` straight into the free row ``rows[i]`` (no scratch state, no copy), in the columns
         just before the cursor as :meth:`insert` places them, left-padded and masked as in :meth:`feed`; returns
-        their last logits (len(rows), V). Only where :attr:`sparse`."""
+        their last logits (len(rows), V). Only where :attr:`direct_feed`."""
         st = self.state
         width = max(len(r) for r in ids)
         if st.length < width:  # move the cursor on; the skipped columns hold nothing for any row
