@@ -285,7 +285,8 @@ class BatchEngine:
         """Prefills up to ``prefill_chunk`` prompt tokens. The fresh prompts that fit are fed as one batch (the
         re-prefills of sequences that filled their context, requests that came together), left-padded where
         the slots allow prompts of different lengths (the Transformer's and the LSTM's do), else those of the
-        head's length; a longer prompt is fed in chunks over several iterations. Sequences whose prompt is done
+        head's length; a prompt longer than the budget is fed in chunks over several iterations (one that only
+        overflows what is left of it waits for the next iteration, whole). Sequences whose prompt is done
         take their first token and join the batch; the choices of one request share one prefill."""
         self._join_stepwise()
         budget = self.prefill_chunk
@@ -308,6 +309,8 @@ class BatchEngine:
                 logits, scratch = self.slots.feed(self.slots.scratch(len(reps)), [r.to_prefill for r in reps])
                 self._prefilled(reps, logits, scratch)
                 continue
+            if head.scratch is None and size <= self.prefill_chunk:
+                break  # it fits whole in the next iteration's budget: no need to cut it in two
             if head.scratch is None:
                 head.scratch = self.slots.scratch()
             chunk = head.to_prefill[:budget]
