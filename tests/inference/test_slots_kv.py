@@ -13,6 +13,7 @@ from llama_toy import llama_toy
 
 from lmforge.inference.slots import KVSlots, make_slots
 from lmforge.models.transformer import native
+from lmforge.models.transformer.native_bound import BoundCache
 
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"no C step here: {native.unavailable_reason()}")
 
@@ -74,4 +75,4 @@ def test_a_bound_cache_refuses_what_would_read_outside_it():
         bound.decode([1], [0], [0], slots.columns)
     k = [torch.zeros(2, 2, 8, 16)[:, :, :, :8] for _ in range(2)]  # last dimension not contiguous with the rest
     with pytest.raises(ValueError, match="layout"):
-        native.BoundCache(bound.step, k, k, torch.zeros(2, 8, dtype=torch.bool))
+        BoundCache(bound.step, k, k, torch.zeros(2, 8, dtype=torch.bool))

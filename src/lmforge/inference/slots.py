@@ -30,6 +30,7 @@ from torch import Tensor
 
 from lmforge.models.transformer.cache import KVCache
 from lmforge.models.transformer.decode import fast_decoder
+from lmforge.models.transformer.native_bound import BoundCache
 
 __all__ = ["LSTMSlots", "KVSlots", "make_slots"]
 
@@ -201,7 +202,7 @@ class KVSlots:
         # the C step bound to this cache: sequences then decode in whatever rows they joined at (decode_rows)
         native = getattr(decoder, "native_step", None)
         step = native() if native is not None and not isinstance(state.k, Tensor) else None
-        self._bound = step.bind(state.k, state.v, state.valid) if step is not None else None
+        self._bound = BoundCache(step, state.k, state.v, state.valid) if step is not None else None
         self.sparse = self._bound is not None
         # prompts straight into their rows (feed_rows) where the C step feeds prompts: float weights (an int8
         # model's prompts go through one dequantized float product, in a scratch state)
