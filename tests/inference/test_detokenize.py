@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from toy_causal_lm import ByteTokenizer
 
 from lmforge.inference import generation
-from lmforge.inference.detokenize import IncrementalDetokenizer, find_stop, held_back
+from lmforge.inference.detokenize import IncrementalDetokenizer, StopStrings, find_stop, held_back
 
 
 def test_generation_re_exports_the_detokenizer():
@@ -85,3 +87,18 @@ def test_push_one_without_a_table_is_push():
     assert det.table is None
     e_acute = tok.encode("é")
     assert det.push_one(e_acute[0]) == "" and det.push_one(e_acute[1]) == "é"
+
+
+def test_stop_strings_answer_as_find_stop_and_held_back():
+    """StopStrings' shortcuts give the full searches' answers on random texts and stop sets (empty stop strings,
+    repeated characters, stops that are prefixes of one another)."""
+    rng = random.Random(5)
+    alphabet = "ab\nc:"
+    for _ in range(3000):
+        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0 if rng.random() < 0.05 else 1, 4)))
+                 for _ in range(rng.randint(1, 3))]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        start = rng.randint(0, len(text))
+        matcher = StopStrings(stops)
+        assert matcher.find(text, start) == find_stop(text, stops, start), (text, stops, start)
+        assert matcher.held(text) == held_back(text, stops), (text, stops)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-__all__ = ["IncrementalDetokenizer", "find_stop", "held_back"]
+__all__ = ["IncrementalDetokenizer", "StopStrings", "find_stop", "held_back"]
 
 
 class IncrementalDetokenizer:
@@ -84,3 +84,31 @@ def held_back(text: str, stops: Sequence[str]) -> int:
                 n = k
                 break
     return n
+
+
+class StopStrings:
+    """:func:`find_stop` and :func:`held_back` for one request's stop strings, each answering most calls with one
+    test: a stop string can end in the text after ``start`` only if that text holds some stop string's last
+    character, and a suffix that could grow into one starts with some stop string's first character within the
+    last ``longest - 1`` characters. The batching engine asks both at every token of every sequence.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+        self.lasts = frozenset(s[-1] for s in self.stops if s)
+        self.firsts = "".join(sorted({s[0] for s in self.stops if s}))
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.exact = all(self.stops)  # an empty stop string matches anywhere: always the full search
+
+    def find(self, text: str, start: int) -> int:
+        """``find_stop(text, stops, start)``."""
+        if self.exact and not any(c in self.lasts for c in text[start:]):
+            return -1
+        return find_stop(text, self.stops, start)
+
+    def held(self, text: str) -> int:
+        """``held_back(text, stops)``."""
+        lo = max(0, len(text) - self.longest + 1)
+        if all(text.find(c, lo) < 0 for c in self.firsts):
+            return 0
+        return held_back(text, self.stops)

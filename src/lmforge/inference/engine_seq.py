@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.inference.detokenize import IncrementalDetokenizer, find_stop, held_back
+from lmforge.inference.detokenize import IncrementalDetokenizer, StopStrings
 from lmforge.inference.sampling import SAMPLERS, SamplingParams, SamplingState, active_processors, choose_next
 
 __all__ = ["Event", "GenerationRequest", "Sequence", "TokenLogprob", "choose_plain", "coalesce"]
@@ -109,6 +109,7 @@ class Sequence:
         eos = getattr(engine.tokenizer, "eos_id", None)
         self.stop_ids = set(p.stop_token_ids) | ({int(eos)} if eos is not None and not p.ignore_eos else set())
         self.detok = IncrementalDetokenizer(engine.tokenizer)
+        self.stops = StopStrings(p.stop) if p.stop else None
         self.text, self.sent, self.n_gen = "", 0, 0
         self.pending_ids: list[int] = []
         self.pending_lp: list[TokenLogprob] = []
@@ -171,12 +172,12 @@ class Sequence:
         if piece:
             before = len(self.text)
             self.text += piece
-            if p.stop:
-                cut = find_stop(self.text, p.stop, before)
+            if self.stops is not None:
+                cut = self.stops.find(self.text, before)
                 if cut >= 0:
                     self.text = self.text[:cut]
                     return self.finish("stop")
-        safe = len(self.text) - (held_back(self.text, p.stop) if p.stop else 0)
+        safe = len(self.text) - (self.stops.held(self.text) if self.stops is not None else 0)
         if safe > self.sent:
             self._emit(self.text[self.sent:safe], None)
             self.sent = safe
@@ -195,8 +196,8 @@ class Sequence:
         if reason == "length":
             before = len(self.text)
             self.text += self.detok.flush()
-            if self.params.stop:
-                cut = find_stop(self.text, self.params.stop, min(before, self.sent))
+            if self.stops is not None:
+                cut = self.stops.find(self.text, min(before, self.sent))
                 if cut >= 0:
                     self.text, reason = self.text[:cut], "stop"
         self._emit(self.text[self.sent:], reason)
