@@ -115,6 +115,13 @@ def _left_padded(ids: list[list[int]], device: torch.device) -> tuple[Tensor, Op
     return idx, mask
 
 
+def _padded_positions(width: int, counts: list[int], device: torch.device) -> Tensor:
+    """The positions (rows, width) of left-padded rows of ``counts`` real tokens: each row counts from its first
+    real token, its padding clamped to 0."""
+    shift = torch.as_tensor([width - c for c in counts], device=device).view(-1, 1)
+    return (torch.arange(width, device=device) - shift).clamp(min=0)
+
+
 def _consecutive(rows: list[int]) -> bool:
     return rows == list(range(rows[0], rows[0] + len(rows)))
 
@@ -224,10 +231,7 @@ class KVSlots:
         ``p`` real tokens are its last ``p``, the scratch being left-padded) go to the ``w`` columns before the
         cursor, marked valid where real. One copy per tensor for all the rows."""
         st, width = self.state, int(scratch.length)
-        if st.length < width:  # move the cursor on; the skipped columns hold nothing for any row
-            st.valid[:, st.length:width] = False
-            st.length = width
-        end, lo = st.length, st.length - width
+        lo, end = self._columns(width)
         dst, src = _index(rows, st.valid.device), _index(srows, st.valid.device)
         for (kb, vb), (ks, vs) in zip(_layers(st), _layers(scratch)):
             kb[dst, :, lo:end] = ks[src, :, :width]
@@ -240,9 +244,21 @@ class KVSlots:
             st.valid[dst, lo:end] = True
             counts = [width] * len(srows)
         st.seen[dst] = torch.as_tensor(counts, dtype=st.seen.dtype, device=st.seen.device)
-        if hasattr(st, "positions"):  # each row counts from its first real token (padding: clamped to 0)
-            shift = torch.as_tensor([width - c for c in counts], device=st.positions.device).view(-1, 1)
-            st.positions[dst, lo:end] = (torch.arange(width, device=st.positions.device) - shift).clamp(min=0)
+        if hasattr(st, "positions"):
+            st.positions[dst, lo:end] = _padded_positions(width, counts, st.positions.device)
+        self._placed(rows, counts, end)
+
+    def _columns(self, width: int) -> tuple[int, int]:
+        """``(lo, end)``: the ``width`` columns just before the cursor, where a prefilled prompt goes (the cursor
+        moves on first if fewer are behind it; the skipped columns hold nothing for any row)."""
+        st = self.state
+        if st.length < width:
+            st.valid[:, st.length:width] = False
+            st.length = width
+        return st.length - width, st.length
+
+    def _placed(self, rows: list[int], counts: list[int], end: int) -> None:
+        """Records that row ``rows[i]`` holds ``counts[i]`` tokens in the columns ending at ``end``."""
         for row, c in zip(rows, counts):
             self.fill[row], self.start[row] = c, end - c
 
@@ -312,24 +328,14 @@ class KVSlots:
         just before the cursor as :meth:`insert` places them, left-padded and masked as in :meth:`feed`; returns
         their last logits (len(rows), V). Only where :attr:`direct_feed`."""
         st = self.state
-        width = max(len(r) for r in ids)
-        if st.length < width:  # move the cursor on; the skipped columns hold nothing for any row
-            st.valid[:, st.length:width] = False
-            st.length = width
-        end, lo = st.length, st.length - width
+        counts = [len(r) for r in ids]
+        lo, end = self._columns(max(counts))
         idx, mask = _left_padded(ids, st.valid.device)
         dst = _index(rows, st.valid.device)
         st.valid[dst] = False
-        if mask is None:
-            st.valid[dst, lo:end] = True
-            pos = torch.arange(width, device=idx.device).expand(len(ids), width)
-        else:
-            st.valid[dst, lo:end] = mask
-            pad = torch.as_tensor([width - len(r) for r in ids], device=idx.device).view(-1, 1)
-            pos = (torch.arange(width, device=idx.device) - pad).clamp_(min=0)
-        logits = self._bound.feed(idx, pos, rows, lo)
-        for row, r in zip(rows, ids):
-            self.fill[row], self.start[row] = len(r), end - len(r)
+        st.valid[dst, lo:end] = True if mask is None else mask
+        logits = self._bound.feed(idx, _padded_positions(end - lo, counts, idx.device), rows, lo)
+        self._placed(rows, counts, end)
         return logits
 
     def decode_rows(self, tokens: list[int], rows: list[int]) -> Tensor:

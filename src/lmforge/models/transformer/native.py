@@ -309,6 +309,13 @@ class NativeStep:
         self._keep += [t for t in (q, scale, rowsum, gain, b) if t is not None]
         return _Mat(None, q.data_ptr(), scale.data_ptr(), rowsum.data_ptr(), _ptr(gain), _ptr(b), n, k)
 
+    def check_ids(self, lo: int, hi: int, ids: Any) -> None:
+        """Raises ``IndexError`` (naming ``ids``) unless the token ids from ``lo`` to ``hi`` are rows of the
+        embedding table, which C reads unchecked."""
+        if lo < 0 or hi >= self.emb_rows:
+            shown = ids.tolist() if isinstance(ids, Tensor) else ids
+            raise IndexError(f"token ids must be in [0, {self.emb_rows}), got {shown}")
+
     def __call__(self, tok: Tensor, pos: Tensor, slot: int, valid: Tensor | None, k: list[Tensor],
                  v: list[Tensor]) -> Tensor:
         """tok, pos (B,) or (B, T) int64: T new tokens per row (one for a decoding step, more for a prompt), their
@@ -318,8 +325,8 @@ class NativeStep:
         B = tok.shape[0]
         T = tok.shape[1] if tok.dim() == 2 else 1
         tok, pos = tok.contiguous(), pos.contiguous()
-        if B and (int(tok.min()) < 0 or int(tok.max()) >= self.emb_rows):  # C reads the table unchecked
-            raise IndexError(f"token ids must be in [0, {self.emb_rows}), got {tok.tolist()}")
+        if B:
+            self.check_ids(int(tok.min()), int(tok.max()), tok)
         k0 = k[0]
         if k0.stride(3) != 1 or k0.stride(2) != k0.shape[3] or any(t.stride() != k0.stride() for t in (*k, *v)):
             raise ValueError("the caches must share one layout with contiguous last two dimensions")

@@ -45,10 +45,8 @@ class BoundCache:
         B = len(tokens)
         if not 0 <= base <= column < self.columns:
             raise ValueError(f"column {column} (from {base}) is outside the cache's {self.columns} columns")
-        if B and (min(tokens) < 0 or max(tokens) >= self.step.emb_rows):  # C reads the table unchecked
-            raise IndexError(f"token ids must be in [0, {self.step.emb_rows}), got {tokens}")
-        if B and (min(rows) < 0 or max(rows) >= self.rows):
-            raise IndexError(f"rows must be in [0, {self.rows}), got {rows}")
+        if B:
+            self.step.check_ids(min(tokens), max(tokens), tokens)
         return self._run(B, 1, (_I * B)(*tokens), (_I * B)(*positions), rows, column - base, base, 1)
 
     def feed(self, tokens: Tensor, positions: Tensor, rows: list[int], column: int) -> Tensor:
@@ -60,14 +58,14 @@ class BoundCache:
         if not 0 <= column <= column + T <= self.columns:
             raise ValueError(f"columns {column} .. {column + T - 1} are outside the cache's {self.columns} columns")
         tokens, positions = tokens.contiguous(), positions.contiguous()
-        if B and (int(tokens.min()) < 0 or int(tokens.max()) >= self.step.emb_rows):
-            raise IndexError(f"token ids must be in [0, {self.step.emb_rows}), got {tokens.tolist()}")
-        if B and (min(rows) < 0 or max(rows) >= self.rows):
-            raise IndexError(f"rows must be in [0, {self.rows}), got {rows}")
+        if B:
+            self.step.check_ids(int(tokens.min()), int(tokens.max()), tokens)
         return self._run(B, T, tokens.data_ptr(), positions.data_ptr(), rows, 0, column, 0)
 
     def _run(self, B: int, T: int, tok: Any, pos: Any, rows: list[int], slot: int, base: int, mark: int) -> Tensor:
         """The C step over columns ``base ..`` of the rows ``rows`` (the view a call sees starts at ``base``)."""
+        if B and (min(rows) < 0 or max(rows) >= self.rows):
+            raise IndexError(f"rows must be in [0, {self.rows}), got {rows}")
         shift = base * self._col_bytes
         L = self._layers
         logits = torch.empty(B, self.step.vocab, dtype=torch.float32)

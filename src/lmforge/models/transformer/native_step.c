@@ -590,21 +590,21 @@ static float exp_shifted(float *p, int64_t S, float mx) {
     return sum;
 }
 
-/* Rows of T new tokens each: row b's token t sits in cache slot slot + t of cache row rows[b] (b when rows is
- * NULL) at position pos[b * T + t], and attends to the slots u <= slot + t where valid[rows[b] * vstride + u] (all
+/* Rows of T new tokens each: row b's token t sits in cache slot slot + t of cache row at[b] (b when at is NULL)
+ * at position pos[b * T + t], and attends to the slots u <= slot + t where valid[at[b] * vstride + u] (all
  * of them when valid is NULL; with mark, each new token's own slot is marked valid first). First every new key is
  * rotated and every new key and value written into the cache (one unit per (row, token, key/value head)); then,
  * after the barrier, one unit per (row, token, query head) rotates its query and attends, for the tokens t >= t0
  * (the others' outputs are not needed). */
 static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t B, int64_t T, int64_t t0,
                       float *qkv, int64_t ldqkv, const int64_t *pos, int64_t slot, uint8_t *valid,
-                      int64_t vstride, const int64_t *rows, int mark, int64_t row_stride, int64_t head_stride,
+                      int64_t vstride, const int64_t *at, int mark, int64_t row_stride, int64_t head_stride,
                       float *att, float *p) {
     const int64_t H = m->H, Hkv = m->Hkv, hd = m->hd, half = hd / 2, nq = H * hd, nk = Hkv * hd, G = H / Hkv;
     const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < B * T * Hkv; u++) {
-        const int64_t bt = u / Hkv, g = u % Hkv, b = bt / T, t = bt % T, row = rows ? rows[b] : b;
+        const int64_t bt = u / Hkv, g = u % Hkv, b = bt / T, t = bt % T, row = at ? at[b] : b;
         float *r = qkv + bt * ldqkv;
         const int64_t off = row * row_stride + g * head_stride + (slot + t) * hd;
         if (mark && valid && g == 0) valid[row * vstride + slot + t] = 1;
@@ -614,7 +614,7 @@ static void attention(const lmf_model *m, float *kcache, float *vcache, int64_t 
     }
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < B * (T - t0) * H; u++) {
-        const int64_t h = u % H, b = u / H / (T - t0), t = t0 + u / H % (T - t0), bt = b * T + t, row = rows ? rows[b] : b;
+        const int64_t h = u % H, b = u / H / (T - t0), t = t0 + u / H % (T - t0), bt = b * T + t, row = at ? at[b] : b;
         const float *kc = kcache + row * row_stride + (h / G) * head_stride, *vc = vcache + row * row_stride + (h / G) * head_stride;
         const uint8_t *ok = valid ? valid + row * vstride : NULL;
         /* a padding token (its output is never used) attends to every slot, as the PyTorch path's does */
